@@ -1,0 +1,34 @@
+# Quick start:  make demo   (build the built-in dataset, train every stage on CPU or GPU, write the report)
+#               make test   (the test suite)
+# Both set up first: a .venv with requirements.txt and the system packages of scripts/setup_system.sh.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup system demo data test benchmark clean-demo
+
+setup: $(VENV)/.installed system
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+system:
+	bash scripts/setup_system.sh
+
+data: setup
+	$(PY) scripts/make_demo_data.py --out data/demo
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+benchmark: setup
+	$(PY) scripts/benchmark.py
+
+clean-demo:
+	rm -rf runs/demo

@@ -1,0 +1,1 @@
+"""μOmni: a tiny Thinker–Talker omni model trained from scratch."""

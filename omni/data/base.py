@@ -1,0 +1,84 @@
+"""Resumable, sharded batch streams: the one data mechanism every stage builds on (SPEC §5).
+
+A `BatchStream` is an IterableDataset that yields whole micro-batches for one epoch. The order of an epoch
+is a function of (seed, epoch) only; global batch g holds `batch_size * world_size` sample indices, rank r
+takes its slice, and DataLoader worker w produces batches g ≡ w (mod num_workers), which is exactly the
+order in which a DataLoader collects from its workers. So the stream a rank sees is identical with any
+number of workers, and resuming is just `skip_samples`: start at global batch skip_samples // (B * W).
+Per-sample randomness (augmentation) draws from an RNG seeded by (seed, epoch, g, rank) for the same reason.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+
+class BatchStream(IterableDataset):
+    def __init__(self, batch_size: int, seed: int = 0, shuffle: bool = True):
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.skip_samples = 0
+        self.rank, self.world_size = 0, 1
+
+    # --- what a subclass supplies -------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of samples in one pass."""
+        raise NotImplementedError
+
+    def load(self, index: int, rng: np.random.Generator):
+        """Sample `index`, or None when it is bad (skipped and counted)."""
+        raise NotImplementedError
+
+    def collate(self, samples: list) -> dict:
+        raise NotImplementedError
+
+    # --- the mechanism --------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        n = len(self)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """Global batches of one epoch; the incomplete tail is dropped so every rank steps together."""
+        order = self.epoch_order(epoch)
+        gb = self.global_batch
+        return [order[i * gb:(i + 1) * gb] for i in range(len(order) // gb)]
+
+    def batches_per_epoch(self) -> int:
+        return len(self) // self.global_batch
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        batches = self.epoch_batches(self.epoch)
+        start = self.skip_samples // self.global_batch
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        for g in range(start, len(batches)):
+            if (g - start) % n_workers != worker:
+                continue
+            rng = np.random.default_rng([self.seed, self.epoch, g, self.rank])
+            loaded = [self.load(int(i), rng) for i in batches[g][lo:hi]]
+            good = [s for s in loaded if s is not None]
+            batch = self.collate(good) if good else {}
+            batch["n_bad"] = len(loaded) - len(good)
+            batch["n_samples"] = len(loaded)
+            yield batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    non_blocking = device.type == "cuda"
+    return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}

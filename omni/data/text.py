@@ -1,0 +1,110 @@
+"""Text corpora: reading documents, a token cache built once, and packed fixed-length windows."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omni.data.base import BatchStream
+from omni.tokenizer import EOS, Tokenizer
+
+BUILD_HINT = "build the built-in corpus with `python scripts/make_demo_data.py --out data/demo`"
+
+
+def read_documents(path: str | Path) -> list[str]:
+    """`.txt`: one document per line; `.jsonl`: one {"text": ...} per line. Empty documents are dropped."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"text corpus not found: {path}; {BUILD_HINT}, or point the config at your own "
+                                f".txt / .jsonl file")
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if path.suffix == ".jsonl":
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e})") from None
+            else:
+                text = line.rstrip("\n")
+            if text.strip():
+                docs.append(text)
+    if not docs:
+        raise ValueError(f"{path} holds no documents")
+    return docs
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def token_cache(corpus: str | Path, tok: Tokenizer, cache_dir: str | Path, holdout_every: int = 0,
+                held_out: bool = False) -> np.ndarray:
+    """Token ids of the corpus, documents joined by EOS, tokenized once and memory-mapped after. The cache
+    is keyed by the corpus and tokenizer contents, so editing either rebuilds it. With holdout_every=k,
+    every k-th document forms the held-out part (held_out=True) and the rest the training part."""
+    corpus, cache_dir = Path(corpus), Path(cache_dir)
+    if not corpus.exists():
+        read_documents(corpus)  # raises the helpful error
+    part = f"{holdout_every}{'v' if held_out else 't'}" if holdout_every else "all"
+    key = hashlib.sha256((_file_sha(corpus) + hashlib.sha256(tok.model_proto).hexdigest() + part).encode()).hexdigest()[:16]
+    path = cache_dir / f"tokens_{corpus.stem}_{key}.npy"
+    if not path.exists():
+        docs = read_documents(corpus)
+        if holdout_every:
+            docs = [d for i, d in enumerate(docs) if (i % holdout_every == 0) == held_out]
+        dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
+        parts = []
+        for i in range(0, len(docs), 20000):
+            for ids in tok.encode(docs[i:i + 20000]):
+                parts.append(np.asarray(ids + [EOS], dtype=dtype))
+        arr = np.concatenate(parts)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+        np.save(tmp, arr)
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+class PackedTokens(BatchStream):
+    """Fixed windows of ctx_len + 1 tokens at stride ctx_len over the EOS-joined stream: every window is
+    full (no padding), and consecutive windows share one token so every token is a target once."""
+
+    def __init__(self, tokens: np.ndarray, ctx_len: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+        super().__init__(batch_size, seed, shuffle)
+        self.tokens, self.ctx_len = tokens, ctx_len
+        self.n = (len(tokens) - 1) // ctx_len
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, index, rng):
+        s = index * self.ctx_len
+        return torch.from_numpy(self.tokens[s:s + self.ctx_len + 1].astype(np.int64))
+
+    def collate(self, samples):
+        x = torch.stack(samples)
+        return {"input_ids": x[:, :-1], "targets": x[:, 1:]}
+
+
+def eval_windows(tokens: np.ndarray, ctx_len: int, batch_size: int):
+    """All of `tokens` as (input_ids, targets) batches, the last window possibly shorter: every token
+    after the first is predicted exactly once."""
+    starts = list(range(0, len(tokens) - 1, ctx_len))
+    full = [s for s in starts if s + ctx_len + 1 <= len(tokens)]
+    for i in range(0, len(full), batch_size):
+        x = torch.from_numpy(np.stack([tokens[s:s + ctx_len + 1] for s in full[i:i + batch_size]]).astype(np.int64))
+        yield x[:, :-1], x[:, 1:]
+    for s in starts[len(full):]:
+        x = torch.from_numpy(np.asarray(tokens[s:], dtype=np.int64))[None]
+        yield x[:, :-1], x[:, 1:]

@@ -1,0 +1,136 @@
+"""Transformer building blocks shared by the models: RMSNorm, RoPE, attention through SDPA, SwiGLU, MoE."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: Tensor[max_len x head_dim/2]."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: Tensor[B x H x T x D]; cos, sin: Tensor[T x D/2] for the positions of x. Rotates (even, odd) pairs."""
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: Tensor[L x B x H_kv x max_len x D] each."""
+
+    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, device, dtype):
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # tokens already cached
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        if self.pos + t > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} + {t} tokens > max_len {self.max_len}")
+        self.k[layer, :, :, self.pos:self.pos + t] = k
+        self.v[layer, :, :, self.pos:self.pos + t] = v
+        return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
+
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads (n_kv_heads divides n_heads) and RoPE."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, dropout: float = 0.0, use_flash: bool = True):
+        super().__init__()
+        assert d_model % n_heads == 0 and n_heads % n_kv_heads == 0, "heads must divide d_model and kv groups"
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        self.q = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
+        self.kv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=False)
+        self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.dropout = dropout
+        self.use_flash = use_flash
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(x).view(B, T, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)
+        groups = self.n_heads // self.n_kv_heads
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        S = k.shape[2]
+        # Causal over the whole key range: query i (absolute position past+i) sees keys 0..past+i.
+        mask, causal = None, False
+        if past == 0:
+            causal = T > 1
+        elif T > 1:
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        p = self.dropout if self.training else 0.0
+        if self.use_flash:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            if causal:
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))
+            y = F.dropout(att.softmax(-1), p) @ v
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class MoE(nn.Module):
+    """Top-k routed SwiGLU experts with the Switch-Transformer load-balancing loss
+    (n_experts * Σ_i f_i P_i, which is 1 when routing is uniform)."""
+
+    def __init__(self, d_model: int, d_ff: int, n_experts: int, top_k: int):
+        super().__init__()
+        self.router = nn.Linear(d_model, n_experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(d_model, d_ff) for _ in range(n_experts))
+        self.top_k = top_k
+        self.aux_loss = torch.zeros(())
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = self.router(x).float().softmax(-1)                     # [N x E]
+        weight, idx = probs.topk(self.top_k, dim=-1)                   # [N x k]
+        weight = (weight / weight.sum(-1, keepdim=True)).type_as(x)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (idx == e).nonzero(as_tuple=True)
+            # run even when empty, so every expert is in the graph (DDP expects every parameter used)
+            out.index_add_(0, rows, expert(x[rows]) * weight[rows, slot, None])
+        n_e = probs.shape[-1]
+        frac = torch.zeros(n_e, device=x.device).scatter_add_(0, idx.flatten(), torch.ones(idx.numel(), device=x.device))
+        self.aux_loss = n_e * (frac / idx.numel() * probs.mean(0)).sum()
+        return out.view(shape)
