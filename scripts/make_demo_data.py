@@ -12,24 +12,85 @@ import argparse
 import json
 import sys
 import time
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from omni.builtin import world  # noqa: E402
+from omni.builtin.images import build_images  # noqa: E402
+from omni.builtin.sft import build_sft  # noqa: E402
+from omni.builtin.spoken import build_asr, build_tts  # noqa: E402
 from omni.builtin.text import MissingSource, build_text  # noqa: E402
 
 SIZES = {
-    # wordnet_docs caps the dictionary so it does not drown the Bible and the fortunes (~1/3 of its synsets)
-    "small": {"wordnet_docs": 3000},
-    "full": {"wordnet_docs": 40000},
+    # wordnet_docs caps the dictionary so it does not drown the Bible and the fortunes (~1/3 of its synsets);
+    # world_docs: scene documents (caption + questions + answers) added to the text corpus, and held out
+    "small": {"wordnet_docs": 3000, "world_docs": 1000, "world_val_docs": 100},
+    "full": {"wordnet_docs": 40000, "world_docs": 20000, "world_val_docs": 1000},
 }
+WORKERS = 2  # speech synthesis processes: both cores of the demo machine
+
+
+def part_rng(seed: int, part: str) -> np.random.Generator:
+    """One generator per part, so building one part alone (--only) gives the same data as a full build."""
+    return np.random.default_rng([seed, zlib.crc32(part.encode())])
 
 
 def build_text_part(out: Path, size: str, seed: int) -> dict:
-    return build_text(out / "text", max_wordnet=SIZES[size]["wordnet_docs"])
+    """KJV, WordNet, fortunes + world documents of training scenes; held-out scenes -> world_val.txt."""
+    rng, sz = part_rng(seed, "text"), SIZES[size]
+    train = [world.document(world.sample_split_scene(rng, False), rng) for _ in range(sz["world_docs"])]
+    val = [world.document(world.sample_split_scene(rng, True), rng) for _ in range(sz["world_val_docs"])]
+    summary = build_text(out / "text", max_wordnet=sz["wordnet_docs"], extra_train=train)
+    (out / "text" / "world_val.txt").write_text("".join(d + "\n" for d in val), encoding="utf-8")
+    summary["world"] = {"train": len(train), "val": len(val)}
+    return summary
 
 
-BUILDERS = {"text": build_text_part}
+def build_asr_part(out: Path, size: str, seed: int) -> dict:
+    return build_asr(out / "asr", size, part_rng(seed, "asr"), workers=WORKERS)
+
+
+def build_tts_part(out: Path, size: str, seed: int) -> dict:
+    return build_tts(out / "tts", size, part_rng(seed, "tts"), workers=WORKERS)
+
+
+def build_images_part(out: Path, size: str, seed: int) -> dict:
+    return build_images(out / "images", size, part_rng(seed, "images"))
+
+
+def build_sft_part(out: Path, size: str, seed: int) -> dict:
+    return build_sft(out / "sft", size, part_rng(seed, "sft"), workers=WORKERS)
+
+
+# Each part writes data/demo/<part>/ and returns {split: {column: value}} for the summary table.
+# OCR line images (CSV image,text under data/demo/ocr/) are added by the OCR issue as part "ocr":
+# a builder `build_ocr_part(out, size, seed)` registered here, after "images".
+BUILDERS = {
+    "text": build_text_part,
+    "asr": build_asr_part,
+    "tts": build_tts_part,
+    "images": build_images_part,
+    "sft": build_sft_part,
+}
+
+
+def summary_markdown(summary: dict, seconds: dict) -> str:
+    """One table per part: a row per split, a column per counter (items, hours of audio, voices, ...)."""
+    lines = ["# Built-in dataset summary", ""]
+    for part, rows in summary.items():
+        cols = []
+        for row in rows.values():
+            cols += [k for k in row if k not in cols]
+        took = f" (built in {seconds[part]:.0f} s)" if seconds.get(part) is not None else ""
+        lines += [f"## {part}{took}", "", "| split | " + " | ".join(cols) + " |",
+                  "|---" * (len(cols) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |" for name, row in rows.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -45,27 +106,29 @@ def main(argv=None) -> int:
     unknown = [s for s in parts if s not in BUILDERS]
     if unknown:
         p.error(f"unknown part(s) {unknown}; choose from {list(BUILDERS)}")
-    summary = {}
+    summary, seconds = {}, {}
     for part in parts:
         stamp = out / part / ".done.json"
         key = {"size": args.size, "seed": args.seed}
         if not args.force and stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
             print(f"{part}: up to date ({stamp})")
-            summary[part] = json.loads(stamp.read_text())["summary"]
+            done = json.loads(stamp.read_text())
+            summary[part], seconds[part] = done["summary"], done.get("seconds")
             continue
         t0 = time.time()
+        (out / part).mkdir(parents=True, exist_ok=True)
         try:
             summary[part] = BUILDERS[part](out, args.size, args.seed)
         except MissingSource as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        stamp.write_text(json.dumps({"key": key, "summary": summary[part], "seconds": time.time() - t0}))
-        print(f"{part}: built in {time.time() - t0:.1f}s")
+        seconds[part] = time.time() - t0
+        stamp.write_text(json.dumps({"key": key, "summary": summary[part], "seconds": seconds[part]}))
+        print(f"{part}: built in {seconds[part]:.1f}s")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for part, s in summary.items():
-        print(f"\n[{part}]")
-        for name, row in s.items():
-            print(f"  {name:<12} " + "  ".join(f"{k} {v}" for k, v in row.items()))
+    table = summary_markdown(summary, seconds)
+    (out / "summary.md").write_text(table, encoding="utf-8")
+    print("\n" + table)
     return 0
 
 

@@ -1,0 +1,151 @@
+"""Paired tasks for multimodal SFT (Stage E): data/demo/sft/{train,val}.jsonl with its own images and audio.
+
+Rows (SPEC §9): {"prompt", "answer", "task", optional "image", "audio"}; world rows also carry "scene"
+(world.Scene.to_dict()), so any answer can be re-derived from the picture it is about. Tasks:
+
+    caption                    image -> its caption
+    colour count position      image + question -> exact answer (world.questions)
+    shape yesno
+    spoken_<task>              image + spoken question (audio; its text in "question") -> exact answer
+    transcribe                 audio -> transcript (world and general English)
+    define                     "what does <word> mean?" -> WordNet definition
+    dialogue                   a short conversation about an image, or small talk; answer = the next turn
+
+val.jsonl is held out three ways: unseen scenes (held-out captions), unseen sentences (held-out world and
+English sentences, held-out WordNet entries) and unseen voices (the ASR test voices).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from omni.builtin import sentences, world
+from omni.builtin.images import write_jsonl
+from omni.builtin.speech import Utterance, Voice, normalize_transcript, synthesize_all
+from omni.builtin.spoken import pick_voice, utterance, voice_split
+from omni.builtin.text import is_held_out, wordnet_documents, wordnet_entries
+
+CAPTION_PROMPTS = ("describe the image.", "what is in the picture?", "caption this image.")
+SPOKEN_PROMPT = "answer the spoken question about the picture."
+TRANSCRIBE_PROMPT = "transcribe the audio."
+SMALL_TALK = [
+    ("hello", "hello! what would you like to know?"),
+    ("who are you?", "i am a tiny omni model. i can read, look at pictures and listen to speech."),
+    ("what can you do?", "i can describe pictures, answer questions about them and transcribe speech."),
+    ("thank you", "you are welcome."),
+    ("goodbye", "goodbye!"),
+]
+
+
+@dataclass(frozen=True)
+class SFTSizes:
+    scenes: int          # each gives one caption row and one question row per task
+    spoken: int
+    question_voices: int  # recordings (voices) per question of world.all_questions(), at most
+    transcribe: int
+    define: int
+    dialogue: int
+
+
+SIZES = {
+    "small": {"train": SFTSizes(30, 24, 1, 12, 20, 12), "val": SFTSizes(10, 10, 1, 6, 6, 6)},
+    "full": {"train": SFTSizes(1200, 1500, 2, 600, 1000, 400), "val": SFTSizes(60, 100, 1, 60, 60, 40)},
+}
+
+
+def _unique_definitions(val: bool) -> list[tuple[str, str]]:
+    """(word, first clause of its definition) for words with one WordNet entry, on one side of the text
+    corpus's held-out rule (entries and documents correspond one to one, in order)."""
+    entries, docs = wordnet_entries(), wordnet_documents()
+    counts: dict[str, int] = {}
+    for w, *_ in entries:
+        counts[w] = counts.get(w, 0) + 1
+    out = []
+    for (w, _, definition, _), doc in zip(entries, docs):
+        if counts[w] == 1 and is_held_out(doc, sentences.TEXT_VAL_PERCENT) == val and w.isascii():
+            out.append((w, definition.split(";")[0].strip()))
+    return out
+
+
+def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, train_voices: list[Voice],
+                test_voices: list[Voice]) -> tuple[list[dict], list[Utterance]]:
+    """Rows of one split and the utterances its audio needs (synthesized by the caller, all at once)."""
+    sz, val = SIZES[size][split], split == "val"
+    voices = test_voices if val else train_voices
+    rows: list[dict] = []
+    utts: list[Utterance] = []
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+
+    scenes = []
+    for i in range(sz.scenes):
+        s = world.sample_split_scene(rng, held_out=val)
+        rel = f"images/{split}_{i:05d}.png"
+        world.render(s, 64).save(out_dir / rel)
+        scenes.append((s, rel))
+        rows.append({"prompt": CAPTION_PROMPTS[rng.integers(len(CAPTION_PROMPTS))], "answer": world.caption(s),
+                     "image": rel, "task": "caption", "scene": s.to_dict()})
+        for q in world.questions(s, rng):
+            rows.append({"prompt": q.text + "?", "answer": q.answer, "image": rel, "task": q.task,
+                         "scene": s.to_dict()})
+
+    # every question is recorded by up to `question_voices` voices, on first use; rows share recordings
+    qindex = {q: i for i, q in enumerate(world.all_questions())}
+    recordings: dict[tuple[str, int], str] = {}
+    for _ in range(sz.spoken):
+        s, rel = scenes[rng.integers(len(scenes))]
+        qs = world.questions(s, rng)
+        q = qs[rng.integers(len(qs))]
+        key = (q.text, int(rng.integers(sz.question_voices)))
+        if key not in recordings:
+            recordings[key] = f"wavs/{split}_q{qindex[q.text]:03d}_{key[1]}.wav"
+            utts.append(utterance(q.text, pick_voice(voices, rng), out_dir / recordings[key], rng))
+        rows.append({"prompt": SPOKEN_PROMPT, "answer": q.answer, "image": rel, "audio": recordings[key],
+                     "task": "spoken_" + q.task, "question": q.text, "scene": s.to_dict()})
+
+    eng = sentences.english_pools()
+    n_world = sz.transcribe // 2
+    texts = sentences.sample_world(n_world, val, rng) + sentences.sample_english(
+        eng, sz.transcribe - n_world, "held" if val else "train", rng)
+    for i, t in enumerate(texts):
+        rel = f"wavs/{split}_t{i:05d}.wav"
+        utts.append(utterance(t, pick_voice(voices, rng), out_dir / rel, rng))
+        rows.append({"prompt": TRANSCRIBE_PROMPT, "answer": normalize_transcript(t), "audio": rel,
+                     "task": "transcribe"})
+
+    defs = _unique_definitions(val)
+    for i in rng.permutation(len(defs))[:sz.define]:
+        w, d = defs[i]
+        rows.append({"prompt": f"what does {w} mean?", "answer": d + ".", "task": "define"})
+
+    for _ in range(sz.dialogue):
+        if rng.random() < 0.3:
+            a, b = SMALL_TALK[rng.integers(len(SMALL_TALK))]
+            rows.append({"prompt": f"user: {a}", "answer": b, "task": "dialogue"})
+            continue
+        s, rel = scenes[rng.integers(len(scenes))]
+        q1, q2 = [world.questions(s, rng)[j] for j in (0, 1)] if rng.random() < 0.5 else \
+            [world.questions(s, rng)[j] for j in (2, 3)]
+        rows.append({"prompt": f"user: {q1.text}?\nassistant: {q1.answer}.\nuser: and {q2.text}?",
+                     "answer": q2.answer, "image": rel, "task": "dialogue", "scene": s.to_dict()})
+
+    return [rows[i] for i in rng.permutation(len(rows))], utts
+
+
+def build_sft(out_dir: Path, size: str, rng: np.random.Generator, workers: int = 2) -> dict:
+    train_voices, test_voices = voice_split()
+    splits, utts = {}, []
+    for split in ("train", "val"):
+        rows, us = build_split(out_dir, split, size, rng, train_voices, test_voices)
+        splits[split] = rows
+        utts += us
+    synthesize_all(utts, workers=workers, desc="sft")
+    summary = {}
+    for split, rows in splits.items():
+        write_jsonl(out_dir / f"{split}.jsonl", rows)
+        tasks: dict[str, int] = {}
+        for r in rows:
+            tasks[r["task"]] = tasks.get(r["task"], 0) + 1
+        summary[split] = {"items": len(rows), **dict(sorted(tasks.items()))}
+    return summary

@@ -1,0 +1,122 @@
+"""ASR and TTS parts of the built-in dataset: sentences of both layers, spoken, with CSV manifests.
+
+ASR (data/demo/asr): many voices; `train` mixes world and general English about half and half;
+`val_<layer>` = held-out sentences by training voices; `test_<layer>` = other held-out sentences by voices
+never heard in training (a whole espeak accent with all its variants, and one flite voice).
+TTS (data/demo/tts): one clean voice (flite slt); `train` is mostly world sentences; held-out splits per layer.
+Manifests: CSV `wav,text,speaker`, wav paths relative to the manifest's folder.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from omni.builtin import sentences
+from omni.builtin.speech import FLITE_VOICES, Utterance, Voice, espeak_accents, espeak_voices, normalize_transcript, \
+    synthesize_all
+
+HELD_OUT_ACCENTS = ("en-029",)  # Caribbean English: heard only in the test splits
+HELD_OUT_FLITE = ("rms",)
+TTS_VOICE = Voice("flite", "slt")
+
+
+@dataclass(frozen=True)
+class SpeechSizes:
+    train_world: int
+    train_english: int
+    val: int    # per layer
+    test: int   # per layer
+
+
+ASR_SIZES = {"small": SpeechSizes(60, 60, 10, 10), "full": SpeechSizes(3200, 3200, 300, 300)}
+TTS_SIZES = {"small": SpeechSizes(30, 10, 4, 4), "full": SpeechSizes(1800, 600, 100, 100)}
+
+
+def voice_split() -> tuple[list[Voice], list[Voice]]:
+    """(training voices, held-out test voices)."""
+    accents = espeak_accents()
+    missing = [a for a in HELD_OUT_ACCENTS if a not in accents]
+    if missing:
+        raise RuntimeError(f"espeak-ng lacks the held-out accent(s) {missing}; it offers {accents}")
+    train = espeak_voices([a for a in accents if a not in HELD_OUT_ACCENTS])
+    train += [Voice("flite", v) for v in FLITE_VOICES if v not in HELD_OUT_FLITE]
+    test = espeak_voices(list(HELD_OUT_ACCENTS)) + [Voice("flite", v) for v in HELD_OUT_FLITE]
+    return train, test
+
+
+def pick_voice(voices: list[Voice], rng: np.random.Generator, flite_share: float = 0.2) -> Voice:
+    """flite voices are few but natural: give them `flite_share` of the utterances, espeak the rest."""
+    pool = [v for v in voices if v.engine == ("flite" if rng.random() < flite_share else "espeak")]
+    pool = pool or voices
+    return pool[rng.integers(len(pool))]
+
+
+def utterance(text: str, voice: Voice, path: Path, rng: np.random.Generator) -> Utterance:
+    """espeak gets a random rate (130–210 wpm) and pitch (25–75): more speakers out of each variant."""
+    return Utterance(text, voice, str(path), rate=int(rng.integers(130, 211)), pitch=int(rng.integers(25, 76)))
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    """CSV wav,text,speaker; written to a temp file and renamed, so a crash never leaves half a manifest."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["wav", "text", "speaker"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def _render_splits(out_dir: Path, splits: dict[str, list[Utterance]], workers: int) -> dict:
+    """Synthesize every split, write `<split>.csv`; return the summary {split: {items, hours, voices}}."""
+    flat = [u for us in splits.values() for u in us]
+    seconds = iter(synthesize_all(flat, workers=workers, desc=out_dir.name))
+    summary = {}
+    for name, us in splits.items():
+        rows, total = [], 0.0
+        for u in us:
+            total += next(seconds)
+            rows.append({"wav": str(Path(u.path).relative_to(out_dir)), "text": normalize_transcript(u.text),
+                         "speaker": u.voice.speaker})
+        write_manifest(out_dir / f"{name}.csv", rows)
+        summary[name] = {"items": len(us), "hours": round(total / 3600, 3), "voices": len({u.voice for u in us})}
+    return summary
+
+
+def build_asr(out_dir: Path, size: str, rng: np.random.Generator, workers: int = 2) -> dict:
+    sz = ASR_SIZES[size]
+    eng = sentences.english_pools()
+    train_voices, test_voices = voice_split()
+    held_world = sentences.sample_world(sz.val + sz.test, True, rng)
+    held_eng = sentences.sample_english(eng, sz.val + sz.test, "held", rng)
+    texts = {
+        "train": sentences.sample_world(sz.train_world, False, rng)
+        + sentences.sample_english(eng, sz.train_english, "train", rng),
+        "val_world": held_world[:sz.val], "val_english": held_eng[:sz.val],
+        "test_world": held_world[sz.val:], "test_english": held_eng[sz.val:],
+    }
+    splits = {}
+    for name, ts in texts.items():
+        voices = test_voices if name.startswith("test") else train_voices
+        if name == "train":
+            ts = [ts[i] for i in rng.permutation(len(ts))]  # interleave the layers
+        splits[name] = [utterance(t, pick_voice(voices, rng), out_dir / "wavs" / f"{name}_{i:05d}.wav", rng)
+                        for i, t in enumerate(ts)]
+    return _render_splits(out_dir, splits, workers)
+
+
+def build_tts(out_dir: Path, size: str, rng: np.random.Generator, workers: int = 2) -> dict:
+    sz = TTS_SIZES[size]
+    eng = sentences.english_pools()
+    held_world = sentences.sample_world(sz.val + sz.test, True, rng, mix=(0.7, 0.3, 0.0))
+    held_eng = sentences.sample_english(eng, sz.val + sz.test, "held", rng)
+    train = sentences.sample_world(sz.train_world, False, rng) + sentences.sample_english(eng, sz.train_english,
+                                                                                          "train", rng)
+    texts = {"train": [train[i] for i in rng.permutation(len(train))],
+             "val_world": held_world[:sz.val], "val_english": held_eng[:sz.val],
+             "test_world": held_world[sz.val:], "test_english": held_eng[sz.val:]}
+    splits = {name: [Utterance(t, TTS_VOICE, str(out_dir / "wavs" / f"{name}_{i:05d}.wav")) for i, t in enumerate(ts)]
+              for name, ts in texts.items()}
+    return _render_splits(out_dir, splits, workers)

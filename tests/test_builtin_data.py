@@ -1,0 +1,226 @@
+"""The built-in dataset (scripts/make_demo_data.py, omni/builtin): splits, held-out rules, determinism.
+
+One small build per session (~10-20 s on 2 cores) is shared by the tests; a second one with the same seed
+checks determinism.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from omni.builtin import speech, world
+from omni.builtin.spoken import HELD_OUT_ACCENTS, HELD_OUT_FLITE
+from omni.builtin.text import MissingSource
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ["bible", "espeak-ng", "flite", "sox"]
+needs_packages = pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
+                                    reason="system packages missing: run `bash scripts/setup_system.sh`")
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts" / "make_demo_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert _cli().main(["--out", str(out), "--size", "small", "--seed", "3"]) == 0
+    return out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def manifests(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix in (".csv", ".jsonl", ".txt"))
+
+
+# ---------------------------------------------------------------- the world (no system packages needed)
+
+def test_answers_agree_with_questions_on_random_scenes():
+    rng = np.random.default_rng(0)
+    tasks = set()
+    for _ in range(2000):
+        scene = world.sample_scene(rng)
+        for q in world.questions(scene, rng, per_task=2):
+            assert world.answer(scene, q.text) == q.answer, (scene, q)
+            tasks.add(q.task)
+    assert tasks == set(world.TASKS)
+
+
+def test_scene_round_trip_render_and_caption():
+    rng = np.random.default_rng(1)
+    scene = world.sample_scene(rng, n_objects=3)
+    assert world.Scene.from_dict(json.loads(json.dumps(scene.to_dict()))) == scene
+    img = world.render(scene, size=48)
+    assert img.size == (48, 48) and img.mode == "RGB"
+    assert np.asarray(img).std() > 10  # shapes were drawn on the background
+    cap = world.caption(scene)
+    assert cap.count(" and ") == 2 and all(o.shape in cap for o in scene.objects)
+    assert set(world.all_questions()) >= {q.text for q in world.questions(scene, rng, per_task=5)}
+
+
+def test_held_out_rule_spares_questions_and_answers():
+    assert not world.is_held_out("what colour is the star")
+    assert not world.is_held_out("on the left")
+    rng = np.random.default_rng(2)
+    captions = {world.caption(world.sample_scene(rng)) for _ in range(3000)}
+    share = sum(map(world.is_held_out, captions)) / len(captions)
+    assert 0.05 < share < 0.15
+
+
+def test_missing_program_names_package_and_command(monkeypatch):
+    monkeypatch.setattr(speech.shutil, "which", lambda prog: None)
+    with pytest.raises(MissingSource, match=r"espeak-ng.*apt-get install -y espeak-ng"):
+        speech.require_tools(["espeak-ng"])
+
+
+def test_transcript_normalization():
+    assert speech.normalize_transcript("Don't go, Sir! 'Quoted' words.") == "don't go sir quoted words"
+    assert speech.speakable_sentences("Mr. Smith went home. It cost 5 pounds. A fine day for a walk!") == \
+        ["A fine day for a walk!"]
+
+
+# ---------------------------------------------------------------- the built dataset
+
+@needs_packages
+def test_layout_and_summary(demo):
+    for rel in ["text/train.txt", "text/val.txt", "text/world_val.txt", "summary.md", "summary.json"]:
+        assert (demo / rel).stat().st_size > 0, rel
+    for split in ["train", "val_world", "val_english", "test_world", "test_english"]:
+        for part in ["asr", "tts"]:
+            rows = read_csv(demo / part / f"{split}.csv")
+            assert rows and list(rows[0]) == ["wav", "text", "speaker"]
+            assert all(re.fullmatch(r"[a-z' ]+", r["text"]) for r in rows)
+    for split in ["train", "val_world", "val_emoji"]:
+        assert read_jsonl(demo / "images" / f"{split}.jsonl")
+    for split in ["train", "val"]:
+        assert read_jsonl(demo / "sft" / f"{split}.jsonl")
+    assert "| train |" in (demo / "summary.md").read_text()
+    assert {r["speaker"] for r in read_csv(demo / "tts" / "train.csv")} == {"flite:slt"}
+
+
+@needs_packages
+def test_rerun_is_a_noop(demo, capsys):
+    before = {p: p.stat().st_mtime_ns for p in manifests(demo)}
+    assert _cli().main(["--out", str(demo), "--size", "small", "--seed", "3"]) == 0
+    assert capsys.readouterr().out.count("up to date") == 5
+    assert {p: p.stat().st_mtime_ns for p in manifests(demo)} == before
+
+
+@needs_packages
+def test_same_seed_gives_identical_manifests(demo, tmp_path):
+    assert _cli().main(["--out", str(tmp_path), "--size", "small", "--seed", "3"]) == 0
+    ours = [p.relative_to(demo) for p in manifests(demo)]
+    assert ours == [p.relative_to(tmp_path) for p in manifests(tmp_path)]
+    for rel in ours:
+        assert (demo / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+
+
+@needs_packages
+def test_held_out_voices_never_in_asr_training(demo):
+    def held(speaker: str) -> bool:
+        engine, name = speaker.split(":")
+        return (engine == "espeak" and name.split("+")[0] in HELD_OUT_ACCENTS) or \
+            (engine == "flite" and name in HELD_OUT_FLITE)
+
+    train = read_csv(demo / "asr" / "train.csv")
+    assert len({r["speaker"] for r in train}) > 20
+    assert not [r for r in train if held(r["speaker"])]
+    for split in ["val_world", "val_english"]:
+        assert not [r for r in read_csv(demo / "asr" / f"{split}.csv") if held(r["speaker"])]
+    for split in ["test_world", "test_english"]:
+        assert all(held(r["speaker"]) for r in read_csv(demo / "asr" / f"{split}.csv"))
+    sft_train_audio = {r["audio"] for r in read_jsonl(demo / "sft" / "train.jsonl") if "audio" in r}
+    sft_val_audio = {r["audio"] for r in read_jsonl(demo / "sft" / "val.jsonl") if "audio" in r}
+    assert sft_train_audio and sft_val_audio and not sft_train_audio & sft_val_audio
+
+
+def _sentences(doc: str) -> set[str]:
+    """World documents are '<caption>. <question>? <answer>. ...'."""
+    return {s.strip() for s in re.split(r"[.?]\s*", doc) if s.strip()}
+
+
+@needs_packages
+def test_held_out_sentences_never_in_any_training_split(demo):
+    held = set()
+    for part in ["asr", "tts"]:
+        for split in ["val_world", "val_english", "test_world", "test_english"]:
+            held |= {r["text"] for r in read_csv(demo / part / f"{split}.csv")}
+    held |= {r["caption"] for r in read_jsonl(demo / "images" / "val_world.jsonl")}
+    world_val = (demo / "text" / "world_val.txt").read_text().splitlines()
+    held |= {doc.split(". ")[0] for doc in world_val}  # each held-out document opens with its scene's caption
+    held |= {r["answer"] for r in read_jsonl(demo / "sft" / "val.jsonl") if r["task"] in ("caption", "transcribe")}
+
+    training = set()
+    for part in ["asr", "tts"]:
+        training |= {r["text"] for r in read_csv(demo / part / "train.csv")}
+    training |= {r["caption"] for r in read_jsonl(demo / "images" / "train.jsonl")}
+    for r in read_jsonl(demo / "sft" / "train.jsonl"):
+        training |= {r["prompt"].rstrip("?"), r["answer"].rstrip("."), r.get("question", "")}
+    text_lines = (demo / "text" / "train.txt").read_text().splitlines()
+    for line in text_lines:
+        training |= _sentences(line.lower())
+        training.add(speech.normalize_transcript(line))
+    assert not held & training, sorted(held & training)[:5]
+    assert not set(world_val) & set(text_lines)
+
+
+@needs_packages
+def test_every_manifest_row_points_at_a_readable_file(demo):
+    for part in ["asr", "tts"]:
+        for csv_path in (demo / part).glob("*.csv"):
+            for r in read_csv(csv_path):
+                info = sf.info(csv_path.parent / r["wav"])
+                assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+                assert info.frames > 1600, r
+    for folder in ["images", "sft"]:
+        for jl in (demo / folder).glob("*.jsonl"):
+            for r in read_jsonl(jl):
+                if "image" in r:
+                    with Image.open(jl.parent / r["image"]) as im:
+                        assert im.convert("RGB").size == (64, 64)
+                if "audio" in r:
+                    assert sf.info(jl.parent / r["audio"]).frames > 0
+
+
+@needs_packages
+def test_every_sft_answer_agrees_with_its_scene(demo):
+    checked = 0
+    for split in ["train", "val"]:
+        for r in read_jsonl(demo / "sft" / f"{split}.jsonl"):
+            assert r["prompt"] and r["answer"], r
+            if "scene" not in r:
+                continue
+            scene = world.Scene.from_dict(r["scene"])
+            with Image.open(demo / "sft" / r["image"]) as im:  # the picture is the scene that was drawn
+                assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(world.render(scene, 64)))
+            if r["task"] == "caption":
+                assert r["answer"] == world.caption(scene)
+                continue
+            question = r.get("question") or r["prompt"].splitlines()[-1].removeprefix("user: and ")
+            assert world.answer(scene, question) == r["answer"], r
+            checked += 1
+    assert checked > 100
+    for r in read_jsonl(demo / "images" / "val_world.jsonl"):
+        assert r["caption"] == world.caption(world.Scene.from_dict(r["scene"]))
+        assert world.scene_is_held_out(world.Scene.from_dict(r["scene"]))
