@@ -92,6 +92,15 @@ def espeak_voices(accents: list[str] | None = None) -> list[Voice]:
 
 def synthesize(u: Utterance) -> float:
     """Write one utterance as 16 kHz mono 16-bit WAV; return its duration in seconds."""
+    try:
+        return _synthesize(u)
+    except subprocess.CalledProcessError as e:  # say which voice and sentence, not just the exit status
+        err = (e.stderr or b"").decode(errors="replace").strip()[:200]
+        raise RuntimeError(f"{e.cmd[0]} failed (exit {e.returncode}) for {u.voice.speaker} saying {u.text!r} "
+                           f"-> {u.path}: {err}") from None
+
+
+def _synthesize(u: Utterance) -> float:
     Path(u.path).parent.mkdir(parents=True, exist_ok=True)
     if u.voice.engine == "espeak":
         wav = subprocess.run(["espeak-ng", "-v", u.voice.name, "-s", str(u.rate), "-p", str(u.pitch),

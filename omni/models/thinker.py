@@ -147,3 +147,24 @@ def generate(model: Thinker, prompt: torch.Tensor, max_new_tokens: int = 64, tem
         if eos_id is not None and bool(done.all()):
             break
     return ids
+
+
+def load_thinker(path, device="cpu"):
+    """(Thinker, Tokenizer) from a final `thinker.pt`; a missing, corrupt or mismatched file is an error
+    that names it."""
+    from omni.config import from_dict
+    from omni.tokenizer import Tokenizer
+    from omni.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    for key in ("model", "model_config", "tokenizer"):
+        if key not in state:
+            raise ValueError(f"{path} is not a Thinker artifact (no '{key}' entry); step checkpoints hold "
+                             f"training state, the final thinker.pt is what loads here")
+    model = Thinker(from_dict(ThinkerConfig, state["model_config"], where=str(path)))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None
+    tok = Tokenizer(model_proto=state["tokenizer"].numpy().tobytes())
+    return model.to(device).eval(), tok

@@ -125,6 +125,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
 
     def _install_signals(self):
+        self._old_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
         def handler(signum, frame):
             if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C means now
@@ -234,6 +236,8 @@ class Trainer:
         try:
             self._run()
         finally:
+            for sig, old in getattr(self, "_old_handlers", {}).items():
+                signal.signal(sig, old)
             log.close()
             dist.cleanup()
 

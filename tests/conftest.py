@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny corpus, a tiny tokenizer and a tiny Stage A config, all built offline."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("the a red blue green yellow circle square star heart on left right top bottom of and is there "
+         "small large what colour how many shapes one two three in beginning god said light was good").split()
+
+
+def write_corpus(path: Path, n_docs: int, seed: int = 0) -> Path:
+    r = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(" ".join(r.choice(WORDS) for _ in range(r.randint(4, 14))) + ".\n"
+                            for _ in range(n_docs)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory):
+    """train.txt (87 windows of 32 tokens: an epoch is 21 batches of 4), val.txt and a 320-token tokenizer."""
+    from omni.tokenizer import train_tokenizer
+    d = tmp_path_factory.mktemp("text")
+    write_corpus(d / "train.txt", 90, seed=1)
+    write_corpus(d / "val.txt", 10, seed=2)
+    train_tokenizer([d / "train.txt"], d / "tokenizer.model", 320)
+    return d
+
+
+def tiny_text_config(text_data: Path, save_dir: Path, **overrides) -> Path:
+    cfg = {
+        "save_dir": str(save_dir), "train_file": str(text_data / "train.txt"),
+        "val_file": str(text_data / "val.txt"), "tokenizer": str(text_data / "tokenizer.model"),
+        "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "max_steps": 40, "print_freq": 1, "val_freq": 20,
+        "checkpoint_freq": 3, "keep_checkpoints": 3, "sample_tokens": 4, "val_batch_size": 8,
+        "model": {"vocab_size": 320, "n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2,
+                  "d_ff": 128, "ctx_len": 32, "dropout": 0.1},
+    }
+    for key, value in overrides.items():
+        node, *path = key.split(".")
+        if path:
+            cfg[node][path[0]] = value
+        else:
+            cfg[key] = value
+    path = save_dir.parent / f"{save_dir.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def script_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return env
+
+
+def run_script(args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=script_env(), **kw)
+
+
+def metrics(save_dir: Path, split: str | None = None) -> list[dict]:
+    path = save_dir / "metrics.jsonl"
+    rows = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in rows if r.get("split") == split]
+
+
+def final_weights(save_dir: Path, name: str = "thinker") -> dict:
+    return torch.load(save_dir / f"{name}.pt", weights_only=True)["model"]

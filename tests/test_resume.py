@@ -1,0 +1,128 @@
+"""Resume exactness, crash safety and gradient accumulation of the shared engine, through Stage A."""
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, final_weights, metrics, run_script, script_env, tiny_text_config
+
+
+@pytest.fixture(scope="module")
+def reference(text_data, tmp_path_factory):
+    """An uninterrupted 40-step run (the epoch is 22 batches, so it crosses into a second epoch)."""
+    save = tmp_path_factory.mktemp("ref") / "run"
+    r = run_script(["train_text.py", "--config", str(tiny_text_config(text_data, save))])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return save
+
+
+def kill_at(cmd: list[str], save_dir, step: int) -> int:
+    """Start a run and SIGKILL it once it has logged `step`; returns the last logged step."""
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=script_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            rows = metrics(save_dir)
+            if rows and rows[-1]["step"] >= step:
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    return metrics(save_dir)[-1]["step"]
+
+
+def assert_same_run(ref, run):
+    a, b = final_weights(ref), final_weights(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"weights differ in {k}"
+    ref_loss = [(m["step"], m["loss"]) for m in metrics(ref)]
+    run_loss = [(m["step"], m["loss"]) for m in metrics(run)]
+    assert run_loss == ref_loss
+
+
+@pytest.mark.parametrize("workers,lo,hi", [(0, 4, 20), (2, 4, 20), (0, 24, 36)],
+                         ids=["first-epoch", "two-workers", "second-epoch"])
+def test_sigkill_then_rerun_is_bitwise_identical(text_data, reference, tmp_path, workers, lo, hi):
+    save = tmp_path / "run"
+    cfg = tiny_text_config(text_data, save, num_workers=workers)
+    cmd = ["train_text.py", "--config", str(cfg)]
+    killed_at = kill_at(cmd, save, random.Random(workers * 100 + lo).randint(lo, hi))
+    assert killed_at < 40 and not (save / "thinker.pt").exists(), "the run finished before the kill"
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from thinker_step_" in (save / "training.log").read_text()
+    assert_same_run(reference, save)
+
+
+def test_sigterm_saves_current_step_and_resumes(text_data, reference, tmp_path):
+    save = tmp_path / "run"
+    cmd = ["train_text.py", "--config", str(tiny_text_config(text_data, save, checkpoint_freq=1000))]
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=script_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (metrics(save) and metrics(save)[-1]["step"] >= 7):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    log = (save / "training.log").read_text()
+    assert "stopped by SIGTERM" in log
+    stopped = metrics(save)[-1]["step"]
+    assert (save / f"thinker_step_{stopped}.pt").exists()  # not a multiple of checkpoint_freq: saved on signal
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_run(reference, save)
+
+
+def test_corrupt_newest_checkpoint_falls_back(text_data, reference, tmp_path):
+    save = tmp_path / "run"
+    cmd = ["train_text.py", "--config", str(tiny_text_config(text_data, save))]
+    assert run_script(cmd).returncode == 0
+    (save / "thinker_step_40.pt").write_bytes(b"not a checkpoint")
+    (save / "thinker.pt").unlink()
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (save / "training.log").read_text()
+    assert "thinker_step_40.pt is unreadable or corrupt" in log
+    assert "resumed from thinker_step_39.pt" in log
+    assert_same_run(reference, save)
+
+
+def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    from omni.train import checkpoint as ckpt
+    good = {"model": {"w": torch.ones(3)}, "step": 1}
+    path = tmp_path / "m_step_1.pt"
+    ckpt.atomic_save(good, path)
+
+    def torn_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", torn_save)
+    with pytest.raises(OSError):
+        ckpt.atomic_save({"model": {}, "step": 2}, path)
+    monkeypatch.undo()
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["m_step_1.pt"]  # no temp file left behind
+
+
+def test_gradient_accumulation_matches_larger_batch(text_data, tmp_path):
+    runs = {}
+    for name, bs, accum in (("accum", 4, 2), ("big", 8, 1)):
+        save = tmp_path / name
+        cfg = tiny_text_config(text_data, save, batch_size=bs, gradient_accumulation_steps=accum,
+                               max_steps=8, val_freq=1000, **{"model.dropout": 0.0})
+        r = run_script(["train_text.py", "--config", str(cfg)])
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = [m["loss"] for m in metrics(save)]
+    assert len(runs["accum"]) == 8
+    assert runs["accum"] == pytest.approx(runs["big"], rel=1e-5, abs=1e-6)
+    assert runs["accum"][-1] < runs["accum"][0]  # and it learns

@@ -1,0 +1,104 @@
+"""The Thinker: shapes, KV-cached generation parity, sampling, MoE, and strict loading."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omni.models.thinker import Thinker, ThinkerConfig, generate, load_thinker, sample_next
+
+
+def tiny(**kw) -> Thinker:
+    torch.manual_seed(0)
+    cfg = ThinkerConfig(vocab_size=97, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, ctx_len=64, **kw)
+    return Thinker(cfg).eval()
+
+
+def test_shapes_hidden_and_embeddings_input():
+    m = tiny()
+    ids = torch.randint(0, 97, (3, 10))
+    out = m(ids, targets=ids, return_hidden=True)
+    assert out["logits"].shape == (3, 10, 97) and out["hidden"].shape == (3, 10, 64)
+    assert out["loss"].ndim == 0
+    same = m(inputs_embeds=m.embed(ids))["logits"]
+    assert torch.allclose(same, out["logits"])
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_experts": 4}, {"tie_embeddings": False}], ids=["dense", "moe", "untied"])
+def test_kv_cached_generation_matches_uncached_logits(kw):
+    m = tiny(**kw)
+    prompt = torch.randint(0, 97, (2, 12))
+    out = generate(m, prompt, max_new_tokens=32, temperature=0)
+    assert out.shape == (2, 44)
+    # logits for every new token, once through the cache (prompt, then one token at a time) and once full
+    cache = m.new_cache(2)
+    cached = [m(prompt, cache=cache)["logits"][:, -1]]
+    for t in range(12, 43):
+        cached.append(m(out[:, t:t + 1], cache=cache)["logits"][:, -1])
+    full = m(out[:, :43])["logits"][:, 11:]
+    assert (torch.stack(cached, 1) - full).abs().max().item() < 1e-4
+    assert torch.equal(out, generate(m, prompt, max_new_tokens=32, temperature=0, use_cache=False))
+
+
+def test_chunked_prefill_with_cache_is_causal():
+    m = tiny()
+    ids = torch.randint(0, 97, (1, 20))
+    cache = m.new_cache(1)
+    a = m(ids[:, :8], cache=cache)["logits"]
+    b = m(ids[:, 8:], cache=cache)["logits"]
+    assert (torch.cat([a, b], 1) - m(ids)["logits"]).abs().max().item() < 1e-4
+
+
+def test_sdpa_and_explicit_attention_agree():
+    ids = torch.randint(0, 97, (2, 16))
+    a = tiny()(ids)["logits"]
+    b = tiny(use_flash=False)(ids)["logits"]
+    assert (a - b).abs().max().item() < 1e-5
+
+
+def test_generation_stops_at_eos_and_pads_finished_rows():
+    m = tiny()
+    prompts = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    free = generate(m, prompts, max_new_tokens=20, temperature=0)
+    eos = int(free[0, 5])  # row 0 emits this as its third new token; call it EOS
+    out = generate(m, prompts, max_new_tokens=20, temperature=0, eos_id=eos)
+    assert torch.equal(out[0, :6], free[0, :6]) and (out[0, 6:] == eos).all()
+    if not (free[1, 3:] == eos).any():
+        assert out.shape[1] == 23  # row 1 never ends, so generation runs to max_new_tokens
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    picks = {int(sample_next(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
+    assert picks == {0, 1}
+    picks = {int(sample_next(logits, 1.0, top_p=0.5, generator=g)) for _ in range(200)}
+    assert picks == {0}  # token 0 alone holds over half the mass
+    assert int(sample_next(logits, 0.0)) == 0
+
+
+def test_moe_balancing_loss_is_part_of_the_loss():
+    m = tiny(n_experts=4).train()
+    ids = torch.randint(0, 97, (2, 16))
+    out = m(ids, targets=ids)
+    assert out["aux_loss"].item() >= 0.99  # n_experts * Σ f_i P_i ≥ 1, with equality when balanced
+    assert torch.allclose(out["loss"], out["ce"] + 0.01 * out["aux_loss"])
+    out["loss"].backward()
+    assert m.blocks[0].mlp.router.weight.grad is not None
+
+
+def test_loading_missing_or_foreign_artifact_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_thinker(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        load_thinker(bad)
+    m = tiny()
+    art = {"model": m.state_dict(), "tokenizer": torch.zeros(1, dtype=torch.uint8),
+           "model_config": {**vars(m.cfg), "d_ff": 256}}
+    torch.save(art, tmp_path / "mismatch.pt")
+    with pytest.raises(RuntimeError, match="mismatch.pt"):
+        load_thinker(tmp_path / "mismatch.pt")
+    torch.save({"model": {}, "step": 3}, tmp_path / "step.pt")
+    with pytest.raises(ValueError, match="step.pt"):
+        load_thinker(tmp_path / "step.pt")
