@@ -17,6 +17,7 @@ English sentences, held-out WordNet entries) and unseen voices (the ASR test voi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ SIZES = {
 }
 
 
+@lru_cache(maxsize=2)
 def _unique_definitions(val: bool) -> list[tuple[str, str]]:
     """(word, first clause of its definition) for words with one WordNet entry, on one side of the text
     corpus's held-out rule (entries and documents correspond one to one, in order)."""
