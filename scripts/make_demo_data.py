@@ -3,8 +3,11 @@
 
     python scripts/make_demo_data.py --out data/demo [--size small|full] [--seed N] [--only text,...]
 
-Deterministic for a given seed and size; a rerun with the same arguments finds the stamp file and does
-nothing. Writes one folder per modality and a summary table beside the data.
+Parts (one folder each under --out): text, asr, tts, images, sft (and ocr, added by the OCR stage); see
+README "Data" for their splits. Deterministic for a given seed and size (each part draws from its own
+generator, so --only gives the same data as a full build); a rerun with the same arguments finds each
+part's stamp file and does nothing. Speech is synthesized on both cores. The summary table (items, hours of
+audio and voices per split) is printed and written to <out>/summary.md (and summary.json).
 """
 from __future__ import annotations
 
