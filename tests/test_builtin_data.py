@@ -217,6 +217,9 @@ def test_every_sft_answer_agrees_with_its_scene(demo):
             if r["task"] == "caption":
                 assert r["answer"] == world.caption(scene)
                 continue
+            if r["task"] == "dialogue":  # the earlier turn in the prompt must be right too
+                first, reply = r["prompt"].splitlines()[:2]
+                assert world.answer(scene, first.removeprefix("user: ")) == reply.removeprefix("assistant: ")[:-1]
             question = r.get("question") or r["prompt"].splitlines()[-1].removeprefix("user: and ")
             assert world.answer(scene, question) == r["answer"], r
             checked += 1

@@ -127,8 +127,8 @@ def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, 
             rows.append({"prompt": f"user: {a}", "answer": b, "task": "dialogue"})
             continue
         s, rel = scenes[rng.integers(len(scenes))]
-        q1, q2 = [world.questions(s, rng)[j] for j in (0, 1)] if rng.random() < 0.5 else \
-            [world.questions(s, rng)[j] for j in (2, 3)]
+        qs = world.questions(s, rng)
+        q1, q2 = (qs[j] for j in rng.choice(len(qs), size=2, replace=False))
         rows.append({"prompt": f"user: {q1.text}?\nassistant: {q1.answer}.\nuser: and {q2.text}?",
                      "answer": q2.answer, "image": rel, "task": "dialogue", "scene": s.to_dict()})
 
