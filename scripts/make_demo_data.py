@@ -35,6 +35,7 @@ SIZES = {
     "full": {"wordnet_docs": 40000, "world_docs": 20000, "world_val_docs": 1000},
 }
 WORKERS = 2  # speech synthesis processes: both cores of the demo machine
+DATA_VERSION = 2  # part of every stamp: bump it when a builder's output changes, so old builds are redone
 
 
 def part_rng(seed: int, part: str) -> np.random.Generator:
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     summary, seconds = {}, {}
     for part in parts:
         stamp = out / part / ".done.json"
-        key = {"size": args.size, "seed": args.seed}
+        key = {"size": args.size, "seed": args.seed, "version": DATA_VERSION}
         if not args.force and stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
             print(f"{part}: up to date ({stamp})")
             done = json.loads(stamp.read_text())
