@@ -53,23 +53,36 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """Causal self-attention with grouped-query heads (n_kv_heads divides n_heads) and RoPE."""
+    """Self-attention with grouped-query heads (n_kv_heads divides n_heads).
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, dropout: float = 0.0, use_flash: bool = True):
+    causal=True (the Thinker): each query sees the keys up to its own position, with the KV cache.
+    causal=False (the encoders: ViT, audio): every query sees every key, except the keys that
+    `key_padding_mask` marks as padding. RoPE applies when the caller passes cos/sin, else positions come
+    from elsewhere (learned position embeddings).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, dropout: float = 0.0,
+                 use_flash: bool = True, causal: bool = True, bias: bool = False):
         super().__init__()
+        n_kv_heads = n_kv_heads or n_heads
         assert d_model % n_heads == 0 and n_heads % n_kv_heads == 0, "heads must divide d_model and kv groups"
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
-        self.q = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.kv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=False)
-        self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.q = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.kv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=bias)
+        self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
         self.use_flash = use_flash
+        self.causal = causal
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos=None, sin=None, cache: KVCache | None = None, layer: int = 0,
+                key_padding_mask: torch.Tensor | None = None):
+        """x: Tensor[B x T x d]; cos, sin: Tensor[T x D/2] or None (no RoPE); key_padding_mask:
+        Bool[B x T], True where a key is real (non-causal only). Returns Tensor[B x T x d]."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(x).view(B, T, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -78,12 +91,17 @@ class Attention(nn.Module):
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         S = k.shape[2]
-        # Causal over the whole key range: query i (absolute position past+i) sees keys 0..past+i.
         mask, causal = None, False
-        if past == 0:
-            causal = T > 1
-        elif T > 1:
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        if self.causal:
+            # Causal over the whole key range: query i (absolute position past+i) sees keys 0..past+i.
+            if key_padding_mask is not None:
+                raise ValueError("key_padding_mask is for non-causal attention")
+            if past == 0:
+                causal = T > 1
+            elif T > 1:
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        elif key_padding_mask is not None:
+            mask = key_padding_mask[:, None, None, :S].to(torch.bool)      # [B x 1 x 1 x S], broadcast over queries
         p = self.dropout if self.training else 0.0
         if self.use_flash:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
