@@ -50,6 +50,8 @@ class TextStage(Stage):
         cfg, save_dir = self.cfg, Path(self.cfg.save_dir)
         tok_path = Path(cfg.tokenizer) if cfg.tokenizer else save_dir / "tokenizer.model"
         if self.dist.is_main:
+            if self.fresh and not cfg.tokenizer and tok_path.exists():
+                tok_path.unlink()  # the corpus may have changed: train the tokenizer anew
             if not tok_path.exists():
                 if cfg.tokenizer:
                     raise FileNotFoundError(f"tokenizer not found: {tok_path} (config key 'tokenizer')")

@@ -40,8 +40,9 @@ class Stage:
     default_config = ""
     unit = "samples"                 # throughput unit, e.g. "tok"
 
-    def __init__(self, cfg, info: dist.DistInfo, log: RunLogger):
+    def __init__(self, cfg, info: dist.DistInfo, log: RunLogger, fresh: bool = False):
         self.cfg, self.dist, self.log = cfg, info, log
+        self.fresh = fresh  # --fresh: prepare() should also rebuild what it made itself (a tokenizer)
 
     def prepare(self) -> None:
         """One-time work before the model exists (tokenizers, caches). Runs on every rank."""
@@ -114,7 +115,7 @@ class Trainer:
         self.device = self.dist.device
         self.save_dir = Path(cfg.save_dir)
         self.log = RunLogger(self.save_dir, enabled=self.dist.is_main)
-        self.stage = stage_cls(cfg, self.dist, self.log)
+        self.stage = stage_cls(cfg, self.dist, self.log, fresh=self.fresh)
         self.name = self.stage.name
         self.stop_signal = None
 

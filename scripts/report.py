@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Write runs/demo/report.md: one metrics table against SPEC §7's demo targets, and loss curves as PNG.
+
+    python scripts/report.py [--runs runs/demo]
+
+Reads the JSON objects scripts/evaluate.py wrote into <runs>/eval/ (scripts/demo.sh does that), the stage
+times in <runs>/eval/times.json, and every <runs>/<stage>/metrics.jsonl for the curves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# (stage, what is measured, eval file stem, key, "<" or ">", target). Stages add their rows here.
+TARGETS = [
+    ("A", "bits per byte, held-out real English (val.txt)", "text_val", "bits_per_byte", "<", 1.8),
+    ("A", "perplexity, held-out world sentences (world_val.txt)", "text_world_val", "perplexity", "<", 10.0),
+]
+MINUTES = {"A": ("thinker", 5)}  # stage -> (times.json key, CPU-minute budget)
+
+
+def curves(runs: Path, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    for mfile in sorted(runs.glob("*/metrics.jsonl")):
+        rows = [json.loads(l) for l in mfile.read_text().splitlines() if l.strip()]
+        train = [(r["step"], r["loss"]) for r in rows if r.get("split") is None and r.get("loss") is not None]
+        val = [(r["step"], r["loss"]) for r in rows if r.get("split") == "val" and r.get("loss") is not None]
+        if not train:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(*zip(*train), label="train", lw=1)
+        if val:
+            ax.plot(*zip(*val), "o-", label="val")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+        ax.set_title(mfile.parent.name)
+        ax.legend()
+        fig.tight_layout()
+        path = out / f"{mfile.parent.name}_loss.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="runs/demo")
+    args = p.parse_args(argv)
+    runs = Path(args.runs)
+    evals = runs / "eval"
+    times = json.loads((evals / "times.json").read_text()) if (evals / "times.json").exists() else {}
+    lines = ["# μOmni demo report", "", "| stage | metric | value | target | met |", "|---|---|---|---|---|"]
+    for stage, what, stem, key, op, target in TARGETS:
+        f = evals / f"{stem}.json"
+        if not f.exists():
+            lines.append(f"| {stage} | {what} | not run | {op} {target} | |")
+            continue
+        value = json.loads(f.read_text())[key]
+        met = value < target if op == "<" else value > target
+        lines.append(f"| {stage} | {what} | {value:.4g} | {op} {target} | {'yes' if met else 'NO'} |")
+    for stage, (key, budget) in MINUTES.items():
+        if key in times:
+            minutes = times[key] / 60
+            lines.append(f"| {stage} | training minutes | {minutes:.1f} | ≤ {budget} | "
+                         f"{'yes' if minutes <= budget else 'NO'} |")
+    lines += ["", "## Loss curves", ""]
+    for png in curves(runs, runs):
+        lines.append(f"![{png.stem}]({png.name})")
+    (runs / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(TARGETS) + len(MINUTES) + 4]))
+    print(f"wrote {runs / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
