@@ -397,4 +397,9 @@ class Trainer:
 
 
 def run(stage_cls, argv=None) -> None:
-    Trainer(stage_cls, argv).run()
+    """Entry point of every stage script. Errors a user can fix (a missing file, a bad config or checkpoint)
+    end the run with one clear line instead of a traceback."""
+    try:
+        Trainer(stage_cls, argv).run()
+    except (ConfigError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
