@@ -49,3 +49,13 @@ def test_val_split_holds_out_documents(text_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     log = (save / "training.log").read_text()
     assert "val" in log and metrics(save, "val")[-1]["n_tokens"] > 0
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(text_data, tmp_path):
+    save = tmp_path / "run"
+    cfg = tiny_text_config(text_data, save, lr=1e6, max_grad_norm=0.0, warmup_steps=0, max_nonfinite_steps=3)
+    r = run_script(["train_text.py", "--config", str(cfg)])
+    assert r.returncode != 0
+    log = (save / "training.log").read_text()
+    assert "step skipped (1 in a row)" in log and "step skipped (3 in a row)" in log
+    assert "3 non-finite steps in a row" in r.stderr

@@ -335,8 +335,8 @@ class Trainer:
                                            self.dist) > 0
             if bad_step and self.scaler is None:
                 nonfinite += 1
-                log.info(f"WARNING: non-finite loss or gradient at step {step + 1} (loss {loss_val}); "
-                         f"step skipped ({nonfinite} in a row)")
+                log.info(f"WARNING: non-finite loss or gradient at step {step + 1} (loss {loss_val:.4g}, "
+                         f"grad norm {float(grad_norm):.4g}); step skipped ({nonfinite} in a row)")
                 if nonfinite >= cfg.max_nonfinite_steps:
                     raise RuntimeError(f"{nonfinite} non-finite steps in a row at step {step + 1}: "
                                        f"lower lr, check the data, or enable clipping")
