@@ -313,6 +313,11 @@ class Trainer:
                 bad += n_bad
                 seen_in_window += n_samples
                 self.samples_seen += n_samples * self.dist.world_size
+                if not batch:  # every sample of this micro-batch was bad: nothing to learn from
+                    if self.dist.enabled:  # the other ranks would wait forever in the gradient all-reduce
+                        raise RuntimeError(f"rank {self.dist.rank}: every sample of a micro-batch was bad "
+                                           f"at epoch {self.epoch}; see the skipped-sample warnings")
+                    continue
                 batch = to_device(batch, device)
                 sync = micro == accum - 1
                 no_sync = fwd_model.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
