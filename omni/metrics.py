@@ -25,3 +25,79 @@ def lm_metrics(model, tokens: np.ndarray, ctx_len: int, batch_size: int, token_b
         n_bytes += int(tb[y].sum())
     return {"loss": nll / n_tok, "perplexity": math.exp(nll / n_tok),
             "bits_per_byte": nll / math.log(2) / max(n_bytes, 1), "n_tokens": n_tok}
+
+
+@torch.no_grad()
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_ids, group: int = 32,
+                      seed: int = 0) -> dict:
+    """Image↔text retrieval over N (image, caption) pairs. image_emb, text_emb: Tensor[N x E] (compared by
+    dot product, so pass unit vectors for cosine); caption_ids: [N], equal for rows with the same caption.
+
+    Duplicate captions (two images both "a small red star on the left") are one text: the candidates for
+    image→text are the distinct captions (the first row of each stands for it), and a text→image query is
+    answered correctly by any image with that caption. So a duplicate is never a wrong answer, and top-5
+    lists hold five different captions.
+      i2t_top{1,5}: over all N images, is the image's caption among the top k of the distinct captions
+      t2i_top{1,5}: over the distinct captions, is an image with that caption among the top k of all N images
+      i2t_top1_in32: the same image→text top-1 within random groups of `group` pairs (a seeded partition;
+                     a tail smaller than the group is dropped unless N is smaller than one group)
+    """
+    ids = torch.as_tensor(np.asarray(caption_ids))
+    img, txt = image_emb.float(), text_emb.float()
+    uniq, inverse = torch.unique(ids, return_inverse=True)                 # inverse: row -> distinct caption
+    first = torch.full((len(uniq),), len(ids), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(len(ids)), "amin")
+    sim = img @ txt[first].t()                                              # [N x U]
+    out = {"n": len(ids), "n_captions": len(uniq)}
+    # Ranks count the wrong candidates scoring at least as high: a tie is a miss, so a collapsed model
+    # (every embedding equal) scores 0 rather than 1.
+    target = sim.gather(1, inverse[:, None])
+    rank_i2t = (sim >= target).sum(1) - 1
+    rank_t2i = []
+    for u in range(len(uniq)):  # best-scoring image of caption u against every image of other captions
+        s = sim[:, u]
+        rank_t2i.append(int((s[inverse != u] >= s[inverse == u].max()).sum()))
+    rank_t2i = torch.tensor(rank_t2i)
+    for k in (1, 5):
+        out[f"i2t_top{k}"] = float((rank_i2t < k).float().mean())
+        out[f"t2i_top{k}"] = float((rank_t2i < k).float().mean())
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(ids)))
+    n_groups = max(1, len(ids) // group)
+    hits, total = 0, 0
+    for g in range(n_groups):
+        rows = order[g * group:(g + 1) * group] if len(ids) >= group else order
+        s = img[rows] @ txt[first[inverse[rows]]].t()                       # [g x g]
+        same = inverse[rows][:, None] == inverse[rows][None, :]
+        own = s.masked_fill(~same, float("-inf")).max(1).values
+        other = s.masked_fill(same, float("-inf")).max(1).values
+        hits += int((own > other).sum())
+        total += len(rows)
+    out[f"i2t_top1_in{group}"] = hits / total
+    return out
+
+
+@torch.no_grad()
+def clip_metrics(model, pixels: np.ndarray, tokens: list[list[int]], caption_ids, device: torch.device,
+                 batch_size: int = 256, group: int = 32, seed: int = 0, features: torch.Tensor | None = None) -> dict:
+    """Embed every (image, caption) pair of a split with a ClipModel and score it: `retrieval_metrics` plus
+    `loss`, the symmetric InfoNCE over the whole split at once (every other pair a negative) at the model's
+    temperature. pixels: uint8 [N x 3 x S x S]; tokens: N lists of ids; features:
+    optional cached Thinker states [n_captions x T x d] indexed by caption id."""
+    from omni.models.vision import clip_loss
+    ids = torch.as_tensor(np.asarray(caption_ids))
+    imgs, txts = [], []
+    for i in range(0, len(tokens), batch_size):
+        x = torch.from_numpy(np.asarray(pixels[i:i + batch_size], dtype=np.float32) / 255.0).to(device)
+        imgs.append(model.encode_image(x).float().cpu())
+        toks = tokens[i:i + batch_size]
+        T = max(len(t) for t in toks)
+        t_ids = torch.zeros(len(toks), T, dtype=torch.long)
+        mask = torch.zeros(len(toks), T, dtype=torch.bool)
+        for j, t in enumerate(toks):
+            t_ids[j, :len(t)], mask[j, :len(t)] = torch.tensor(t), True
+        feats = features[ids[i:i + batch_size], :T].to(device) if features is not None else None
+        txts.append(model.encode_text(t_ids.to(device), mask.to(device), feats).float().cpu())
+    img, txt = torch.cat(imgs), torch.cat(txts)
+    out = retrieval_metrics(img, txt, ids, group, seed)
+    out["loss"] = float(clip_loss(img, txt, model.scale().float().cpu()))
+    return out
