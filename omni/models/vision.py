@@ -1,0 +1,246 @@
+"""The vision encoder (a ViT) and the contrastive image–text model that trains it (Stage C, SPEC §6).
+
+    enc = VisionEncoder(ViTConfig())                 # images: Tensor[B x 3 x S x S] in [0, 1]
+    cls, patches = enc(images)                       # Tensor[B x d], Tensor[B x N x d], N = (S / patch)²
+    clip, tok = load_vision("runs/demo/vision/vision.pt")
+    clip.encode_image(images), clip.encode_text(ids, mask)   # unit vectors in the shared embed_dim space
+
+The text side is either the frozen Thinker (its hidden states, SPEC §6's default) or a trainable token
+embedding with learned positions; either way a few non-causal blocks and a masked mean pool follow, so the
+text side can learn which colour goes with which shape even over frozen features.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from omni.models.layers import Attention, RMSNorm, SwiGLU
+from omni.models.thinker import Thinker
+
+# Pixels are scaled to [-1, 1] inside the encoder, so every caller feeds plain [0, 1] images.
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 224
+    patch_size: int = 16         # 224 / 16 = 14 x 14 = 196 patch tokens + CLS
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 2
+    d_ff: int = 512
+    dropout: float = 0.0
+
+
+@dataclass
+class TextSideConfig:
+    """The text tower. With the frozen Thinker, its hidden states are projected to d_model first."""
+    d_model: int = 128
+    n_layers: int = 1            # non-causal blocks over the token features (0 = pool them directly)
+    n_heads: int = 2
+    d_ff: int = 512
+    max_len: int = 64            # caption tokens; longer captions are skipped and counted, never truncated
+    vocab_size: int = 0          # trainable embedding only; 0 = the tokenizer's size, filled in at build
+
+
+@dataclass
+class ClipConfig:
+    vision: ViTConfig = field(default_factory=ViTConfig)
+    text: TextSideConfig = field(default_factory=TextSideConfig)
+    embed_dim: int = 128                 # the shared space both towers project into
+    init_temperature: float = 0.07       # CLIP: logit scale starts at 1/0.07 ...
+    max_logit_scale: float = 100.0       # ... and is clamped here, or it runs away and training goes unstable
+    use_flash: bool = True               # SDPA; False = explicit attention (for checking)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block with non-causal attention (no RoPE: positions are learned)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, use_flash: bool = True):
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads, dropout=dropout, use_flash=use_flash, causal=False)
+        self.mlp_norm = RMSNorm(d_model)
+        self.mlp = SwiGLU(d_model, d_ff)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, key_padding_mask=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+def _init_weights(module: nn.Module, n_layers: int) -> None:
+    for name, p in module.named_parameters():
+        if p.ndim >= 2:
+            std = 0.02 / math.sqrt(2 * max(n_layers, 1)) if name.endswith(("out.weight", "down.weight")) else 0.02
+            nn.init.normal_(p, std=std)
+
+
+class VisionEncoder(nn.Module):
+    """ViT: non-overlapping patches → linear embedding, a CLS token, learned positions, pre-norm blocks."""
+
+    def __init__(self, cfg: ViTConfig, use_flash: bool = True):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        self.n_patches = (cfg.image_size // cfg.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(3, cfg.d_model, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.n_patches, cfg.d_model))
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, use_flash)
+                                    for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        _init_weights(self, cfg.n_layers)
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images: Tensor[B x 3 x S x S] in [0, 1] → (cls: Tensor[B x d], patches: Tensor[B x N x d]),
+        both after the final norm; patches in raster order (row by row)."""
+        S = self.cfg.image_size
+        if images.shape[-2:] != (S, S):
+            raise ValueError(f"expected {S}x{S} images, got {tuple(images.shape[-2:])}; use preprocess()")
+        x = self.patch_embed((images - PIXEL_MEAN) / PIXEL_STD).flatten(2).transpose(1, 2)   # [B x N x d]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return x[:, 0], x[:, 1:]
+
+
+def preprocess(image: Image.Image, size: int) -> torch.Tensor:
+    """A PIL image → Tensor[3 x size x size] float in [0, 1], resized as in training."""
+    from omni.data.images import to_pixels
+    return torch.from_numpy(to_pixels(image, size).astype(np.float32) / 255.0)
+
+
+class TextTower(nn.Module):
+    """Caption tokens → one vector [B x d]: token features (frozen Thinker hidden states through a linear
+    map, or a trainable embedding plus learned positions) → non-causal blocks → mean over real tokens."""
+
+    def __init__(self, cfg: TextSideConfig, thinker: Thinker | None, use_flash: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.thinker = thinker
+        if thinker is not None:
+            thinker.requires_grad_(False)
+            self.thinker_proj = nn.Linear(thinker.cfg.d_model, cfg.d_model, bias=False)
+        else:
+            if cfg.vocab_size <= 0:
+                raise ValueError("text.vocab_size must be set for the trainable embedding text side")
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_len, cfg.d_model))
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, 0.0, use_flash)
+                                    for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        for name, p in self.named_parameters():
+            if not name.startswith("thinker."):
+                if p.ndim >= 2:
+                    nn.init.normal_(p, std=0.02)
+
+    @property
+    def uses_thinker(self) -> bool:
+        return self.thinker is not None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.thinker is not None:
+            self.thinker.eval()  # frozen: no dropout, whatever the rest does
+        return self
+
+    @torch.no_grad()
+    def thinker_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: Tensor[B x T] right-padded → frozen hidden states Tensor[B x T x d_thinker]. The Thinker is
+        causal, so the padding after a caption never changes its tokens' states: these can be cached."""
+        return self.thinker(ids, return_hidden=True)["hidden"]
+
+    def forward(self, ids: torch.Tensor | None, mask: torch.Tensor, features: torch.Tensor | None = None):
+        """ids: Tensor[B x T], mask: Bool[B x T] (True on real tokens); `features` (cached Thinker hidden
+        states [B x T x d_thinker]) replaces running the Thinker. → Tensor[B x d_model]."""
+        if self.uses_thinker:
+            x = self.thinker_proj(features if features is not None else self.thinker_features(ids))
+        else:
+            x = self.embed(ids) + self.pos_embed[:, :ids.shape[1]]
+        for block in self.blocks:
+            x = block(x, key_padding_mask=mask)
+        x = self.norm(x)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+class ClipModel(nn.Module):
+    """CLIP-style image–text model: ViT + text tower, each projected to embed_dim, one learnable logit scale."""
+
+    def __init__(self, cfg: ClipConfig, thinker: Thinker | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg.vision, cfg.use_flash)
+        self.text = TextTower(cfg.text, thinker, cfg.use_flash)
+        self.image_proj = nn.Linear(cfg.vision.d_model, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(cfg.text.d_model, cfg.embed_dim, bias=False)
+        nn.init.normal_(self.image_proj.weight, std=cfg.vision.d_model ** -0.5)
+        nn.init.normal_(self.text_proj.weight, std=cfg.text.d_model ** -0.5)
+        # named logit_scale: the engine's optimizer keeps it out of weight decay
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images: Tensor[B x 3 x S x S] in [0, 1] → unit vectors Tensor[B x embed_dim]."""
+        cls, _ = self.vision(images)
+        return F.normalize(self.image_proj(cls), dim=-1)
+
+    def encode_text(self, ids, mask, features=None) -> torch.Tensor:
+        """ids: Tensor[B x T], mask: Bool[B x T] (or cached Thinker `features`) → unit vectors [B x embed_dim]."""
+        return F.normalize(self.text_proj(self.text(ids, mask, features)), dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+
+    def forward(self, images, ids, mask, features=None) -> dict:
+        """→ {"loss": symmetric InfoNCE of the batch, "image", "text": Tensor[B x E], "scale": 0-d}."""
+        img, txt = self.encode_image(images), self.encode_text(ids, mask, features)
+        scale = self.scale()
+        return {"loss": clip_loss(img, txt, scale), "image": img, "text": txt,
+                "scale": scale.detach()}
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP): mean of image→text and text→image cross-entropy over the B x B similarities.
+    img, txt: Tensor[B x E] unit vectors. Duplicate captions in a batch need no special target: their
+    embeddings are identical, so their columns (and rows) of logits are too, and the one-hot target gives
+    exactly the loss and gradient of a target spread over the duplicates (tests/test_vision.py checks it)."""
+    logits = scale * img.float() @ txt.float().t()
+    target = torch.arange(len(img), device=img.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def load_vision(path, device="cpu"):
+    """(ClipModel, Tokenizer) from a final `vision.pt`; `model.vision` is the image encoder on its own.
+    A missing, corrupt or mismatched file is an error that names it."""
+    from omni.config import from_dict
+    from omni.models.thinker import ThinkerConfig
+    from omni.tokenizer import Tokenizer
+    from omni.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    for key in ("model", "model_config", "tokenizer"):
+        if key not in state:
+            raise ValueError(f"{path} is not a vision artifact (no '{key}' entry); step checkpoints hold "
+                             f"training state, the final vision.pt is what loads here")
+    cfg = from_dict(ClipConfig, state["model_config"], where=str(path))
+    thinker = None
+    if state.get("thinker_config") is not None:
+        thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=str(path)))
+    model = ClipModel(cfg, thinker)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None
+    tok = Tokenizer(model_proto=state["tokenizer"].numpy().tobytes())
+    return model.to(device).eval(), tok

@@ -1,0 +1,233 @@
+"""Stage C: ViT shapes, the retrieval metric, caption-safe augmentation, both text sides, a tokenizer
+trained from captions, evaluate.py, and exact resume — on a few Pillow-drawn images built here."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from conftest import final_weights, metrics, run_script
+from omni.config import to_dict
+from omni.data.images import AugmentConfig, augment
+from omni.metrics import retrieval_metrics
+from omni.models.thinker import Thinker, ThinkerConfig
+from omni.models.vision import ClipConfig, ClipModel, TextSideConfig, ViTConfig, VisionEncoder, clip_loss, load_vision
+from omni.tokenizer import Tokenizer
+from omni.train.engine import run
+from train_vision import VisionStage
+
+COLOURS = {"red": (220, 35, 35), "blue": (35, 75, 225), "green": (30, 165, 60)}
+
+
+def draw(colour: str, shape: str, side: str, r: random.Random, size: int = 32) -> Image.Image:
+    im = Image.new("RGB", (size, size), (128, 128, 128))
+    cx = (0.27 if side == "left" else 0.73) * size + r.uniform(-1.5, 1.5)
+    cy, rad = size / 2 + r.uniform(-1.5, 1.5), 0.18 * size
+    box = (cx - rad, cy - rad, cx + rad, cy + rad)
+    (ImageDraw.Draw(im).ellipse if shape == "circle" else ImageDraw.Draw(im).rectangle)(box, fill=COLOURS[colour])
+    return im
+
+
+def write_split(folder, name: str, n: int, seed: int) -> str:
+    r = random.Random(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        c, s, p = r.choice(list(COLOURS)), r.choice(["circle", "square"]), r.choice(["left", "right"])
+        rel = f"img/{name}_{i:03d}.png"
+        draw(c, s, p, r).save(folder / rel)
+        rows.append({"image": rel, "caption": f"a {c} {s} on the {p}"})
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(folder / f"{name}.jsonl")
+
+
+@pytest.fixture(scope="module")
+def image_data(text_data, tmp_path_factory):
+    """train.jsonl (48 rows) and val.jsonl (20 rows; 12 possible captions, so duplicates) of 32 px scenes,
+    and a tiny Thinker artifact with its tokenizer.model beside it (the conftest tokenizer knows the words)."""
+    d = tmp_path_factory.mktemp("images")
+    write_split(d, "train", 48, seed=1)
+    write_split(d, "val", 20, seed=2)
+    (d / "thinker").mkdir()
+    shutil.copy(text_data / "tokenizer.model", d / "thinker" / "tokenizer.model")
+    tok = Tokenizer(d / "thinker" / "tokenizer.model")
+    torch.manual_seed(0)
+    cfg = ThinkerConfig(vocab_size=tok.vocab_size, n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64,
+                        ctx_len=32)
+    torch.save({"model": Thinker(cfg).state_dict(), "model_config": to_dict(cfg),
+                "tokenizer": torch.frombuffer(bytearray(tok.model_proto), dtype=torch.uint8)},
+               d / "thinker" / "thinker.pt")
+    return d
+
+
+def vision_config(data, save_dir, **overrides) -> str:
+    cfg = {
+        "save_dir": str(save_dir), "train_file": str(data / "train.jsonl"), "val_file": str(data / "val.jsonl"),
+        "thinker_ckpt": str(data / "thinker" / "thinker.pt"), "batch_size": 8, "lr": 3e-3, "warmup_steps": 2,
+        "max_steps": 8, "print_freq": 1, "val_freq": 4, "checkpoint_freq": 3, "val_batch_size": 16,
+        "caption_vocab_size": 300,
+        "model": {"vision": {"image_size": 16, "patch_size": 4, "d_model": 32, "n_layers": 2, "n_heads": 2,
+                             "d_ff": 64},
+                  "text": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 32},
+                  "embed_dim": 16},
+    }
+    for key, value in overrides.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path = save_dir.parent / f"{save_dir.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_vit_shapes_and_unit_embeddings():
+    torch.manual_seed(0)
+    enc = VisionEncoder(ViTConfig(image_size=32, patch_size=8, d_model=48, n_layers=2, n_heads=2, d_ff=96))
+    cls, patches = enc(torch.rand(3, 3, 32, 32))
+    assert cls.shape == (3, 48) and patches.shape == (3, 16, 48)
+    with pytest.raises(ValueError, match="expected 32x32"):
+        enc(torch.rand(1, 3, 16, 16))
+    cfg = ClipConfig(vision=ViTConfig(32, 8, 48, 2, 2, 96), text=TextSideConfig(32, 1, 2, 64, 12, vocab_size=50),
+                     embed_dim=24)
+    model = ClipModel(cfg)
+    ids, mask = torch.randint(0, 50, (3, 7)), torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    img, txt = model.encode_image(torch.rand(3, 3, 32, 32)), model.encode_text(ids, mask)
+    assert img.shape == txt.shape == (3, 24)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3)) and torch.allclose(txt.norm(dim=-1), torch.ones(3))
+    # padding never changes a caption's embedding
+    assert torch.allclose(txt[1], model.encode_text(ids[1:2, :4], mask[1:2, :4])[0], atol=1e-5)
+    assert abs(float(model.scale().detach()) - 1 / 0.07) < 1e-3
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert abs(float(model.scale().detach()) - 100.0) < 1e-3  # clamped
+
+
+def test_retrieval_metric_on_hand_made_embeddings_with_duplicate_captions():
+    e = torch.eye(4)
+    # rows 0 and 1 share a caption; row 1's image points at row 0's text: the same caption, so correct
+    img = torch.stack([e[0], e[0], e[2], e[1]])
+    txt = torch.stack([e[0], e[0], e[2], e[3]])
+    m = retrieval_metrics(img, txt, [7, 7, 8, 9], group=32)
+    assert m["n"] == 4 and m["n_captions"] == 3
+    # row 3's image (e1) matches no caption better than the others: every caption ties at 0 → a miss
+    assert m["i2t_top1"] == 0.75 and m["i2t_top5"] == 1.0
+    assert m["t2i_top1"] == pytest.approx(2 / 3)       # caption 9's text (e3) matches no image
+    assert m["i2t_top1_in32"] == 0.75                  # fewer than 32 pairs: one group of all
+    # a collapsed model scores nothing, not everything
+    flat = retrieval_metrics(torch.ones(6, 3), torch.ones(6, 3), [0, 1, 2, 3, 4, 5])
+    assert flat["i2t_top1"] == flat["t2i_top1"] == flat["i2t_top1_in32"] == 0.0
+    # groups: 64 perfectly matched pairs with distinct captions, in two groups of 32
+    g = torch.nn.functional.normalize(torch.randn(64, 32), dim=-1)
+    assert retrieval_metrics(g, g, list(range(64)))["i2t_top1_in32"] == 1.0
+
+
+def test_clip_loss_treats_duplicate_captions_like_a_spread_target():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_()
+    t = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1).requires_grad_()
+    txt = t[[0, 0, 1, 2]]   # rows 0 and 1: one caption, so one embedding (and one gradient, summed)
+    loss = clip_loss(img, txt, torch.tensor(10.0))
+    same = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.float)
+    logits = 10.0 * img @ txt.t()
+    spread = 0.5 * (torch.nn.functional.cross_entropy(logits, same / same.sum(1, keepdim=True)) +
+                    torch.nn.functional.cross_entropy(logits.t(), same / same.sum(1, keepdim=True)))
+    g1 = torch.autograd.grad(loss, (img, t), retain_graph=True)
+    g2 = torch.autograd.grad(spread, (img, t))
+    assert torch.allclose(loss, spread) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
+
+
+def test_augmentation_keeps_colours_and_sides():
+    left_red = torch.zeros(3, 32, 32)
+    left_red[:, :, :] = 0.5
+    left_red[0, :, :12], left_red[1:, :, :12] = 0.86, 0.14
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out = augment(left_red, rng, AugmentConfig())
+        left, right = out[:, :, :8].mean((1, 2)), out[:, :, -8:].mean((1, 2))
+        assert left[0] > 0.7 and left[1] < 0.3 and left[2] < 0.3, "the left stays red"
+        assert (right - 0.5).abs().max() < 0.1, "the right stays grey"
+    same = augment(left_red, np.random.default_rng(1), AugmentConfig())
+    assert torch.equal(same, augment(left_red, np.random.default_rng(1), AugmentConfig()))
+
+
+@pytest.mark.parametrize("use_thinker", [True, False], ids=["frozen-thinker", "embedding"])
+def test_both_text_sides_train_and_load(image_data, tmp_path, use_thinker):
+    save = tmp_path / "run"
+    run(VisionStage, ["--config", vision_config(image_data, save, use_thinker_for_text=use_thinker,
+                                                max_steps=2, val_freq=100)])
+    log = (save / "training.log").read_text()
+    assert ("frozen Thinker" in log) == use_thinker
+    assert "training a" not in log  # the tokenizer beside thinker.pt is used
+    train = metrics(save)
+    assert [r["step"] for r in train] == [1, 2] and all(np.isfinite(r["loss"]) for r in train)
+    val = metrics(save, "val")[-1]
+    for k in ("i2t_top1", "i2t_top5", "t2i_top1", "t2i_top5", "i2t_top1_in32", "loss"):
+        assert 0 <= val[k] <= 1 or k == "loss"
+    state = torch.load(save / "vision.pt", weights_only=True)
+    assert (state["thinker_config"] is not None) == use_thinker
+    model, tok = load_vision(save / "vision.pt")
+    cls, patches = model.vision(torch.rand(2, 3, 16, 16))
+    assert cls.shape == (2, 32) and patches.shape == (2, 16, 32)
+    frozen = [n for n, p in model.named_parameters() if n.startswith("text.thinker.")]
+    assert bool(frozen) == use_thinker
+    ids = tok.encode("a red circle on the left")
+    t = model.encode_text(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
+    assert t.shape == (1, 16)
+
+
+def test_missing_tokenizer_is_trained_from_captions(image_data, tmp_path):
+    save = tmp_path / "run"
+    (tmp_path / "empty").mkdir()
+    cfg = vision_config(image_data, save, use_thinker_for_text=False, max_steps=1, val_freq=100,
+                        thinker_ckpt=str(tmp_path / "empty" / "thinker.pt"))
+    run(VisionStage, ["--config", cfg])
+    log = (save / "training.log").read_text()
+    assert "no tokenizer found" in log and "on the captions of" in log
+    assert (save / "tokenizer.model").exists() and (save / "vision.pt").exists()
+    # a rerun (here with more steps) reuses the tokenizer it trained rather than training another
+    run(VisionStage, ["--config", cfg, "--set", "max_steps=2"])
+    assert (save / "training.log").read_text().count("no tokenizer found") == 1
+
+
+def test_evaluate_prints_retrieval_json(image_data, tmp_path, capsys):
+    import sys
+    sys.path.insert(0, str(__import__("conftest").ROOT / "scripts"))
+    import evaluate
+    save = tmp_path / "run"
+    run(VisionStage, ["--config", vision_config(image_data, save, max_steps=1, val_freq=100)])
+    capsys.readouterr()
+    assert evaluate.main(["vision", "--ckpt", str(save / "vision.pt"), "--data", str(image_data / "val.jsonl")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 20
+    for k in ("i2t_top1", "i2t_top5", "t2i_top1", "t2i_top5", "i2t_top1_in32"):
+        assert 0 <= out[k] <= 1
+    # the same numbers as the run's own validation (which used cached Thinker states)
+    val = metrics(save, "val")[-1]
+    assert out["i2t_top5"] == val["i2t_top5"] and abs(out["loss"] - val["loss"]) < 1e-4
+
+
+def test_resume_continues_exactly(image_data, tmp_path):
+    from test_resume import kill_at
+    ref = tmp_path / "ref"
+    r = run_script(["train_vision.py", "--config", vision_config(image_data, ref, max_steps=12)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    save = tmp_path / "run"
+    cmd = ["train_vision.py", "--config", vision_config(image_data, save, max_steps=12)]
+    killed_at = kill_at(cmd, save, 4)
+    assert killed_at < 12 and not (save / "vision.pt").exists(), "the run finished before the kill"
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from vision_step_" in (save / "training.log").read_text()
+    a, b = final_weights(ref, "vision"), final_weights(save, "vision")
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"weights differ in {k}"
+    assert [(m["step"], m["loss"]) for m in metrics(save)] == [(m["step"], m["loss"]) for m in metrics(ref)]

@@ -1,0 +1,202 @@
+"""Stage C: train the vision encoder (a ViT) contrastively against captions, CLIP-style.
+
+    python train_vision.py --config configs/vision_tiny.json [--set key=value ...] [--fresh]
+    torchrun --nproc_per_node=N train_vision.py --config ...
+
+Text goes through the frozen Thinker of `thinker_ckpt` (its hidden states, computed once per distinct
+caption and cached, since they never change) or, with `use_thinker_for_text: false`, through a trainable
+embedding over the Thinker's tokenizer — or a tokenizer trained on the captions when there is none. Images
+are decoded once into a pixel cache and jittered with caption-safe augmentations. Validation reports
+image→text and text→image retrieval over the whole split and within random groups of 32. The final
+`vision.pt` holds the ViT, both projections, the text side (with the frozen Thinker) and the tokenizer.
+Under DDP each rank contrasts its own micro-batch (negatives are not gathered across ranks).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omni.config import TrainConfig, to_dict
+from omni.data.images import AugmentConfig, CaptionedImages, pixel_cache, read_manifest
+from omni.metrics import clip_metrics
+from omni.models.thinker import load_thinker
+from omni.models.vision import ClipConfig, ClipModel
+from omni.tokenizer import EOS, Tokenizer, train_tokenizer
+from omni.train import dist
+from omni.train.engine import Stage, run
+
+
+@dataclass
+class VisionConfig(TrainConfig):
+    save_dir: str = "checkpoints/vision_tiny"
+    train_file: str = "data/images/train.jsonl"
+    val_file: str = ""                        # empty: every round(1/val_split)-th row is held out
+    val_split: float = 0.02
+    extra_val_files: list[str] = field(default_factory=list)   # more held-out sets, reported by file stem
+    thinker_ckpt: str = "checkpoints/thinker_tiny/thinker.pt"  # Stage A's final artifact
+    use_thinker_for_text: bool = True         # False: tokenizer + trainable embedding text side
+    caption_vocab_size: int = 1024            # for a tokenizer trained on the captions when none is found
+    val_batch_size: int = 256
+    retrieval_group: int = 32                 # i2t_top1_in32: top-1 among this many random pairs
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ClipConfig = field(default_factory=ClipConfig)
+
+
+@dataclass
+class Split:
+    """One manifest, ready for the model: pixels, caption tokens (None = too long) and caption ids."""
+    pixels: np.ndarray
+    ok: np.ndarray
+    tokens: list
+    caption_ids: np.ndarray
+    features: torch.Tensor | None = None
+
+
+class VisionStage(Stage):
+    """Stage C: the ViT trained contrastively against captions."""
+    name = "vision"
+    config_cls = VisionConfig
+    default_config = "configs/vision_tiny.json"
+    unit = "img"
+
+    def prepare(self):
+        cfg = self.cfg
+        self.thinker = None
+        if cfg.use_thinker_for_text:
+            if not Path(cfg.thinker_ckpt).exists():
+                raise FileNotFoundError(
+                    f"thinker_ckpt {cfg.thinker_ckpt} not found: train Stage A first (python train_text.py "
+                    f"--config configs/demo/thinker.json for the demo), or set use_thinker_for_text=false")
+            self.thinker, self.tok = load_thinker(cfg.thinker_ckpt, self.dist.device)
+            self.log.info(f"text side: the frozen Thinker of {cfg.thinker_ckpt}")
+        else:
+            self.tok = self._tokenizer()
+        max_len = cfg.model.text.max_len
+        if self.thinker is not None:
+            max_len = min(max_len, self.thinker.cfg.ctx_len)
+        cache = Path(cfg.save_dir) / "cache"
+        # rank 0 decodes the images first; the others then find the cache
+        for turn in (True, False):
+            if self.dist.is_main == turn:
+                self.train_set, self.val_sets = self._splits(cache, max_len)
+            dist.barrier(self.dist)
+        too_long = sum(t is None for t in self.train_set.tokens)
+        if too_long:
+            self.log.info(f"WARNING: {too_long} training captions are over {max_len} tokens "
+                          f"(model.text.max_len); they are skipped")
+        self.log.info(f"images: {len(self.train_set.tokens):,} train; " +
+                      ", ".join(f"{len(s.tokens):,} {name}" for name, s in self.val_sets.items()))
+
+    def _tokenizer(self) -> Tokenizer:
+        """The Thinker's tokenizer.model beside thinker_ckpt; else one trained on the captions (kept in
+        save_dir, so a resumed run finds the same one)."""
+        cfg, save_dir = self.cfg, Path(self.cfg.save_dir)
+        beside = Path(cfg.thinker_ckpt).parent / "tokenizer.model" if cfg.thinker_ckpt else None
+        if beside is not None and beside.exists():
+            self.log.info(f"text side: trainable embedding over the tokenizer {beside}")
+            return Tokenizer(beside)
+        own = save_dir / "tokenizer.model"
+        if self.dist.is_main and not own.exists():
+            captions = save_dir / "cache" / "captions.txt"
+            captions.parent.mkdir(parents=True, exist_ok=True)
+            captions.write_text("".join(c + "\n" for _, c in read_manifest(cfg.train_file)), encoding="utf-8")
+            self.log.info(f"no tokenizer found at {beside}: training a {cfg.caption_vocab_size}-token tokenizer "
+                          f"on the captions of {cfg.train_file} into {own}")
+            train_tokenizer([captions], own, cfg.caption_vocab_size, seed=cfg.seed)
+        dist.barrier(self.dist)
+        self.log.info(f"text side: trainable embedding over the tokenizer {own}")
+        return Tokenizer(own)
+
+    def _splits(self, cache: Path, max_len: int) -> tuple[Split, dict[str, Split]]:
+        cfg, size = self.cfg, self.cfg.model.vision.image_size
+        train = self._split(cfg.train_file, cache, size, max_len)
+        if cfg.val_file:
+            vals = {"val": self._split(cfg.val_file, cache, size, max_len)}
+        else:  # every k-th row held out
+            every = max(2, round(1 / cfg.val_split)) if cfg.val_split > 0 else 0
+            held = np.arange(len(train.tokens)) % every == 0 if every else np.zeros(len(train.tokens), bool)
+            vals = {"val": self._subset(train, held)} if every else {}
+            train = self._subset(train, ~held)
+        for f in cfg.extra_val_files:
+            vals[Path(f).stem] = self._split(f, cache, size, max_len)
+        # validation scores every usable pair; unusable ones are reported, not silently counted as misses
+        for name, s in vals.items():
+            good = s.ok & np.array([t is not None for t in s.tokens], dtype=bool)
+            if not good.all():
+                self.log.info(f"WARNING: {name}: {int((~good).sum())} rows with an unreadable image or an "
+                              f"over-long caption are left out of validation")
+            vals[name] = self._subset(s, good)
+        return train, vals
+
+    def _split(self, manifest: str, cache: Path, size: int, max_len: int) -> Split:
+        rows = read_manifest(manifest)
+        pixels, ok = pixel_cache(manifest, size, cache, log=self.log.info)
+        captions = sorted({c for _, c in rows})
+        index = {c: i for i, c in enumerate(captions)}
+        encoded = [ids + [EOS] for ids in self.tok.encode(captions)]  # EOS: its state has read the whole caption
+        tokens = [encoded[index[c]] if len(encoded[index[c]]) <= max_len else None for _, c in rows]
+        caption_ids = np.array([index[c] for _, c in rows])
+        features = self._thinker_features(encoded, max_len) if self.thinker is not None else None
+        return Split(pixels, ok, tokens, caption_ids, features)
+
+    @staticmethod
+    def _subset(s: Split, keep: np.ndarray) -> Split:
+        idx = np.flatnonzero(keep)
+        return Split(s.pixels[idx], s.ok[idx], [s.tokens[i] for i in idx], s.caption_ids[idx], s.features)
+
+    @torch.no_grad()
+    def _thinker_features(self, encoded: list[list[int]], max_len: int, batch: int = 256) -> torch.Tensor:
+        """Frozen Thinker hidden states of every distinct caption: Tensor[n_captions x T x d] on the CPU,
+        zero past each caption's end (over-long captions are cut here but never used)."""
+        encoded = [e[:max_len] for e in encoded]
+        T, device = max(len(e) for e in encoded), self.dist.device
+        out = torch.zeros(len(encoded), T, self.thinker.cfg.d_model)
+        for i in range(0, len(encoded), batch):
+            chunk = encoded[i:i + batch]
+            ids = torch.zeros(len(chunk), T, dtype=torch.long)
+            for j, e in enumerate(chunk):
+                ids[j, :len(e)] = torch.tensor(e)
+            h = self.thinker(ids.to(device), return_hidden=True)["hidden"].float().cpu()
+            for j, e in enumerate(chunk):
+                out[i + j, :len(e)] = h[j, :len(e)]
+        return out
+
+    def build_model(self):
+        text = dataclasses.replace(self.cfg.model.text, vocab_size=self.tok.vocab_size)
+        self.model_cfg = dataclasses.replace(self.cfg.model, text=text)
+        return ClipModel(self.model_cfg, self.thinker)
+
+    def train_data(self):
+        s, cfg = self.train_set, self.cfg
+        return CaptionedImages(s.pixels, s.ok, s.tokens, s.caption_ids, cfg.batch_size, cfg.seed,
+                               cfg.augment, s.features)
+
+    def loss(self, model, batch):
+        out = model(batch["images"], batch["ids"], batch["mask"], batch.get("features"))
+        return out["loss"], {"logit_scale": out["scale"]}, batch["images"].shape[0]
+
+    @torch.no_grad()
+    def validate(self, model):
+        cfg, device = self.cfg, next(model.parameters()).device
+        metrics = {}
+        for name, s in self.val_sets.items():
+            m = clip_metrics(model, s.pixels, s.tokens, s.caption_ids, device, cfg.val_batch_size,
+                             cfg.retrieval_group, features=s.features)
+            prefix = "" if name == "val" else f"{name}/"
+            metrics.update({f"{prefix}{k}": v for k, v in m.items()})
+        metrics["logit_scale"] = float(model.scale())
+        return metrics
+
+    def artifact(self, model):
+        return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg),
+                "thinker_config": to_dict(self.thinker.cfg) if self.thinker is not None else None,
+                "tokenizer": torch.frombuffer(bytearray(self.tok.model_proto), dtype=torch.uint8),
+                "config": to_dict(self.cfg)}
+
+
+if __name__ == "__main__":
+    run(VisionStage)
