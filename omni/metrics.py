@@ -27,6 +27,36 @@ def lm_metrics(model, tokens: np.ndarray, ctx_len: int, batch_size: int, token_b
             "bits_per_byte": nll / math.log(2) / max(n_bytes, 1), "n_tokens": n_tok}
 
 
+def edit_distance(ref: list, hyp: list) -> int:
+    """Levenshtein distance (substitutions + deletions + insertions) between two sequences."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def error_rate(refs: list[str], hyps: list[str], unit: str) -> float:
+    """Corpus error rate: total edits / total reference units (words for "word", characters for "char"),
+    so long utterances weigh more, as in every published WER. Whitespace is normalised before scoring."""
+    split = str.split if unit == "word" else (lambda s: list(" ".join(s.split())))
+    edits = sum(edit_distance(split(r), split(h)) for r, h in zip(refs, hyps, strict=True))
+    total = sum(len(split(r)) for r in refs)
+    return edits / total if total else float(edits > 0)
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    """Word error rate of hypotheses against references (a fraction; can exceed 1 with insertions)."""
+    return error_rate(refs, hyps, "word")
+
+
+def cer(refs: list[str], hyps: list[str]) -> float:
+    """Character error rate (spaces count as characters)."""
+    return error_rate(refs, hyps, "char")
+
+
 @torch.no_grad()
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_ids, group: int = 32,
                       seed: int = 0) -> dict:

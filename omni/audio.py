@@ -1,0 +1,123 @@
+"""The audio front end every speech model shares: reading any audio file and log-mel features (torchaudio).
+
+`load_audio` reads WAV/FLAC/... at any sample rate, mono or multi-channel, and returns 16 kHz mono float32.
+`LogMel` turns it into normalised log-mel frames: 25 ms windows every 10 ms (100 frames/s), 128 mel bins by
+default. The audio encoder (Stage B), the Talker and the vocoder all build their features here, from the
+`MelConfig` stored in their artifacts, so a checkpoint always sees the features it was trained on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+
+@dataclass
+class MelConfig:
+    sample_rate: int = 16000
+    n_fft: int = 400              # 25 ms window at 16 kHz
+    hop_length: int = 160         # 10 ms hop: 100 frames per second
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float = 8000.0         # Nyquist at 16 kHz
+    log_floor: float = 1e-5       # log(max(power, floor)): silence is a flat floor, not -inf
+    # "utterance": subtract the utterance's mean and divide by its std (one scalar each, so the spectral shape
+    # survives; it removes loudness and recording gain, which differ between voices and datasets);
+    # "none": raw natural-log power, for models that must invert the features (Talker, vocoder).
+    normalize: str = "utterance"
+
+
+def num_frames(num_samples: int, cfg: MelConfig) -> int:
+    """Frames `LogMel` produces for `num_samples` samples at cfg.sample_rate (centred STFT)."""
+    return num_samples // cfg.hop_length + 1
+
+
+def resampled_length(num_samples: int, sr: int, target_sr: int) -> int:
+    """Samples after torchaudio's resampling from sr to target_sr."""
+    return num_samples if sr == target_sr else int(np.ceil(num_samples * target_sr / sr))
+
+
+def audio_info(path) -> tuple[int, int]:
+    """(num_samples, sample_rate) from the file header, without decoding the audio."""
+    info = sf.info(str(path))
+    return info.frames, info.samplerate
+
+
+def to_mono_resampled(wav: torch.Tensor, sr: int, target_sr: int) -> torch.Tensor:
+    """wav: Tensor[T] or Tensor[T x C] (soundfile's layout) at sr -> Tensor[T'] mono float32 at target_sr."""
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    if wav.dim() == 2:
+        wav = wav.mean(dim=1)
+    if sr != target_sr:
+        wav = torchaudio.functional.resample(wav, sr, target_sr)
+    return wav
+
+
+def load_audio(path, target_sr: int = 16000) -> torch.Tensor:
+    """Tensor[T] mono float32 in [-1, 1] at target_sr, from any file soundfile reads (WAV, FLAC, OGG, ...).
+    An unreadable file raises an error that names it."""
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=False)
+    except Exception as e:  # soundfile raises its own LibsndfileError, RuntimeError or OSError
+        raise ValueError(f"cannot read audio {path}: {e}") from None
+    if data.size == 0:
+        raise ValueError(f"audio file {path} is empty")
+    return to_mono_resampled(torch.from_numpy(data), sr, target_sr)
+
+
+def pad_frames(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[Tensor[T_i x n_mels]] -> (Tensor[B x max T x n_mels] zero-padded, lengths Tensor[B])."""
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    out = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        out[i, :f.shape[0]] = f
+    return out, lengths
+
+
+class LogMel(torch.nn.Module):
+    """Tensor[T_samples] (16 kHz mono) -> Tensor[frames x n_mels] normalised log-mel, frames = T // hop + 1."""
+
+    def __init__(self, cfg: MelConfig = MelConfig()):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.normalize not in ("utterance", "none"):
+            raise ValueError(f"MelConfig.normalize must be 'utterance' or 'none', got {cfg.normalize!r}")
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop_length,
+            f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=2.0, center=True, norm="slaney",
+            mel_scale="slaney")
+
+    @torch.no_grad()
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        x = self.mel(wav.float()).clamp_min(self.cfg.log_floor).log().transpose(-1, -2)  # [frames x n_mels]
+        if self.cfg.normalize == "utterance":
+            x = (x - x.mean()) / (x.std() + 1e-5)
+        return x.contiguous()
+
+    def mel_frequencies(self) -> torch.Tensor:
+        """Centre frequency in Hz of each mel bin: Tensor[n_mels]."""
+        fb = self.mel.mel_scale.fb  # [n_freqs x n_mels]
+        freqs = torch.linspace(0, self.cfg.sample_rate / 2, fb.shape[0])
+        return freqs[fb.argmax(dim=0)]
+
+
+def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2, freq_width: int = 27,
+                 time_masks: int = 2, time_width: int = 40, time_frac: float = 0.1) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) without time warping: zero `freq_masks` bands of up to `freq_width` mel
+    bins and `time_masks` spans of up to min(time_width, time_frac * frames) frames. x: Tensor[frames x n_mels]
+    (normalised, so zero is the utterance mean). Draws only from `rng`, so a resumed run masks identically."""
+    x = x.clone()
+    T, F = x.shape
+    for _ in range(freq_masks):
+        w = int(rng.integers(0, min(freq_width, F) + 1))
+        f0 = int(rng.integers(0, F - w + 1))
+        x[:, f0:f0 + w] = 0
+    max_t = min(time_width, int(time_frac * T))
+    for _ in range(time_masks):
+        w = int(rng.integers(0, max_t + 1))
+        t0 = int(rng.integers(0, T - w + 1))
+        x[t0:t0 + w] = 0
+    return x

@@ -1,0 +1,99 @@
+"""Speech manifests (CSV `wav,text[,speaker]`) and a length-bucketed stream of log-mel training batches."""
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omni.audio import LogMel, MelConfig, audio_info, load_audio, num_frames, pad_frames, resampled_length
+from omni.data.base import BatchStream
+
+BUILD_HINT = "build the built-in speech with `python scripts/make_demo_data.py --out data/demo --only asr`"
+
+
+@dataclass
+class Utterance:
+    wav: str          # absolute, or relative to the working directory
+    text: str
+    speaker: str = ""
+    frames: int = 0   # log-mel frames (from the file header); 0 until measured
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Rows of an ASR/TTS CSV; `wav` paths are resolved against the CSV's folder unless absolute."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"speech manifest not found: {path}; {BUILD_HINT}, or convert a public "
+                                f"dataset (scripts/prepare_librispeech.py)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"wav", "text"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected header wav,text[,speaker]")
+        rows = [Utterance(str(path.parent / r["wav"]) if not Path(r["wav"]).is_absolute() else r["wav"],
+                          (r["text"] or "").strip(), r.get("speaker") or "") for r in reader]
+    if not rows:
+        raise ValueError(f"{path} holds no utterances")
+    return rows
+
+
+def measure(utts: list[Utterance], cfg: MelConfig) -> list[Utterance]:
+    """Fill in `frames` from each file's header (no decoding); unreadable or empty files get frames = -1."""
+    for u in utts:
+        try:
+            n, sr = audio_info(u.wav)
+            u.frames = num_frames(resampled_length(n, sr, cfg.sample_rate), cfg) if n > 0 else -1
+        except Exception:  # soundfile's errors differ by version; the file is unusable either way
+            u.frames = -1
+    return utts
+
+
+class SpeechBatches(BatchStream):
+    """Batches {"feats": Tensor[B x T x n_mels] zero-padded, "lengths": Tensor[B], "labels": list of id
+    lists, "audio_s": float}. Each epoch shuffles, then sorts each run of `bucket` global batches by length
+    and shuffles the batches, so a batch holds similar lengths (little padding) yet the order is random and a
+    function of (seed, epoch) only. `augment(feats, rng)` (SpecAugment) draws from the per-batch RNG."""
+
+    def __init__(self, utts: list[Utterance], labels: list[list[int]], mel: LogMel, batch_size: int, seed: int,
+                 max_frames: int, augment=None, bucket: int = 50):
+        super().__init__(batch_size, seed, shuffle=True)
+        self.utts, self.labels, self.mel = utts, labels, mel
+        self.max_frames, self.augment, self.bucket = max_frames, augment, bucket
+        self.frames = np.array([u.frames for u in utts])
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        gb = self.global_batch
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self))[: len(self) // gb * gb]   # drop the tail: every rank steps together
+        chunk = gb * self.bucket
+        for s in range(0, len(order), chunk):
+            part = order[s:s + chunk]
+            order[s:s + chunk] = part[np.argsort(self.frames[part], kind="stable")]
+        batches = order.reshape(-1, gb)
+        return list(batches[rng.permutation(len(batches))])
+
+    def load(self, index: int, rng: np.random.Generator):
+        u = self.utts[index]
+        try:
+            feats = self.mel(load_audio(u.wav, self.mel.cfg.sample_rate))
+        except ValueError as e:
+            print(f"WARNING: skipped {e}", file=sys.stderr)
+            return None
+        if feats.shape[0] > self.max_frames:  # the header lied; never truncate into a misaligned label
+            print(f"WARNING: skipped {u.wav}: {feats.shape[0]} frames > max_mel_length {self.max_frames}",
+                  file=sys.stderr)
+            return None
+        if self.augment is not None:
+            feats = self.augment(feats, rng)
+        return feats, self.labels[index]
+
+    def collate(self, samples: list) -> dict:
+        x, lengths = pad_frames([f for f, _ in samples])
+        hop = self.mel.cfg.hop_length / self.mel.cfg.sample_rate
+        return {"feats": x, "lengths": lengths, "labels": [lab for _, lab in samples],
+                "audio_s": float(lengths.sum()) * hop}

@@ -1,0 +1,127 @@
+"""The audio encoder: log-mel frames -> strided convolutions -> bidirectional transformer -> CTC head.
+
+Shapes: features Tensor[B x T x n_mels] at 100 frames/s with `lengths` Tensor[B] (real frames per row; the
+rest is padding) -> hidden Tensor[B x T' x d_model] at 100/downsample frames/s and CTC logits
+Tensor[B x T' x vocab]. Every layer ignores padding (the convolutions see zeros past each row's end, as an
+unpadded row would, and attention masks padded keys), so a sample encodes the same in any batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from omni.models.layers import Attention, RMSNorm, SwiGLU
+
+
+@dataclass
+class AudioEncoderConfig:
+    n_mels: int = 128            # must match the features' n_mels
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 3
+    d_ff: int = 768
+    downsample: int = 4          # 4: 25 frames/s, enough for characters; 8: 12.5 fps, the Talker's frame rate
+    dropout: float = 0.1
+    vocab_size: int = 0          # CTC classes including the blank; 0 = taken from the training transcripts
+
+
+def sinusoids(T: int, d: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Fixed sinusoidal positions Tensor[T x d] (Vaswani et al. 2017; Whisper's encoder). Added once at the
+    input, they cost nothing per layer, unlike RoPE, which on CPU took a quarter of a training step here."""
+    inv = torch.exp(-math.log(max_timescale) * torch.arange(d // 2, dtype=torch.float32) / max(d // 2 - 1, 1))
+    t = torch.arange(T, dtype=torch.float32)[:, None] * inv[None, :]
+    return torch.cat([t.sin(), t.cos()], dim=1)
+
+
+def padding_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """Bool[B x T], True on real frames."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def encoder_frames(frames, downsample: int):
+    """Encoder frames for `frames` feature frames (int or Tensor): one ceil-halving per stride-2 conv."""
+    for _ in range(int(round(math.log2(downsample)))):
+        frames = (frames - 1) // 2 + 1
+    return frames
+
+
+class ConvDownsample(nn.Module):
+    """log2(factor) Conv1d(kernel 3, stride 2) + GELU layers: Tensor[B x T x n_mels] -> Tensor[B x T' x d]."""
+
+    def __init__(self, n_mels: int, d_model: int, factor: int):
+        super().__init__()
+        n = int(round(math.log2(factor)))
+        if factor < 1 or 2 ** n != factor:
+            raise ValueError(f"downsample must be a power of two (1, 2, 4, 8, ...), got {factor}")
+        self.convs = nn.ModuleList(nn.Conv1d(n_mels if i == 0 else d_model, d_model, 3, stride=2, padding=1)
+                                   for i in range(n))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (x * padding_mask(lengths, x.shape[1])[..., None]).transpose(1, 2)   # [B x C x T]
+        for conv in self.convs:
+            x = F.gelu(conv(x))
+            lengths = encoder_frames(lengths, 2)
+            # zero the padding again (the bias and the kernel's reach made it non-zero), so the next layer
+            # sees exactly the zeros an unpadded row's own zero-padding would give it
+            x = x * padding_mask(lengths, x.shape[-1])[:, None, :]
+        return x.transpose(1, 2), lengths
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: AudioEncoderConfig, use_flash: bool):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model)
+        # no dropout on the attention weights: it forces SDPA's slow math path on CPU; residual dropout remains
+        self.attn = Attention(cfg.d_model, cfg.n_heads, use_flash=use_flash, causal=False)
+        self.mlp_norm = RMSNorm(cfg.d_model)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask):
+        x = x + self.drop(self.attn(self.attn_norm(x), key_padding_mask=mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, cfg: AudioEncoderConfig, use_flash: bool = True):
+        super().__init__()
+        if cfg.vocab_size < 2:
+            raise ValueError("AudioEncoderConfig.vocab_size must be set (CTC blank + at least one character)")
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
+        self.cfg = cfg
+        self.subsample = ConvDownsample(cfg.n_mels, cfg.d_model, cfg.downsample)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg, use_flash) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        self.ctc_head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("out.weight") or name.endswith("down.weight"):
+                nn.init.normal_(p, std=0.02 / (2 * cfg.n_layers) ** 0.5)
+
+    def output_length(self, frames):
+        """Encoder frames for `frames` input frames (int or Tensor)."""
+        return encoder_frames(frames, self.cfg.downsample)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> dict:
+        """feats: Tensor[B x T x n_mels], zero-padded past `lengths` Tensor[B].
+
+        Returns {"hidden": Tensor[B x T' x d_model] (final-normed, for the projectors of later stages),
+        "logits": Tensor[B x T' x vocab] (CTC), "lengths": Tensor[B] (real encoder frames)}."""
+        x, lengths = self.subsample(feats, lengths)
+        T = x.shape[1]
+        mask = padding_mask(lengths, T)
+        x = self.drop(x + sinusoids(T, self.cfg.d_model).to(x.device, x.dtype))
+        for block in self.blocks:
+            x = block(x, mask)
+        hidden = self.norm(x)
+        return {"hidden": hidden, "logits": self.ctc_head(hidden), "lengths": lengths}

@@ -1,0 +1,235 @@
+"""Stage B: log-mel front end, audio encoder, CTC decoding, WER/CER, the transcription entry point and
+resume exactness of train_audio_enc.py — on a tiny "tone alphabet" speech set built here, offline."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import ROOT, metrics, run_script, script_env
+from test_resume import kill_at
+
+from omni.asr import CharVocab, ctc_frames_needed, ctc_greedy, load_asr, transcribe
+from omni.audio import LogMel, MelConfig, load_audio, num_frames
+from omni.metrics import cer, edit_distance, wer
+from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+
+SR = 16000
+# Each letter is a tone; a space is silence. Enough for the pipeline to have something to learn.
+TONES = {"a": 440.0, "b": 880.0, "c": 1320.0, "d": 1760.0, " ": 0.0}
+
+
+def tone_speech(text: str, sr: int = SR, char_s: float = 0.08) -> np.ndarray:
+    t = np.arange(int(char_s * sr)) / sr
+    parts = [0.3 * np.sin(2 * np.pi * TONES[c] * t) if TONES[c] else np.zeros_like(t) for c in text]
+    return np.concatenate([np.zeros(800), *parts, np.zeros(800)]).astype(np.float32)
+
+
+def write_split(folder, name: str, texts: list[str]):
+    (folder / "wavs").mkdir(parents=True, exist_ok=True)
+    rows = ["wav,text,speaker"]
+    for i, text in enumerate(texts):
+        sf.write(folder / "wavs" / f"{name}_{i}.wav", tone_speech(text), SR)
+        rows.append(f"wavs/{name}_{i}.wav,{text},tone")
+    (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    return folder / f"{name}.csv"
+
+
+@pytest.fixture(scope="module")
+def tone_data(tmp_path_factory):
+    """train.csv: 26 alignable utterances (an epoch is 6 batches of 4), one over max_mel_length and one whose
+    transcript needs more CTC frames than its audio gives; val.csv: 6 utterances."""
+    d = tmp_path_factory.mktemp("tones")
+    r = np.random.default_rng(0)
+    words = lambda n: " ".join("".join(r.choice(list("abcd"), r.integers(1, 4))) for _ in range(n))
+    train = [words(r.integers(1, 4)) for _ in range(26)]
+    write_split(d, "train", train)
+    (d / "wavs" / "long.wav").parent.mkdir(exist_ok=True)
+    sf.write(d / "wavs" / "long.wav", tone_speech("abcd " * 8), SR)                 # 3.4 s = 341 frames
+    sf.write(d / "wavs" / "short.wav", tone_speech("a")[:1600], SR)                # 11 frames, 3 at 4x
+    with open(d / "train.csv", "a") as f:
+        f.write(f"wavs/long.wav,{'abcd ' * 8},tone\nwavs/short.wav,abcabc,tone\n")
+    write_split(d, "val", [words(2) for _ in range(6)])
+    return d
+
+
+def tiny_asr_config(data, save_dir, **overrides):
+    cfg = {"save_dir": str(save_dir), "train_csv": str(data / "train.csv"), "val_csvs": [str(data / "val.csv")],
+           "max_mel_length": 300, "batch_size": 4, "lr": 3e-3, "warmup_steps": 3, "max_steps": 14,
+           "print_freq": 1, "val_freq": 7, "checkpoint_freq": 4, "val_batch_size": 4, "val_examples": 2,
+           "bucket_batches": 2, "features": {"n_mels": 32}, "time_mask_width": 5, "freq_mask_width": 4,
+           "model": {"n_mels": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "dropout": 0.1}}
+    cfg.update(overrides)
+    path = save_dir.parent / f"{save_dir.name}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tone_data, tmp_path_factory):
+    """An uninterrupted 14-step run (6 batches per epoch: it crosses two epoch boundaries)."""
+    save = tmp_path_factory.mktemp("asr_ref") / "run"
+    r = run_script(["train_audio_enc.py", "--config", str(tiny_asr_config(tone_data, save))])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return save
+
+
+# --- features ------------------------------------------------------------------------------------------
+
+def test_log_mel_of_a_tone_peaks_in_its_bin():
+    mel = LogMel(MelConfig(normalize="none"))
+    t = np.arange(SR) / SR
+    feats = mel(torch.from_numpy(np.sin(2 * np.pi * 1000 * t).astype(np.float32)))
+    assert feats.shape == (num_frames(SR, mel.cfg), 128) == (101, 128)   # 10 ms hop, centred frames
+    peak = int(feats[5:-5].mean(0).argmax())
+    centres = mel.mel_frequencies()
+    assert abs(float(centres[peak]) - 1000) <= float(centres[peak + 1] - centres[peak]), centres[peak]
+    norm = LogMel(MelConfig())(torch.from_numpy(t.astype(np.float32)))
+    assert abs(float(norm.mean())) < 1e-4 and abs(float(norm.std()) - 1) < 1e-3
+
+
+def test_load_audio_resamples_and_downmixes(tmp_path):
+    t = np.arange(44100) / 44100
+    left = np.sin(2 * np.pi * 1000 * t)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, left], 1).astype(np.float32), 44100)
+    wav = load_audio(tmp_path / "stereo.wav")
+    assert wav.shape == (SR,) and wav.dtype == torch.float32
+    spectrum = torch.fft.rfft(wav).abs()
+    assert int(spectrum.argmax()) == 1000  # 1 Hz bins over one second: still a 1 kHz tone
+    with pytest.raises(ValueError, match="cannot read audio .*nope.wav"):
+        load_audio(tmp_path / "nope.wav")
+
+
+# --- model ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("downsample", [4, 8])
+def test_encoder_output_does_not_depend_on_padding(downsample):
+    torch.manual_seed(0)
+    model = AudioEncoder(AudioEncoderConfig(n_mels=40, d_model=48, n_layers=2, n_heads=3, d_ff=96,
+                                            downsample=downsample, vocab_size=7)).eval()
+    x = torch.randn(1, 157, 40)
+    with torch.no_grad():
+        alone = model(x, torch.tensor([157]))
+        for pad_to in (160, 300):
+            batch = torch.zeros(3, pad_to, 40)
+            batch[1, :157] = x[0]
+            batch[0] = torch.randn(pad_to, 40)
+            batch[2, :50] = torch.randn(50, 40)
+            out = model(batch, torch.tensor([pad_to, 157, 50]))
+            n = int(alone["lengths"][0])
+            assert int(out["lengths"][1]) == n == model.output_length(157)
+            assert (alone["hidden"][0] - out["hidden"][1, :n]).abs().max() < 1e-5
+            assert (alone["logits"][0] - out["logits"][1, :n]).abs().max() < 1e-5
+
+
+# --- decoding and metrics -------------------------------------------------------------------------------
+
+def test_ctc_greedy_decoding():
+    vocab = CharVocab(" ab")                     # blank 0, " " 1, "a" 2, "b" 3
+    frames = [[0, 2, 2, 0, 2, 3, 3, 1, 0, 3], [2, 2, 2, 0, 0, 0, 0, 0, 0, 0]]
+    logits = torch.nn.functional.one_hot(torch.tensor(frames), 4).float()
+    ids = ctc_greedy(logits, torch.tensor([10, 3]))
+    assert [vocab.decode(i) for i in ids] == ["aab b", "a"]  # blank separates the repeated a; padding ignored
+    assert vocab.encode("ab x") == [2, 3, 1]                  # unknown characters dropped
+    assert ctc_frames_needed(vocab.encode("aab")) == 4 and ctc_frames_needed([2, 3]) == 2
+
+
+def test_wer_and_cer_on_hand_checked_cases():
+    assert edit_distance("kitten", "sitting") == 3
+    assert wer(["the cat sat"], ["the cat sat"]) == 0
+    assert wer(["the cat sat"], ["the bat sat down"]) == pytest.approx(2 / 3)   # 1 substitution, 1 insertion
+    assert wer(["the cat sat", "a dog"], ["the cat", ""]) == pytest.approx(3 / 5)  # corpus-level: 3 of 5 words
+    assert cer(["abc d"], ["abd"]) == pytest.approx(2 / 5)                    # "c" and " " deleted
+    assert cer(["a  b"], ["a b"]) == 0                                         # whitespace normalised
+
+
+# --- the stage: skips, artifact, entry points, resume ----------------------------------------------------
+
+def test_training_skips_reports_and_writes_a_standalone_artifact(tone_data, reference):
+    log = (reference / "training.log").read_text()
+    assert "train: 26 of 28 utterances" in log
+    assert "skipped 1 over max_mel_length 300, 1 that CTC cannot align at 25 frames/s" in log
+    vals = metrics(reference, "val")
+    assert [v["step"] for v in vals] == [7, 14] and {"val/wer", "val/cer", "val/loss", "val/n"} <= vals[-1].keys()
+    assert vals[-1]["val/n"] == 6 and "val | ref: " in log and "val | hyp: " in log
+    state = torch.load(reference / "audio_enc.pt", weights_only=True)
+    assert state["vocab"] == " abcd" and state["model_config"]["vocab_size"] == 6
+    assert "optimizer" not in state
+    model, vocab, mel = load_asr(reference / "audio_enc.pt")
+    assert mel.cfg.n_mels == 32 and len(vocab) == 6
+
+
+def test_transcribe_entry_point_on_stereo_44k(tone_data, reference, tmp_path):
+    import torchaudio
+    mono16 = torch.from_numpy(tone_speech("ab cd"))
+    stereo44 = torchaudio.functional.resample(mono16, SR, 44100)
+    sf.write(tmp_path / "stereo44k.wav", torch.stack([stereo44, stereo44], 1).numpy(), 44100)
+    sf.write(tmp_path / "mono16k.flac", mono16.numpy(), SR)
+    ckpt = reference / "audio_enc.pt"
+    r = run_script(["-m", "omni.asr", "--ckpt", str(ckpt), str(tmp_path / "stereo44k.wav"),
+                    str(tmp_path / "mono16k.flac")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert [l.split("\t")[0] for l in lines] == [str(tmp_path / "stereo44k.wav"), str(tmp_path / "mono16k.flac")]
+    model, vocab, mel = load_asr(ckpt)
+    expected = transcribe(model, vocab, mel, [load_audio(tmp_path / "stereo44k.wav"), mono16])
+    assert [l.split("\t")[1] for l in lines] == expected
+    bad = run_script(["-m", "omni.asr", "--ckpt", str(tmp_path / "missing.pt"), str(tmp_path / "mono16k.flac")])
+    assert bad.returncode == 1 and "missing.pt" in bad.stderr
+
+
+def test_evaluate_and_check_mel_lengths(tone_data, reference):
+    r = run_script(["scripts/evaluate.py", "asr", "--ckpt", str(reference / "audio_enc.pt"),
+                    "--data", str(tone_data / "val.csv"), "--batch_size", "4"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["n"] == 6 and 0 <= result["cer"] and 0 <= result["wer"]
+    assert result["cer"] == pytest.approx(metrics(reference, "val")[-1]["val/cer"])
+    r = run_script(["scripts/check_mel_lengths.py", "--csv", str(tone_data / "train.csv"), "--limit", "300"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "over max_mel_length 300: 1 " in r.stdout and "--set max_mel_length=384" in r.stdout
+
+
+def assert_same_weights(ref, run):
+    a = torch.load(ref / "audio_enc.pt", weights_only=True)["model"]
+    b = torch.load(run / "audio_enc.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"weights differ in {k}"
+    assert [(m["step"], m["loss"]) for m in metrics(run)] == [(m["step"], m["loss"]) for m in metrics(ref)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_then_rerun_is_bitwise_identical(tone_data, reference, tmp_path, workers):
+    save = tmp_path / "run"
+    cmd = ["train_audio_enc.py", "--config", str(tiny_asr_config(tone_data, save, num_workers=workers))]
+    killed_at = kill_at(cmd, save, 5 if workers == 0 else 10)   # first epoch; second with workers
+    assert killed_at < 14 and not (save / "audio_enc.pt").exists(), "the run finished before the kill"
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from audio_enc_step_" in (save / "training.log").read_text()
+    assert_same_weights(reference, save)
+
+
+def test_sigterm_saves_and_resumes_exactly(tone_data, reference, tmp_path):
+    save = tmp_path / "run"
+    cmd = ["train_audio_enc.py", "--config", str(tiny_asr_config(tone_data, save, checkpoint_freq=1000))]
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=script_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (metrics(save) and metrics(save)[-1]["step"] >= 5):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    stopped = metrics(save)[-1]["step"]
+    assert (save / f"audio_enc_step_{stopped}.pt").exists()
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_weights(reference, save)

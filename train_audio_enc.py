@@ -1,0 +1,133 @@
+"""Stage B: train the audio encoder for speech recognition with a character CTC head.
+
+    python train_audio_enc.py --config configs/audio_enc_tiny.json [--set key=value ...] [--fresh]
+    torchrun --nproc_per_node=N train_audio_enc.py --config ...
+
+Reads ASR manifests (CSV wav,text[,speaker]), builds the character vocabulary from the training transcripts,
+measures every file from its header and skips (counting them in training.log) the utterances longer than
+max_mel_length frames and those CTC cannot align at the encoder's frame rate; nothing is ever truncated.
+Log-mel features are computed in the data workers, with SpecAugment; batches hold similar lengths.
+Validation reports CTC loss, greedy WER and CER per validation file, with a few decoded examples.
+The final audio_enc.pt holds the weights, the model config, the vocabulary and the feature settings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from omni.asr import CharVocab, ctc_frames_needed, ctc_loss, evaluate_utterances
+from omni.audio import LogMel, MelConfig, spec_augment
+from omni.config import ConfigError, TrainConfig, to_dict
+from omni.data.speech import SpeechBatches, measure, read_manifest
+from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, encoder_frames
+from omni.train.engine import Stage, run
+
+
+@dataclass
+class AudioEncConfig(TrainConfig):
+    save_dir: str = "checkpoints/audio_enc_tiny"
+    train_csv: str = "data/librispeech/train.csv"
+    val_csvs: list[str] = field(default_factory=list)   # each reported by file stem; empty: val_split of train
+    val_split: float = 0.01
+    max_mel_length: int = 2048          # frames (100/s): longer utterances are skipped and counted, not cut
+    bucket_batches: int = 50            # global batches sorted by length together: less padding, still shuffled
+    val_batch_size: int = 32
+    val_examples: int = 3               # decoded examples per validation file in training.log
+    spec_augment: bool = True           # SpecAugment (Park et al. 2019): masks help unseen voices most
+    freq_masks: int = 2
+    freq_mask_width: int = 27           # mel bins, at most
+    time_masks: int = 2
+    time_mask_width: int = 40           # frames, at most ...
+    time_mask_frac: float = 0.1         # ... and at most this fraction of the utterance
+    features: MelConfig = field(default_factory=MelConfig)
+    model: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+
+
+class AudioEncStage(Stage):
+    """Stage B: the audio encoder, trained for speech recognition (CTC)."""
+    name = "audio_enc"
+    config_cls = AudioEncConfig
+    default_config = "configs/audio_enc_tiny.json"
+    unit = "audio_s"
+
+    def prepare(self):
+        cfg = self.cfg
+        if cfg.model.n_mels != cfg.features.n_mels:
+            raise ConfigError(f"model.n_mels {cfg.model.n_mels} != features.n_mels {cfg.features.n_mels}")
+        train = measure(read_manifest(cfg.train_csv), cfg.features)
+        self.vocab = CharVocab.from_texts(u.text for u in train)
+        if cfg.model.vocab_size not in (0, len(self.vocab)):
+            raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the training transcripts have "
+                              f"{len(self.vocab) - 1} characters + blank; set it to 0 (derived) or "
+                              f"{len(self.vocab)}")
+        self.model_cfg = replace(cfg.model, vocab_size=len(self.vocab))
+        if cfg.val_csvs:
+            self.val_sets = {Path(p).stem: read_manifest(p) for p in cfg.val_csvs}
+        elif cfg.val_split > 0:
+            every = max(2, round(1 / cfg.val_split))
+            self.val_sets = {"val": train[::every]}
+            train = [u for i, u in enumerate(train) if i % every]
+        else:
+            self.val_sets = {}
+        kept, labels, bad, long, unaligned = [], [], 0, 0, 0
+        for u in train:
+            lab = self.vocab.encode(u.text)
+            if u.frames < 0 or not lab:
+                bad += 1
+            elif u.frames > cfg.max_mel_length:
+                long += 1
+            elif ctc_frames_needed(lab) > encoder_frames(u.frames, cfg.model.downsample):
+                unaligned += 1
+            else:
+                kept.append(u)
+                labels.append(lab)
+        self.train_utts, self.train_labels = kept, labels
+        hours = sum(u.frames for u in kept) * cfg.features.hop_length / cfg.features.sample_rate / 3600
+        fps = cfg.features.sample_rate / cfg.features.hop_length / cfg.model.downsample
+        self.log.info(f"train: {len(kept)} of {len(train)} utterances ({hours:.2f} h) from {cfg.train_csv}; "
+                      f"skipped {long} over max_mel_length {cfg.max_mel_length}, {unaligned} that CTC cannot "
+                      f"align at {fps:g} frames/s, {bad} unreadable or without text")
+        self.log.info(f"vocabulary: {len(self.vocab) - 1} characters + blank: {self.vocab.chars!r}")
+        self.log.info("val: " + ", ".join(f"{name} {len(v)}" for name, v in self.val_sets.items()))
+        if bad > cfg.max_bad_fraction * len(train):
+            raise RuntimeError(f"{bad} of {len(train)} utterances in {cfg.train_csv} are unreadable or have no "
+                               f"text, over max_bad_fraction {cfg.max_bad_fraction:.1%}")
+        self.mel = LogMel(cfg.features)
+
+    def build_model(self):
+        return AudioEncoder(self.model_cfg, use_flash=self.cfg.use_flash)
+
+    def train_data(self):
+        cfg = self.cfg
+        augment = partial(spec_augment, freq_masks=cfg.freq_masks, freq_width=cfg.freq_mask_width,
+                          time_masks=cfg.time_masks, time_width=cfg.time_mask_width,
+                          time_frac=cfg.time_mask_frac) if cfg.spec_augment else None
+        return SpeechBatches(self.train_utts, self.train_labels, self.mel, cfg.batch_size, cfg.seed,
+                             cfg.max_mel_length, augment, cfg.bucket_batches)
+
+    def loss(self, model, batch):
+        out = model(batch["feats"], batch["lengths"])
+        return ctc_loss(out["logits"], out["lengths"], batch["labels"], reduction="mean"), {}, batch["audio_s"]
+
+    @torch.no_grad()
+    def validate(self, model):
+        device = next(model.parameters()).device
+        metrics = {}
+        for name, utts in self.val_sets.items():
+            m, hyps = evaluate_utterances(model, self.vocab, self.mel, [u.wav for u in utts],
+                                          [u.text for u in utts], self.cfg.val_batch_size, device)
+            metrics.update({f"{name}/{k}": v for k, v in m.items()})
+            for u, h in list(zip(utts, hyps))[:self.cfg.val_examples]:
+                self.log.info(f"  {name} | ref: {u.text}\n  {name} | hyp: {h}")
+        return metrics
+
+    def artifact(self, model):
+        return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
+                "features": to_dict(self.cfg.features), "config": to_dict(self.cfg)}
+
+
+if __name__ == "__main__":
+    run(AudioEncStage)
