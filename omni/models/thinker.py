@@ -73,11 +73,12 @@ class Thinker(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                return_hidden: bool = False, ignore_index: int = -100) -> dict:
+                return_hidden: bool = False, ignore_index: int = -100, return_logits: bool = True) -> dict:
         """input_ids: Tensor[B x T] or inputs_embeds: Tensor[B x T x d_model]; targets: Tensor[B x T].
 
         Returns {"logits": [B x T x V], "hidden": [B x T x d_model] if asked, "loss" if targets (mean
-        token cross-entropy plus the MoE balancing term), "ce", "aux_loss"}.
+        token cross-entropy plus the MoE balancing term), "ce", "aux_loss"}. return_logits=False (without
+        targets) skips the vocabulary projection, the bulk of the cost when only hidden states are wanted.
         """
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         T = x.shape[1]
@@ -90,7 +91,7 @@ class Thinker(nn.Module):
         if cache is not None:
             cache.pos += T
         hidden = self.norm(x)
-        out = {"logits": self.lm_head(hidden)}
+        out = {"logits": self.lm_head(hidden)} if return_logits or targets is not None else {}
         if return_hidden:
             out["hidden"] = hidden
         if targets is not None:
