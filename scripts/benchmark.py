@@ -14,6 +14,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,12 +83,66 @@ def thinker_generate(config: str, device, new_tokens: int = 128) -> dict:
     return row
 
 
+def _audio_enc(config: str):
+    from train_audio_enc import AudioEncConfig
+    from omni.models.audio_encoder import AudioEncoder
+    cfg = load_config(AudioEncConfig, config)
+    torch.manual_seed(0)
+    return cfg, AudioEncoder(replace(cfg.model, vocab_size=29), use_flash=cfg.use_flash)  # 28 characters + blank
+
+
+def audio_enc_train(config: str, device, batch_size: int | None = None, seconds: float = 4.0, steps: int = 3) -> dict:
+    """Optimizer steps of CTC training on B utterances of `seconds` (log-mel features given, 13 chars/s)."""
+    from omni.asr import ctc_loss
+    cfg, model = _audio_enc(config)
+    model = model.to(device).train()
+    fwd = torch.compile(model) if cfg.use_compile and device.type == "cuda" else model
+    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
+    B, T = batch_size or cfg.batch_size, int(seconds * 100)
+    x, lengths = torch.randn(B, T, cfg.features.n_mels, device=device), torch.full((B,), T, device=device)
+    labels = [[1 + (i + j) % 28 for j in range(int(seconds * 13))] for i in range(B)]  # no repeats: alignable
+
+    def step():
+        with autocast_context(device, cfg.use_amp):
+            out = fwd(x, lengths)
+        ctc_loss(out["logits"], out["lengths"], labels, reduction="mean").backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    sec = timed(step, device, warmup=2, iters=steps)
+    row = {"audio_s/s": B * seconds / sec, "batch": B, "utt_s": seconds,
+           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+    if device.type == "cuda":
+        row["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
+    return row
+
+
+def asr_transcribe(config: str, device, n: int = 16, seconds: float = 4.0) -> dict:
+    """Real-time factor (compute seconds per audio second; < 1 is faster than real time) of
+    omni.asr.transcribe on 16 kHz waveforms: features, encoder and greedy decoding, batched and one by one."""
+    from omni.asr import CharVocab, transcribe
+    from omni.audio import LogMel
+    cfg, model = _audio_enc(config)
+    model = model.to(device).eval()
+    mel, vocab = LogMel(cfg.features), CharVocab(" 'abcdefghijklmnopqrstuvwxyz")
+    wavs = [0.1 * torch.randn(int(seconds * cfg.features.sample_rate)) for _ in range(n)]
+    batched = timed(lambda: transcribe(model, vocab, mel, wavs, 16, device), device, 1, 2)
+    single = timed(lambda: transcribe(model, vocab, mel, wavs[:1], 1, device), device, 1, 3)
+    return {"RTF batch 16": batched / (n * seconds), "x realtime batch 16": n * seconds / batched,
+            "RTF 1 file": single / seconds, "x realtime 1 file": seconds / single, "utt_s": seconds}
+
+
 ROWS = {
     "thinker train (demo)": lambda d: thinker_train("configs/demo/thinker.json", d),
     "thinker train (tiny)": lambda d: thinker_train("configs/thinker_tiny.json", d,
                                                     batch_size=None if d.type == "cuda" else 4, steps=3),
     "thinker generate (demo)": lambda d: thinker_generate("configs/demo/thinker.json", d),
     "thinker generate (tiny)": lambda d: thinker_generate("configs/thinker_tiny.json", d),
+    "audio_enc train (demo)": lambda d: audio_enc_train("configs/demo/audio_enc.json", d),
+    "audio_enc train (tiny)": lambda d: audio_enc_train("configs/audio_enc_tiny.json", d,
+                                                        batch_size=None if d.type == "cuda" else 8),
+    "asr transcribe (demo)": lambda d: asr_transcribe("configs/demo/audio_enc.json", d),
+    "asr transcribe (tiny)": lambda d: asr_transcribe("configs/audio_enc_tiny.json", d),
 }
 
 
