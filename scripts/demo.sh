@@ -32,4 +32,9 @@ stage thinker train_text.py configs/demo/thinker.json
 evaluate text_val text runs/demo/thinker/thinker.pt data/demo/text/val.txt
 evaluate text_world_val text runs/demo/thinker/thinker.pt data/demo/text/world_val.txt
 
+stage audio_enc train_audio_enc.py configs/demo/audio_enc.json
+for split in val_world val_english test_world test_english; do
+  evaluate "asr_$split" asr runs/demo/audio_enc/audio_enc.pt "data/demo/asr/$split.csv"
+done
+
 $PY scripts/report.py --runs runs/demo

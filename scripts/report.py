@@ -17,8 +17,10 @@ from pathlib import Path
 TARGETS = [
     ("A", "bits per byte, held-out real English (val.txt)", "text_val", "bits_per_byte", "<", 1.8),
     ("A", "perplexity, held-out world sentences (world_val.txt)", "text_world_val", "perplexity", "<", 10.0),
+    ("B", "greedy WER, world sentences by held-out voices (test_world)", "asr_test_world", "wer", "<", 0.20),
+    ("B", "CER, English sentences by held-out voices (test_english)", "asr_test_english", "cer", "<", 0.40),
 ]
-MINUTES = {"A": ("thinker", 5)}  # stage -> (times.json key, CPU-minute budget)
+MINUTES = {"A": ("thinker", 5), "B": ("audio_enc", 8)}  # stage -> (times.json key, CPU-minute budget)
 
 
 def curves(runs: Path, out: Path) -> list[Path]:
