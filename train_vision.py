@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from omni.config import TrainConfig, to_dict
-from omni.data.images import AugmentConfig, CaptionedImages, pixel_cache, read_manifest
+from omni.data.images import AugmentConfig, CaptionedImages, ImageSource, read_manifest
 from omni.metrics import clip_metrics
 from omni.models.thinker import load_thinker
 from omni.models.vision import ClipConfig, ClipModel
@@ -40,6 +40,8 @@ class VisionConfig(TrainConfig):
     thinker_ckpt: str = "checkpoints/thinker_tiny/thinker.pt"  # Stage A's final artifact
     use_thinker_for_text: bool = True         # False: tokenizer + trainable embedding text side
     caption_vocab_size: int = 1024            # for a tokenizer trained on the captions when none is found
+    cache_pixels: bool = True                 # decode training images once into save_dir/cache (validation
+                                              # sets always are); false decodes them in the loader each epoch
     val_batch_size: int = 256
     retrieval_group: int = 32                 # i2t_top1_in32: top-1 among this many random pairs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -48,12 +50,20 @@ class VisionConfig(TrainConfig):
 
 @dataclass
 class Split:
-    """One manifest, ready for the model: pixels, caption tokens (None = too long) and caption ids."""
-    pixels: np.ndarray
-    ok: np.ndarray
+    """One manifest, ready for the model: row i shows image `image_index[i]` of `images`, caption
+    `caption_ids[i]` tokenized as `tokens[i]` (None = too long); `features`: cached Thinker states;
+    `pixels`: validation sets' images row by row, in memory [N x 3 x S x S]."""
+    images: ImageSource
+    image_index: np.ndarray
     tokens: list
     caption_ids: np.ndarray
     features: torch.Tensor | None = None
+    pixels: np.ndarray | None = None
+
+    def subset(self, keep: np.ndarray) -> "Split":
+        idx = np.flatnonzero(keep)
+        return Split(self.images, self.image_index[idx], [self.tokens[i] for i in idx], self.caption_ids[idx],
+                     self.features)
 
 
 class VisionStage(Stage):
@@ -112,41 +122,43 @@ class VisionStage(Stage):
         return Tokenizer(own)
 
     def _splits(self, cache: Path, max_len: int) -> tuple[Split, dict[str, Split]]:
-        cfg, size = self.cfg, self.cfg.model.vision.image_size
-        train = self._split(cfg.train_file, cache, size, max_len)
+        cfg = self.cfg
+        train = self._split(cfg.train_file, cache, max_len, cfg.cache_pixels)
         if cfg.val_file:
-            vals = {"val": self._split(cfg.val_file, cache, size, max_len)}
+            vals = {"val": self._split(cfg.val_file, cache, max_len)}
         else:  # every k-th row held out
             every = max(2, round(1 / cfg.val_split)) if cfg.val_split > 0 else 0
             held = np.arange(len(train.tokens)) % every == 0 if every else np.zeros(len(train.tokens), bool)
-            vals = {"val": self._subset(train, held)} if every else {}
-            train = self._subset(train, ~held)
+            vals = {"val": train.subset(held)} if every else {}
+            train = train.subset(~held)
         for f in cfg.extra_val_files:
-            vals[Path(f).stem] = self._split(f, cache, size, max_len)
-        # validation scores every usable pair; unusable ones are reported, not silently counted as misses
+            vals[Path(f).stem] = self._split(f, cache, max_len)
+        # validation holds its pixels in memory and scores every usable pair; unusable ones are reported,
+        # not silently counted as misses
         for name, s in vals.items():
-            good = s.ok & np.array([t is not None for t in s.tokens], dtype=bool)
+            pixels = [s.images.get(int(j)) for j in s.image_index]
+            good = np.array([p is not None and t is not None for p, t in zip(pixels, s.tokens)], dtype=bool)
             if not good.all():
                 self.log.info(f"WARNING: {name}: {int((~good).sum())} rows with an unreadable image or an "
                               f"over-long caption are left out of validation")
-            vals[name] = self._subset(s, good)
+            s = s.subset(good)
+            s.pixels = np.stack([p for p, g in zip(pixels, good) if g])
+            vals[name] = s
         return train, vals
 
-    def _split(self, manifest: str, cache: Path, size: int, max_len: int) -> Split:
+    def _split(self, manifest: str, cache: Path, max_len: int, cache_pixels: bool = True) -> Split:
         rows = read_manifest(manifest)
-        pixels, ok = pixel_cache(manifest, size, cache, log=self.log.info)
+        paths = list(dict.fromkeys(p for p, _ in rows))  # distinct images (COCO has ~5 captions each)
+        images = ImageSource(paths, self.cfg.model.vision.image_size, cache, Path(manifest).stem, cache_pixels,
+                             log=self.log.info)
+        where = {p: i for i, p in enumerate(paths)}
         captions = sorted({c for _, c in rows})
         index = {c: i for i, c in enumerate(captions)}
         encoded = [ids + [EOS] for ids in self.tok.encode(captions)]  # EOS: its state has read the whole caption
         tokens = [encoded[index[c]] if len(encoded[index[c]]) <= max_len else None for _, c in rows]
-        caption_ids = np.array([index[c] for _, c in rows])
         features = self._thinker_features(encoded, max_len) if self.thinker is not None else None
-        return Split(pixels, ok, tokens, caption_ids, features)
-
-    @staticmethod
-    def _subset(s: Split, keep: np.ndarray) -> Split:
-        idx = np.flatnonzero(keep)
-        return Split(s.pixels[idx], s.ok[idx], [s.tokens[i] for i in idx], s.caption_ids[idx], s.features)
+        return Split(images, np.array([where[p] for p, _ in rows]), tokens, np.array([index[c] for _, c in rows]),
+                     features)
 
     @torch.no_grad()
     def _thinker_features(self, encoded: list[list[int]], max_len: int, batch: int = 256) -> torch.Tensor:
@@ -160,7 +172,7 @@ class VisionStage(Stage):
             ids = torch.zeros(len(chunk), T, dtype=torch.long)
             for j, e in enumerate(chunk):
                 ids[j, :len(e)] = torch.tensor(e)
-            h = self.thinker(ids.to(device), return_hidden=True)["hidden"].float().cpu()
+            h = self.thinker(ids.to(device), return_hidden=True, return_logits=False)["hidden"].float().cpu()
             for j, e in enumerate(chunk):
                 out[i + j, :len(e)] = h[j, :len(e)]
         return out
@@ -172,7 +184,7 @@ class VisionStage(Stage):
 
     def train_data(self):
         s, cfg = self.train_set, self.cfg
-        return CaptionedImages(s.pixels, s.ok, s.tokens, s.caption_ids, cfg.batch_size, cfg.seed,
+        return CaptionedImages(s.images, s.image_index, s.tokens, s.caption_ids, cfg.batch_size, cfg.seed,
                                cfg.augment, s.features)
 
     def loss(self, model, batch):

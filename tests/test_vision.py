@@ -162,8 +162,9 @@ def test_augmentation_keeps_colours_and_sides():
 @pytest.mark.parametrize("use_thinker", [True, False], ids=["frozen-thinker", "embedding"])
 def test_both_text_sides_train_and_load(image_data, tmp_path, use_thinker):
     save = tmp_path / "run"
+    # the embedding run also decodes its training images in the loader instead of caching them
     run(VisionStage, ["--config", vision_config(image_data, save, use_thinker_for_text=use_thinker,
-                                                max_steps=2, val_freq=100)])
+                                                cache_pixels=use_thinker, max_steps=2, val_freq=100)])
     log = (save / "training.log").read_text()
     assert ("frozen Thinker" in log) == use_thinker
     assert "training a" not in log  # the tokenizer beside thinker.pt is used
@@ -174,6 +175,7 @@ def test_both_text_sides_train_and_load(image_data, tmp_path, use_thinker):
         assert 0 <= val[k] <= 1 or k == "loss"
     state = torch.load(save / "vision.pt", weights_only=True)
     assert (state["thinker_config"] is not None) == use_thinker
+    assert any(p.name.startswith("pixels_train") for p in (save / "cache").iterdir()) == use_thinker
     model, tok = load_vision(save / "vision.pt")
     cls, patches = model.vision(torch.rand(2, 3, 16, 16))
     assert cls.shape == (2, 32) and patches.shape == (2, 16, 32)

@@ -1,9 +1,9 @@
 """Captioned images: reading JSONL manifests, a decoded-pixel cache built once, caption-safe augmentation,
 and the resumable stream of (image, caption) batches.
 
-Decoding and resizing PNGs costs more than a tiny ViT's step on CPU, so every manifest is decoded once at
-the model's image size into a uint8 array (save_dir/cache, keyed by the manifest, its images' sizes and
-mtimes, and the size) and memory-mapped after.
+Decoding and resizing PNGs costs more than a tiny ViT's step on CPU, so the distinct images of a manifest
+are decoded once at the model's image size into a uint8 array (save_dir/cache, keyed by the paths, the
+files' sizes and mtimes, and the size) and memory-mapped after.
 """
 from __future__ import annotations
 
@@ -67,26 +67,25 @@ def decode_image(path: Path, size: int) -> np.ndarray | None:
         return None
 
 
-def pixel_cache(manifest: str | Path, size: int, cache_dir: str | Path, log=print) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels uint8 [N x 3 x size x size] memory-mapped, ok Bool[N]) for the manifest's rows in order.
-    Unreadable images get ok=False (the stream skips and counts them) and are named in the log once."""
-    rows = read_manifest(manifest)
-    h = hashlib.sha256(Path(manifest).read_bytes())
-    for p, _ in rows:  # any changed image file rebuilds the cache
+def pixel_cache(paths: list[Path], size: int, cache_dir: str | Path, name: str, log=print) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels uint8 [N x 3 x size x size] memory-mapped, ok Bool[N]) for `paths` in order, decoded once
+    and reused while the list and every file's size and mtime stay the same. Unreadable images get
+    ok=False (the stream skips and counts them) and are named in the log once."""
+    h = hashlib.sha256(str(size).encode())
+    for p in paths:
         st = p.stat() if p.exists() else None
-        h.update(f"{p}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
-    key = h.hexdigest()[:16]
+        h.update(f"{p}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}\n".encode())
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"pixels_{Path(manifest).stem}_{size}_{key}.npy"
+    path = cache_dir / f"pixels_{name}_{size}_{h.hexdigest()[:16]}.npy"
     ok_path = path.with_suffix(".ok.npy")
     if not (path.exists() and ok_path.exists()):
         cache_dir.mkdir(parents=True, exist_ok=True)
-        pixels = np.zeros((len(rows), 3, size, size), dtype=np.uint8)
-        ok = np.zeros(len(rows), dtype=bool)
-        for i, (p, _) in enumerate(rows):
+        pixels = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+        ok = np.zeros(len(paths), dtype=bool)
+        for i, p in enumerate(paths):
             img = decode_image(p, size)
             if img is None:
-                log(f"WARNING: unreadable image {p} ({manifest} row {i + 1}); it is skipped")
+                log(f"WARNING: unreadable image {p}; it is skipped")
             else:
                 pixels[i], ok[i] = img, True
         for arr, dst in ((pixels, path), (ok, ok_path)):
@@ -94,6 +93,25 @@ def pixel_cache(manifest: str | Path, size: int, cache_dir: str | Path, log=prin
             np.save(tmp, arr)
             os.replace(tmp, dst)
     return np.load(path, mmap_mode="r"), np.load(ok_path)
+
+
+class ImageSource:
+    """The distinct images of a manifest by index: from the pixel cache (`cached`), or decoded from the
+    files each time (for sets too big to cache, e.g. COCO; DataLoader workers then share the decoding)."""
+
+    def __init__(self, paths: list[Path], size: int, cache_dir: str | Path, name: str, cached: bool = True,
+                 log=print):
+        self.paths, self.size = paths, size
+        self.pixels, self.ok = pixel_cache(paths, size, cache_dir, name, log) if cached else (None, None)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, i: int) -> np.ndarray | None:
+        """uint8 [3 x S x S], or None when the image is unreadable."""
+        if self.pixels is None:
+            return decode_image(self.paths[i], self.size)
+        return np.asarray(self.pixels[i]) if self.ok[i] else None
 
 
 @dataclass
@@ -126,26 +144,29 @@ def augment(img: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> 
 
 
 class CaptionedImages(BatchStream):
-    """(image, caption) pairs from a pixel cache. Captions are given as token ids (pre-tokenized, with
-    `caption_ids` telling which rows share a caption) and, for the frozen-Thinker text side, optionally as
-    cached hidden states. A row whose image is unreadable or whose caption is too long is bad: skipped and
-    counted by the engine."""
+    """(image, caption) rows: row i shows image `image_index[i]` of `images` and caption `caption_ids[i]`,
+    given as token ids (`tokens[i]`, None when too long) and, for the frozen-Thinker text side, optionally
+    as cached hidden states (`features[caption_id]`). A row whose image is unreadable or whose caption is too
+    long is bad: skipped and counted by the engine."""
 
-    def __init__(self, pixels: np.ndarray, ok: np.ndarray, tokens: list[list[int]], caption_ids: np.ndarray,
+    def __init__(self, images: ImageSource, image_index: np.ndarray, tokens: list, caption_ids: np.ndarray,
                  batch_size: int, seed: int = 0, augment_cfg: AugmentConfig | None = None,
                  features: torch.Tensor | None = None, shuffle: bool = True):
         super().__init__(batch_size, seed, shuffle)
-        self.pixels, self.ok, self.tokens, self.caption_ids = pixels, ok, tokens, caption_ids
+        self.images, self.image_index, self.tokens, self.caption_ids = images, image_index, tokens, caption_ids
         self.augment_cfg = augment_cfg or AugmentConfig(enabled=False)
-        self.features = features  # [n_captions x T x d] cached Thinker states, indexed by caption id
+        self.features = features  # [n_captions x T x d]
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return len(self.tokens)
 
     def load(self, index, rng):
-        if not self.ok[index] or self.tokens[index] is None:
+        if self.tokens[index] is None:
             return None
-        img = torch.from_numpy(np.asarray(self.pixels[index], dtype=np.float32) / 255.0)
+        pixels = self.images.get(int(self.image_index[index]))
+        if pixels is None:
+            return None
+        img = torch.from_numpy(pixels.astype(np.float32) / 255.0)
         return augment(img, rng, self.augment_cfg), self.tokens[index], int(self.caption_ids[index])
 
     def collate(self, samples):

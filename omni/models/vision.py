@@ -159,7 +159,7 @@ class TextTower(nn.Module):
     def thinker_features(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: Tensor[B x T] right-padded → frozen hidden states Tensor[B x T x d_thinker]. The Thinker is
         causal, so the padding after a caption never changes its tokens' states: these can be cached."""
-        return self.thinker(ids, return_hidden=True)["hidden"]
+        return self.thinker(ids, return_hidden=True, return_logits=False)["hidden"]
 
     def forward(self, ids: torch.Tensor | None, mask: torch.Tensor, features: torch.Tensor | None = None):
         """ids: Tensor[B x T], mask: Bool[B x T] (True on real tokens); `features` (cached Thinker hidden
