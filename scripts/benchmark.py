@@ -132,6 +132,39 @@ def asr_transcribe(config: str, device, n: int = 16, seconds: float = 4.0) -> di
             "RTF 1 file": single / seconds, "x realtime 1 file": seconds / single, "utt_s": seconds}
 
 
+def vision_train(config: str, device, batch_size: int | None = None, caption_tokens: int = 16, steps: int = 3) -> dict:
+    """Optimizer steps of Stage C's contrastive training: the ViT plus the text tower on B random images and
+    captions. The text tower reads a trainable embedding here (no Thinker checkpoint needed); with the
+    frozen Thinker the stage feeds cached hidden states instead, at the same cost."""
+    import dataclasses
+    from omni.models.vision import ClipModel
+    from train_vision import VisionConfig
+    cfg = load_config(VisionConfig, config)
+    torch.manual_seed(0)
+    mcfg = dataclasses.replace(cfg.model, text=dataclasses.replace(cfg.model.text, vocab_size=4096))
+    model = ClipModel(mcfg).to(device).train()
+    fwd = torch.compile(model) if cfg.use_compile and device.type == "cuda" else model
+    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
+    B, S = batch_size or cfg.batch_size, mcfg.vision.image_size
+    images = torch.rand(B, 3, S, S, device=device)
+    ids = torch.randint(4, 4096, (B, caption_tokens), device=device)
+    mask = torch.ones(B, caption_tokens, dtype=torch.bool, device=device)
+
+    def step():
+        with autocast_context(device, cfg.use_amp):
+            loss = fwd(images, ids, mask)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    sec = timed(step, device, warmup=2, iters=steps)
+    row = {"images/s": B / sec, "batch": B, "image_size": S, "patch": mcfg.vision.patch_size,
+           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+    if device.type == "cuda":
+        row["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
+    return row
+
+
 ROWS = {
     "thinker train (demo)": lambda d: thinker_train("configs/demo/thinker.json", d),
     "thinker train (tiny)": lambda d: thinker_train("configs/thinker_tiny.json", d,
@@ -143,6 +176,9 @@ ROWS = {
                                                         batch_size=None if d.type == "cuda" else 8),
     "asr transcribe (demo)": lambda d: asr_transcribe("configs/demo/audio_enc.json", d),
     "asr transcribe (tiny)": lambda d: asr_transcribe("configs/audio_enc_tiny.json", d),
+    "vision train (demo)": lambda d: vision_train("configs/demo/vision.json", d),
+    "vision train (tiny)": lambda d: vision_train("configs/vision_tiny.json", d,
+                                                  batch_size=None if d.type == "cuda" else 16),
 }
 
 
