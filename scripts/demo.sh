@@ -37,4 +37,9 @@ for split in val_world val_english test_world test_english; do
   evaluate "asr_$split" asr runs/demo/audio_enc/audio_enc.pt "data/demo/asr/$split.csv"
 done
 
+stage vision train_vision.py configs/demo/vision.json  # needs Stage A's thinker.pt
+for split in val_world val_emoji; do
+  evaluate "vision_$split" vision runs/demo/vision/vision.pt "data/demo/images/$split.jsonl"
+done
+
 $PY scripts/report.py --runs runs/demo

@@ -19,8 +19,11 @@ TARGETS = [
     ("A", "perplexity, held-out world sentences (world_val.txt)", "text_world_val", "perplexity", "<", 10.0),
     ("B", "greedy WER, world sentences by held-out voices (test_world)", "asr_test_world", "wer", "<", 0.20),
     ("B", "CER, English sentences by held-out voices (test_english)", "asr_test_english", "cer", "<", 0.40),
+    ("C", "image→text top-1 within random groups of 32, held-out world scenes", "vision_val_world", "i2t_top1_in32",
+     ">", 0.90),
+    ("C", "image→text top-1 over the whole held-out world split", "vision_val_world", "i2t_top1", ">", 0.50),
 ]
-MINUTES = {"A": ("thinker", 5), "B": ("audio_enc", 8)}  # stage -> (times.json key, CPU-minute budget)
+MINUTES = {"A": ("thinker", 5), "B": ("audio_enc", 8), "C": ("vision", 5)}  # stage -> (times.json key, CPU-minute budget)
 
 
 def curves(runs: Path, out: Path) -> list[Path]:
