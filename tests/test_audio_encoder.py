@@ -129,6 +129,22 @@ def test_encoder_output_does_not_depend_on_padding(downsample):
             assert (alone["logits"][0] - out["logits"][1, :n]).abs().max() < 1e-5
 
 
+def test_length_buckets_partition_each_epoch_deterministically():
+    from omni.data.speech import SpeechBatches, Utterance
+    frames = np.random.default_rng(0).integers(50, 1000, 203)
+    utts = [Utterance(f"{i}.wav", "a", frames=int(f)) for i, f in enumerate(frames)]
+    stream = SpeechBatches(utts, [[1]] * len(utts), LogMel(MelConfig()), 4, seed=3, max_frames=1000, bucket=10)
+    stream.set_distributed(0, 2)                                   # global batches of 8
+    batches = stream.epoch_batches(0)
+    assert len(batches) == stream.batches_per_epoch() == 25 and all(len(b) == 8 for b in batches)
+    flat = np.concatenate(batches)
+    assert len(set(flat.tolist())) == 200                          # each sample at most once; the tail dropped
+    spread = np.mean([np.ptp(frames[b]) for b in batches])
+    assert spread < 0.25 * np.ptp(frames)                          # similar lengths together: little padding
+    assert all(np.array_equal(a, b) for a, b in zip(batches, stream.epoch_batches(0)))
+    assert not np.array_equal(np.concatenate(stream.epoch_batches(1)), flat)
+
+
 # --- decoding and metrics -------------------------------------------------------------------------------
 
 def test_ctc_greedy_decoding():
