@@ -180,7 +180,11 @@ class VisionStage(Stage):
     def build_model(self):
         text = dataclasses.replace(self.cfg.model.text, vocab_size=self.tok.vocab_size)
         self.model_cfg = dataclasses.replace(self.cfg.model, text=text)
-        return ClipModel(self.model_cfg, self.thinker)
+        model = ClipModel(self.model_cfg, self.thinker)
+        if self.thinker is not None:
+            f = self.train_set.features
+            model.text.set_feature_stats(f, f.abs().sum(-1) > 0)  # zero rows are padding past a caption's end
+        return model
 
     def train_data(self):
         s, cfg = self.train_set, self.cfg

@@ -181,6 +181,8 @@ def test_both_text_sides_train_and_load(image_data, tmp_path, use_thinker):
     assert cls.shape == (2, 32) and patches.shape == (2, 16, 32)
     frozen = [n for n, p in model.named_parameters() if n.startswith("text.thinker.")]
     assert bool(frozen) == use_thinker
+    if use_thinker:  # the frozen states are standardised with statistics of the training captions, saved
+        assert not torch.equal(model.text.feature_std, torch.ones_like(model.text.feature_std))
     ids = tok.encode("a red circle on the left")
     t = model.encode_text(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
     assert t.shape == (1, 16)

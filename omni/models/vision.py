@@ -132,6 +132,12 @@ class TextTower(nn.Module):
         if thinker is not None:
             thinker.requires_grad_(False)
             self.thinker_proj = nn.Linear(thinker.cfg.d_model, cfg.d_model, bias=False)
+            # Per-dimension mean and std of the frozen states over the training captions (set_feature_stats):
+            # a few dimensions carry large offsets shared by every caption, which drown the differences
+            # between captions until the states are standardised. Saved with the weights.
+            d = thinker.cfg.d_model
+            self.register_buffer("feature_mean", torch.zeros(d))
+            self.register_buffer("feature_std", torch.ones(d))
         else:
             if cfg.vocab_size <= 0:
                 raise ValueError("text.vocab_size must be set for the trainable embedding text side")
@@ -156,6 +162,13 @@ class TextTower(nn.Module):
         return self
 
     @torch.no_grad()
+    def set_feature_stats(self, features: torch.Tensor, mask: torch.Tensor) -> None:
+        """features: Tensor[N x T x d] Thinker states, mask: Bool[N x T] → the standardisation buffers."""
+        h = features[mask].float()
+        self.feature_mean.copy_(h.mean(0))
+        self.feature_std.copy_(h.std(0).clamp(min=1e-3))
+
+    @torch.no_grad()
     def thinker_features(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: Tensor[B x T] right-padded → frozen hidden states Tensor[B x T x d_thinker]. The Thinker is
         causal, so the padding after a caption never changes its tokens' states: these can be cached."""
@@ -165,7 +178,8 @@ class TextTower(nn.Module):
         """ids: Tensor[B x T], mask: Bool[B x T] (True on real tokens); `features` (cached Thinker hidden
         states [B x T x d_thinker]) replaces running the Thinker. → Tensor[B x d_model]."""
         if self.uses_thinker:
-            x = self.thinker_proj(features if features is not None else self.thinker_features(ids))
+            h = features if features is not None else self.thinker_features(ids)
+            x = self.thinker_proj((h - self.feature_mean) / self.feature_std)
         else:
             x = self.embed(ids) + self.pos_embed[:, :ids.shape[1]]
         for block in self.blocks:
