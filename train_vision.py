@@ -103,13 +103,15 @@ class VisionStage(Stage):
 
     def _tokenizer(self) -> Tokenizer:
         """The Thinker's tokenizer.model beside thinker_ckpt; else one trained on the captions (kept in
-        save_dir, so a resumed run finds the same one)."""
+        save_dir, so a resumed run finds the same one; --fresh trains it again)."""
         cfg, save_dir = self.cfg, Path(self.cfg.save_dir)
         beside = Path(cfg.thinker_ckpt).parent / "tokenizer.model" if cfg.thinker_ckpt else None
         if beside is not None and beside.exists():
             self.log.info(f"text side: trainable embedding over the tokenizer {beside}")
             return Tokenizer(beside)
         own = save_dir / "tokenizer.model"
+        if self.dist.is_main and self.fresh and own.exists():
+            own.unlink()  # the captions may have changed: train the tokenizer anew
         if self.dist.is_main and not own.exists():
             captions = save_dir / "cache" / "captions.txt"
             captions.parent.mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,8 @@ def test_missing_tokenizer_is_trained_from_captions(image_data, tmp_path):
     # a rerun (here with more steps) reuses the tokenizer it trained rather than training another
     run(VisionStage, ["--config", cfg, "--set", "max_steps=2"])
     assert (save / "training.log").read_text().count("no tokenizer found") == 1
+    run(VisionStage, ["--config", cfg, "--fresh"])  # ... and --fresh trains it again
+    assert (save / "training.log").read_text().count("no tokenizer found") == 2
 
 
 def test_evaluate_prints_retrieval_json(image_data, tmp_path, capsys):
