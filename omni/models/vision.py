@@ -122,8 +122,8 @@ def preprocess(image: Image.Image, size: int) -> torch.Tensor:
 
 
 class TextTower(nn.Module):
-    """Caption tokens → one vector [B x d]: token features (frozen Thinker hidden states through a linear
-    map, or a trainable embedding plus learned positions) → non-causal blocks → mean over real tokens."""
+    """Caption tokens → one vector [B x d]: token features (frozen Thinker hidden states, standardised, through
+    a linear map; or a trainable embedding plus learned positions) → non-causal blocks → mean over real tokens."""
 
     def __init__(self, cfg: TextSideConfig, thinker: Thinker | None, use_flash: bool = True):
         super().__init__()
