@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from omni.asr import CharVocab, ctc_frames_needed, ctc_loss, evaluate_utterances
-from omni.audio import LogMel, MelConfig, spec_augment
+from omni.audio import LogMel, MelConfig, freq_warp, spec_augment
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.speech import SpeechBatches, measure, read_manifest
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, encoder_frames
@@ -42,8 +42,20 @@ class AudioEncConfig(TrainConfig):
     time_masks: int = 2
     time_mask_width: int = 40           # frames, at most ...
     time_mask_frac: float = 0.1         # ... and at most this fraction of the utterance
+    freq_warp: float = 0.0              # vocal tract length perturbation: mel axis stretched by 1 ± this at most
     features: MelConfig = field(default_factory=MelConfig)
     model: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+
+
+def augment(feats, rng, cfg: AudioEncConfig):
+    """Training-time augmentation of one utterance's features Tensor[frames x n_mels]; draws only from the
+    per-batch rng, so a resumed run augments identically. Module-level, so DataLoader workers can pickle it."""
+    if cfg.freq_warp > 0:
+        feats = freq_warp(feats, rng, cfg.freq_warp)
+    if cfg.spec_augment:
+        feats = spec_augment(feats, rng, cfg.freq_masks, cfg.freq_mask_width, cfg.time_masks,
+                             cfg.time_mask_width, cfg.time_mask_frac)
+    return feats
 
 
 class AudioEncStage(Stage):
@@ -58,12 +70,6 @@ class AudioEncStage(Stage):
         if cfg.model.n_mels != cfg.features.n_mels:
             raise ConfigError(f"model.n_mels {cfg.model.n_mels} != features.n_mels {cfg.features.n_mels}")
         train = measure(read_manifest(cfg.train_csv), cfg.features)
-        self.vocab = CharVocab.from_texts(u.text for u in train)
-        if cfg.model.vocab_size not in (0, len(self.vocab)):
-            raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the training transcripts have "
-                              f"{len(self.vocab) - 1} characters + blank; set it to 0 (derived) or "
-                              f"{len(self.vocab)}")
-        self.model_cfg = replace(cfg.model, vocab_size=len(self.vocab))
         if cfg.val_csvs:
             self.val_sets = {Path(p).stem: read_manifest(p) for p in cfg.val_csvs}
         elif cfg.val_split > 0:
@@ -72,6 +78,12 @@ class AudioEncStage(Stage):
             train = [u for i, u in enumerate(train) if i % every]
         else:
             self.val_sets = {}
+        self.vocab = CharVocab.from_texts(u.text for u in train)
+        if cfg.model.vocab_size not in (0, len(self.vocab)):
+            raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the training transcripts have "
+                              f"{len(self.vocab) - 1} characters + blank; set it to 0 (derived) or "
+                              f"{len(self.vocab)}")
+        self.model_cfg = replace(cfg.model, vocab_size=len(self.vocab))
         kept, labels, bad, long, unaligned = [], [], 0, 0, 0
         for u in train:
             lab = self.vocab.encode(u.text)
@@ -102,11 +114,8 @@ class AudioEncStage(Stage):
 
     def train_data(self):
         cfg = self.cfg
-        augment = partial(spec_augment, freq_masks=cfg.freq_masks, freq_width=cfg.freq_mask_width,
-                          time_masks=cfg.time_masks, time_width=cfg.time_mask_width,
-                          time_frac=cfg.time_mask_frac) if cfg.spec_augment else None
         return SpeechBatches(self.train_utts, self.train_labels, self.mel, cfg.batch_size, cfg.seed,
-                             cfg.max_mel_length, augment, cfg.bucket_batches)
+                             cfg.max_mel_length, partial(augment, cfg=cfg), cfg.bucket_batches)
 
     def loss(self, model, batch):
         out = model(batch["feats"], batch["lengths"])

@@ -104,6 +104,20 @@ class LogMel(torch.nn.Module):
         return freqs[fb.argmax(dim=0)]
 
 
+def freq_warp(x: torch.Tensor, rng: np.random.Generator, max_warp: float = 0.1) -> torch.Tensor:
+    """Vocal tract length perturbation in the mel domain (after Jaitly & Hinton 2013): stretch the frequency
+    axis by a factor in [1 - max_warp, 1 + max_warp], as a longer or shorter vocal tract shifts every formant.
+    It makes new voices out of the training voices, which is what recognising unseen voices needs.
+    x: Tensor[frames x n_mels]; draws only from `rng`."""
+    alpha = float(rng.uniform(1 - max_warp, 1 + max_warp))
+    F = x.shape[1]
+    src = (torch.arange(F, dtype=torch.float32) / alpha).clamp(max=F - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=F - 1)
+    frac = src - lo
+    return x[:, lo] * (1 - frac) + x[:, hi] * frac
+
+
 def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2, freq_width: int = 27,
                  time_masks: int = 2, time_width: int = 40, time_frac: float = 0.1) -> torch.Tensor:
     """SpecAugment (Park et al. 2019) without time warping: zero `freq_masks` bands of up to `freq_width` mel

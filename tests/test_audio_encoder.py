@@ -109,11 +109,12 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
 
 # --- model ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("downsample", [4, 8])
-def test_encoder_output_does_not_depend_on_padding(downsample):
+@pytest.mark.parametrize("downsample,frontend", [(4, "conv1d"), (8, "conv1d"), (4, "conv2d"), (8, "conv2d")])
+def test_encoder_output_does_not_depend_on_padding(downsample, frontend):
     torch.manual_seed(0)
     model = AudioEncoder(AudioEncoderConfig(n_mels=40, d_model=48, n_layers=2, n_heads=3, d_ff=96,
-                                            downsample=downsample, vocab_size=7)).eval()
+                                            downsample=downsample, frontend=frontend, conv_channels=8,
+                                            vocab_size=7)).eval()
     x = torch.randn(1, 157, 40)
     with torch.no_grad():
         alone = model(x, torch.tensor([157]))

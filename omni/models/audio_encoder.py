@@ -25,6 +25,9 @@ class AudioEncoderConfig:
     n_heads: int = 3
     d_ff: int = 768
     downsample: int = 4          # 4: 25 frames/s, enough for characters; 8: 12.5 fps, the Talker's frame rate
+    frontend: str = "conv1d"     # conv1d: kernels span all mel bins; conv2d: 3x3 kernels over (time, mel),
+                                 # shift-equivariant in frequency, so a voice's formants may move (unseen voices)
+    conv_channels: int = 32      # conv2d only: channels of the 2-D stem before the projection to d_model
     dropout: float = 0.1
     vocab_size: int = 0          # CTC classes including the blank; 0 = taken from the training transcripts
 
@@ -71,6 +74,29 @@ class ConvDownsample(nn.Module):
         return x.transpose(1, 2), lengths
 
 
+class Conv2dDownsample(nn.Module):
+    """log2(factor) Conv2d(3x3, stride 2) + GELU layers over (time, mel), then a linear projection of
+    channels x remaining mel bins: Tensor[B x T x n_mels] -> Tensor[B x T' x d] (the ESPnet/Conformer stem)."""
+
+    def __init__(self, n_mels: int, d_model: int, factor: int, channels: int):
+        super().__init__()
+        n = int(round(math.log2(factor)))
+        if factor < 2 or 2 ** n != factor:
+            raise ValueError(f"downsample must be a power of two >= 2 for the conv2d front end, got {factor}")
+        self.convs = nn.ModuleList(nn.Conv2d(1 if i == 0 else channels, channels, 3, stride=2, padding=1)
+                                   for i in range(n))
+        self.proj = nn.Linear(channels * encoder_frames(n_mels, factor), d_model)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (x * padding_mask(lengths, x.shape[1])[..., None]).unsqueeze(1)        # [B x 1 x T x n_mels]
+        for conv in self.convs:
+            x = F.gelu(conv(x))
+            lengths = encoder_frames(lengths, 2)
+            x = x * padding_mask(lengths, x.shape[2])[:, None, :, None]         # as in ConvDownsample
+        B, C, T, Fq = x.shape
+        return self.proj(x.permute(0, 2, 1, 3).reshape(B, T, C * Fq)), lengths
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: AudioEncoderConfig, use_flash: bool):
         super().__init__()
@@ -94,7 +120,12 @@ class AudioEncoder(nn.Module):
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
         self.cfg = cfg
-        self.subsample = ConvDownsample(cfg.n_mels, cfg.d_model, cfg.downsample)
+        if cfg.frontend == "conv1d":
+            self.subsample = ConvDownsample(cfg.n_mels, cfg.d_model, cfg.downsample)
+        elif cfg.frontend == "conv2d":
+            self.subsample = Conv2dDownsample(cfg.n_mels, cfg.d_model, cfg.downsample, cfg.conv_channels)
+        else:
+            raise ValueError(f"AudioEncoderConfig.frontend must be 'conv1d' or 'conv2d', got {cfg.frontend!r}")
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg, use_flash) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
