@@ -107,6 +107,18 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
         load_audio(tmp_path / "nope.wav")
 
 
+def test_augmentations_draw_only_from_the_given_rng():
+    from omni.audio import freq_warp, spec_augment
+    x = torch.zeros(50, 128)
+    x[:, 40] = 1.0
+    alpha = np.random.default_rng(0).uniform(0.9, 1.1)
+    warped = freq_warp(x, np.random.default_rng(0), 0.1)          # a formant at bin 40 moves to 40 * alpha
+    assert abs(int(warped[0].argmax()) - 40 * alpha) <= 1
+    a = spec_augment(torch.randn(200, 128, generator=torch.Generator().manual_seed(0)), np.random.default_rng(5))
+    b = spec_augment(torch.randn(200, 128, generator=torch.Generator().manual_seed(0)), np.random.default_rng(5))
+    assert torch.equal(a, b) and (a == 0).any()
+
+
 # --- model ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("downsample,frontend", [(4, "conv1d"), (8, "conv1d"), (4, "conv2d"), (8, "conv2d")])
