@@ -67,7 +67,8 @@ def decode_image(path: Path, size: int) -> np.ndarray | None:
         return None
 
 
-def pixel_cache(paths: list[Path], size: int, cache_dir: str | Path, name: str, log=print) -> tuple[np.ndarray, np.ndarray]:
+def pixel_cache(paths: list[Path], size: int, cache_dir: str | Path, name: str,
+                log=print) -> tuple[np.ndarray, np.ndarray]:
     """(pixels uint8 [N x 3 x size x size] memory-mapped, ok Bool[N]) for `paths` in order, decoded once
     and reused while the list and every file's size and mtime stay the same. Unreadable images get
     ok=False (the stream skips and counts them) and are named in the log once."""

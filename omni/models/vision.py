@@ -5,9 +5,10 @@
     clip, tok = load_vision("runs/demo/vision/vision.pt")
     clip.encode_image(images), clip.encode_text(ids, mask)   # unit vectors in the shared embed_dim space
 
-The text side is either the frozen Thinker (its hidden states, SPEC §6's default) or a trainable token
-embedding with learned positions; either way a few non-causal blocks and a masked mean pool follow, so the
-text side can learn which colour goes with which shape even over frozen features.
+The text side is either the frozen Thinker (its hidden states, standardised, SPEC §6's default) or a
+trainable token embedding with learned positions; either way a few non-causal blocks and a masked mean pool
+follow, so the text side can learn which colour goes with which shape even over frozen features.
+SFT takes `clip.vision` (CLS and patch tokens, d_model wide) and `preprocess` for its images.
 """
 from __future__ import annotations
 
