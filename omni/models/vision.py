@@ -202,8 +202,9 @@ class ClipModel(nn.Module):
         self.text_proj = nn.Linear(cfg.text.d_model, cfg.embed_dim, bias=False)
         nn.init.normal_(self.image_proj.weight, std=cfg.vision.d_model ** -0.5)
         nn.init.normal_(self.text_proj.weight, std=cfg.text.d_model ** -0.5)
-        # named logit_scale: the engine's optimizer keeps it out of weight decay
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
+        # named logit_scale: the engine's optimizer keeps it out of weight decay. Shape [1], not 0-d: the
+        # engine's DDP weight check views every tensor as bytes, which a 0-d tensor cannot do.
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1 / cfg.init_temperature)]))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images: Tensor[B x 3 x S x S] in [0, 1] → unit vectors Tensor[B x embed_dim]."""
@@ -215,7 +216,8 @@ class ClipModel(nn.Module):
         return F.normalize(self.text_proj(self.text(ids, mask, features)), dim=-1)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+        """exp(logit_scale) clamped at max_logit_scale: a 0-d tensor."""
+        return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()[0]
 
     def forward(self, images, ids, mask, features=None) -> dict:
         """→ {"loss": symmetric InfoNCE of the batch, "image", "text": Tensor[B x E], "scale": 0-d}."""
