@@ -224,7 +224,7 @@ class Trainer:
             return
         h = hashlib.sha256()
         for t in self.raw_model.state_dict().values():
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())  # 0-d too
         digests = [None] * self.dist.world_size
         torch_dist.all_gather_object(digests, h.hexdigest())
         if len(set(digests)) != 1:
