@@ -129,19 +129,12 @@ def load_asr(path, device="cpu") -> tuple[AudioEncoder, CharVocab, LogMel]:
     """(model in eval mode, vocabulary, feature extractor) from a final `audio_enc.pt`; a missing, corrupt or
     mismatched file is an error that names it."""
     from omni.config import from_dict
-    from omni.train.checkpoint import load_checkpoint
+    from omni.train.checkpoint import load_artifact, load_weights
 
-    state = load_checkpoint(path)
-    for key in ("model", "model_config", "vocab", "features"):
-        if key not in state:
-            raise ValueError(f"{path} is not an audio encoder artifact (no '{key}' entry); step checkpoints "
-                             f"hold training state, the final audio_enc.pt is what loads here")
+    state = load_artifact(path, "audio encoder", "audio_enc.pt", ("model", "model_config", "vocab", "features"))
     cfg = from_dict(AudioEncoderConfig, state["model_config"], where=str(path))
     model = AudioEncoder(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None
+    load_weights(model, state["model"], path)
     mel = LogMel(from_dict(MelConfig, state["features"], where=str(path)))
     return model.to(device).eval(), CharVocab(state["vocab"]), mel
 

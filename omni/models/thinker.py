@@ -155,17 +155,10 @@ def load_thinker(path, device="cpu"):
     that names it."""
     from omni.config import from_dict
     from omni.tokenizer import Tokenizer
-    from omni.train.checkpoint import load_checkpoint
+    from omni.train.checkpoint import load_artifact, load_weights
 
-    state = load_checkpoint(path)
-    for key in ("model", "model_config", "tokenizer"):
-        if key not in state:
-            raise ValueError(f"{path} is not a Thinker artifact (no '{key}' entry); step checkpoints hold "
-                             f"training state, the final thinker.pt is what loads here")
+    state = load_artifact(path, "Thinker", "thinker.pt", ("model", "model_config", "tokenizer"))
     model = Thinker(from_dict(ThinkerConfig, state["model_config"], where=str(path)))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None
+    load_weights(model, state["model"], path)
     tok = Tokenizer(model_proto=state["tokenizer"].numpy().tobytes())
     return model.to(device).eval(), tok

@@ -243,21 +243,14 @@ def load_vision(path, device="cpu"):
     from omni.config import from_dict
     from omni.models.thinker import ThinkerConfig
     from omni.tokenizer import Tokenizer
-    from omni.train.checkpoint import load_checkpoint
+    from omni.train.checkpoint import load_artifact, load_weights
 
-    state = load_checkpoint(path)
-    for key in ("model", "model_config", "tokenizer"):
-        if key not in state:
-            raise ValueError(f"{path} is not a vision artifact (no '{key}' entry); step checkpoints hold "
-                             f"training state, the final vision.pt is what loads here")
+    state = load_artifact(path, "vision", "vision.pt", ("model", "model_config", "tokenizer"))
     cfg = from_dict(ClipConfig, state["model_config"], where=str(path))
     thinker = None
     if state.get("thinker_config") is not None:
         thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=str(path)))
     model = ClipModel(cfg, thinker)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None
+    load_weights(model, state["model"], path)
     tok = Tokenizer(model_proto=state["tokenizer"].numpy().tobytes())
     return model.to(device).eval(), tok

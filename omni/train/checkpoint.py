@@ -98,3 +98,22 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_artifact(path: str | Path, kind: str, final_name: str, keys: tuple[str, ...]) -> dict:
+    """A stage's final artifact (e.g. kind "Thinker", final_name "thinker.pt") holding `keys`, or an error
+    naming the file."""
+    state = load_checkpoint(path)
+    for key in keys:
+        if key not in state:
+            raise ValueError(f"{path} is not a {kind} artifact (no '{key}' entry); step checkpoints hold "
+                             f"training state, the final {final_name} is what loads here")
+    return state
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: str | Path) -> None:
+    """Strict load: weights that do not fit the model rebuilt from the stored config are an error naming the file."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None
