@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omni.models.layers import Attention, RMSNorm, SwiGLU
+from omni.models.layers import EncoderBlock, RMSNorm
 
 
 @dataclass
@@ -97,21 +97,6 @@ class Conv2dDownsample(nn.Module):
         return self.proj(x.permute(0, 2, 1, 3).reshape(B, T, C * Fq)), lengths
 
 
-class EncoderBlock(nn.Module):
-    def __init__(self, cfg: AudioEncoderConfig, use_flash: bool):
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model)
-        # no dropout on the attention weights: it forces SDPA's slow math path on CPU; residual dropout remains
-        self.attn = Attention(cfg.d_model, cfg.n_heads, use_flash=use_flash, causal=False)
-        self.mlp_norm = RMSNorm(cfg.d_model)
-        self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x, mask):
-        x = x + self.drop(self.attn(self.attn_norm(x), key_padding_mask=mask))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
-
-
 class AudioEncoder(nn.Module):
     def __init__(self, cfg: AudioEncoderConfig, use_flash: bool = True):
         super().__init__()
@@ -127,7 +112,8 @@ class AudioEncoder(nn.Module):
         else:
             raise ValueError(f"AudioEncoderConfig.frontend must be 'conv1d' or 'conv2d', got {cfg.frontend!r}")
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(cfg, use_flash) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, use_flash=use_flash)
+                                    for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
         self.ctc_head = nn.Linear(cfg.d_model, cfg.vocab_size)
         for m in self.modules():

@@ -152,3 +152,23 @@ class MoE(nn.Module):
         frac = torch.zeros(n_e, device=x.device).scatter_add_(0, idx.flatten(), torch.ones(idx.numel(), device=x.device))
         self.aux_loss = n_e * (frac / idx.numel() * probs.mean(0)).sum()
         return out.view(shape)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block with non-causal attention, for the encoders (audio, ViT, caption text).
+    Positions come from the caller (learned or sinusoidal), not RoPE. attn_dropout > 0 on CPU sends SDPA to
+    its slow math path, so the audio encoder keeps it at 0 and drops out on the residuals only."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, attn_dropout: float = 0.0,
+                 use_flash: bool = True):
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads, dropout=attn_dropout, use_flash=use_flash, causal=False)
+        self.mlp_norm = RMSNorm(d_model)
+        self.mlp = SwiGLU(d_model, d_ff)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, key_padding_mask=None):
+        """x: Tensor[B x T x d]; key_padding_mask: Bool[B x T], True where a position is real."""
+        x = x + self.drop(self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))

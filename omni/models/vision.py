@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from omni.models.layers import Attention, RMSNorm, SwiGLU
+from omni.models.layers import EncoderBlock, RMSNorm
 from omni.models.thinker import Thinker
 
 # Pixels are scaled to [-1, 1] inside the encoder, so every caller feeds plain [0, 1] images.
@@ -60,22 +60,6 @@ class ClipConfig:
     use_flash: bool = True               # SDPA; False = explicit attention (for checking)
 
 
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block with non-causal attention (no RoPE: positions are learned)."""
-
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, use_flash: bool = True):
-        super().__init__()
-        self.attn_norm = RMSNorm(d_model)
-        self.attn = Attention(d_model, n_heads, dropout=dropout, use_flash=use_flash, causal=False)
-        self.mlp_norm = RMSNorm(d_model)
-        self.mlp = SwiGLU(d_model, d_ff)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x, key_padding_mask=None):
-        x = x + self.drop(self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
-
-
 def _init_weights(module: nn.Module, n_layers: int) -> None:
     for name, p in module.named_parameters():
         if p.ndim >= 2:
@@ -95,7 +79,7 @@ class VisionEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(3, cfg.d_model, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.n_patches, cfg.d_model))
-        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, use_flash)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.dropout, use_flash)
                                     for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
         _init_weights(self, cfg.n_layers)
@@ -144,7 +128,7 @@ class TextTower(nn.Module):
                 raise ValueError("text.vocab_size must be set for the trainable embedding text side")
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_len, cfg.d_model))
-        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, 0.0, use_flash)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, 0.0, 0.0, use_flash)
                                     for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
         for name, p in self.named_parameters():
