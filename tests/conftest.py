@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,26 @@ def metrics(save_dir: Path, split: str | None = None) -> list[dict]:
 
 def final_weights(save_dir: Path, name: str = "thinker") -> dict:
     return torch.load(save_dir / f"{name}.pt", weights_only=True)["model"]
+
+
+def signal_at(cmd: list[str], save_dir: Path, step: int, sig=signal.SIGKILL) -> tuple[int, str]:
+    """Start a stage script, send `sig` once it has logged `step` (or as soon after as the poll sees it), and
+    wait for it; returns (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=script_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        rows = metrics(save_dir)
+        if rows and rows[-1]["step"] >= step:
+            break
+        time.sleep(0.005)
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def kill_at(cmd: list[str], save_dir: Path, step: int) -> int:
+    """SIGKILL a run once it has logged `step`; returns the last step it logged."""
+    signal_at(cmd, save_dir, step)
+    return metrics(save_dir)[-1]["step"]

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from conftest import ROOT, metrics, run_script, script_env
-from test_resume import kill_at
+from conftest import kill_at, metrics, run_script, signal_at
 
 from omni.asr import CharVocab, ctc_frames_needed, ctc_greedy, load_asr, transcribe
 from omni.audio import LogMel, MelConfig, load_audio, num_frames
@@ -250,13 +246,8 @@ def test_sigkill_then_rerun_is_bitwise_identical(tone_data, reference, tmp_path,
 def test_sigterm_saves_and_resumes_exactly(tone_data, reference, tmp_path):
     save = tmp_path / "run"
     cmd = ["train_audio_enc.py", "--config", str(tiny_asr_config(tone_data, save, checkpoint_freq=1000))]
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=script_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while proc.poll() is None and not (metrics(save) and metrics(save)[-1]["step"] >= 5):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err[-2000:]
+    code, err = signal_at(cmd, save, 5, signal.SIGTERM)
+    assert code == 143, err[-2000:]
     stopped = metrics(save)[-1]["step"]
     assert (save / f"audio_enc_step_{stopped}.pt").exists()
     r = run_script(cmd)

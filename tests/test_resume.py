@@ -3,40 +3,20 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from conftest import ROOT, final_weights, metrics, run_script, script_env, tiny_text_config
+from conftest import final_weights, kill_at, metrics, run_script, signal_at, tiny_text_config
 
 
 @pytest.fixture(scope="module")
 def reference(text_data, tmp_path_factory):
-    """An uninterrupted 40-step run (the epoch is 22 batches, so it crosses into a second epoch)."""
+    """An uninterrupted 40-step run (an epoch is 21 batches, so it runs into a second)."""
     save = tmp_path_factory.mktemp("ref") / "run"
     r = run_script(["train_text.py", "--config", str(tiny_text_config(text_data, save))])
     assert r.returncode == 0, r.stderr[-3000:]
     return save
-
-
-def kill_at(cmd: list[str], save_dir, step: int) -> int:
-    """Start a run and SIGKILL it once it has logged `step`; returns the last logged step."""
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=script_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            rows = metrics(save_dir)
-            if rows and rows[-1]["step"] >= step:
-                break
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    return metrics(save_dir)[-1]["step"]
 
 
 def assert_same_run(ref, run):
@@ -66,13 +46,8 @@ def test_sigkill_then_rerun_is_bitwise_identical(text_data, reference, tmp_path,
 def test_sigterm_saves_current_step_and_resumes(text_data, reference, tmp_path):
     save = tmp_path / "run"
     cmd = ["train_text.py", "--config", str(tiny_text_config(text_data, save, checkpoint_freq=1000))]
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=script_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while proc.poll() is None and not (metrics(save) and metrics(save)[-1]["step"] >= 7):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err[-2000:]
+    code, err = signal_at(cmd, save, 7, signal.SIGTERM)
+    assert code == 143, err[-2000:]
     log = (save / "training.log").read_text()
     assert "stopped by SIGTERM" in log
     stopped = metrics(save)[-1]["step"]

@@ -222,7 +222,7 @@ def test_evaluate_prints_retrieval_json(image_data, tmp_path, capsys):
 
 
 def test_resume_continues_exactly(image_data, tmp_path):
-    from test_resume import kill_at
+    from conftest import kill_at
     ref = tmp_path / "ref"
     r = run_script(["train_vision.py", "--config", vision_config(image_data, ref, max_steps=12)])
     assert r.returncode == 0, r.stderr[-3000:]
