@@ -135,3 +135,30 @@ def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2,
         t0 = int(rng.integers(0, T - w + 1))
         x[t0:t0 + w] = 0
     return x
+
+
+class GriffinLim(torch.nn.Module):
+    """Natural-log mel power frames (LogMel with normalize "none") -> waveform: the mel filterbank inverted by
+    least squares (torchaudio InverseMelScale), then Griffin-Lim phase recovery (torchaudio). The default
+    waveform path of the Talker; a trained vocoder replaces it when one exists."""
+
+    def __init__(self, cfg: MelConfig, n_iter: int = 32):
+        super().__init__()
+        if cfg.normalize != "none":
+            raise ValueError("Griffin-Lim inverts raw log-mel: MelConfig.normalize must be 'none'")
+        self.cfg = cfg
+        self.inv_mel = torchaudio.transforms.InverseMelScale(
+            n_stft=cfg.n_fft // 2 + 1, n_mels=cfg.n_mels, sample_rate=cfg.sample_rate, f_min=cfg.f_min,
+            f_max=cfg.f_max, norm="slaney", mel_scale="slaney", driver="gelsd")  # gelsd: rank-deficient banks too
+        self.gl = torchaudio.transforms.GriffinLim(n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop_length,
+                                                   power=2.0, n_iter=n_iter)
+
+    @torch.no_grad()
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Tensor[frames x n_mels] -> Tensor[(frames - 1) * hop] in [-1, 1]."""
+        power = self.inv_mel(logmel.float().exp().transpose(0, 1)).clamp_min(0)   # [freq x frames]
+        wav = self.gl(power)
+        peak = wav.abs().max()
+        if not torch.isfinite(peak) or peak == 0:
+            raise RuntimeError(f"Griffin-Lim produced no signal from {tuple(logmel.shape)} mel frames")
+        return wav * (0.95 / peak) if peak > 0.95 else wav

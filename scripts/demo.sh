@@ -42,4 +42,9 @@ for split in val_world val_emoji; do
   evaluate "vision_$split" vision runs/demo/vision/vision.pt "data/demo/images/$split.jsonl"
 done
 
+stage talker train_talker.py configs/demo/talker.json  # codec, then Talker; round trip through Stage B
+for split in test_world test_english; do
+  evaluate "tts_$split" tts runs/demo/talker "data/demo/tts/$split.csv"
+done
+
 $PY scripts/report.py --runs runs/demo

@@ -2,6 +2,7 @@
 """Evaluate one trained stage on data in SPEC §9's formats; prints its metrics as one JSON object.
 
     python scripts/evaluate.py text --ckpt runs/demo/thinker/thinker.pt --data data/demo/text/val.txt
+    python scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv
 """
 from __future__ import annotations
 
@@ -78,16 +79,79 @@ def eval_asr(args) -> dict:
     return {**m, "ckpt": str(args.ckpt), "data": str(args.data)}
 
 
-STAGES = {"text": eval_text, "vision": eval_vision, "asr": eval_asr}
+def eval_tts(args) -> dict:
+    """Stage D on a TTS manifest: codec reconstruction MSE (normalised log-mel), teacher-forced code
+    perplexity, and round-trip WER / CER: Stage B's recogniser transcribing the Talker's speech of each text,
+    beside the same recogniser on the original recordings and on Griffin-Lim copies of their true mels (the
+    bounds a Talker speaking through Griffin-Lim can reach). Real-time factor of speaking (generation + GL)."""
+    import time
+    from omni.asr import evaluate_utterances, load_asr
+    from omni.audio import GriffinLim, LogMel, load_audio
+    from omni.data.speech import read_manifest
+    from omni.models.codec import usage_perplexity
+    from omni.tts import code_cross_entropy, load_tts, make_sample
+
+    device = resolve_device(args.device)
+    speaker = load_tts(args.ckpt, device)
+    talker_cfg = torch.load(Path(args.ckpt) / "talker.pt", weights_only=True)["config"]
+    asr_path = args.asr_ckpt or talker_cfg.get("audio_enc_ckpt", "")
+    utts = read_manifest(args.data)
+    mel = LogMel(speaker.features)
+    texts, mels, wavs, skipped = [], [], [], 0
+    for u in utts:
+        logmel = mel(load_audio(u.wav, speaker.sample_rate))
+        if make_sample(speaker.codec, speaker.vocab, u.text, logmel) is None:
+            skipped += 1
+            continue
+        texts.append(u.text)
+        mels.append(logmel)
+        wavs.append(u.wav)
+    if not texts:
+        raise ValueError(f"{args.data}: no utterance the Talker can speak")
+    samples = [make_sample(speaker.codec, speaker.vocab, t, m) for t, m in zip(texts, mels)]
+    with torch.no_grad():
+        se = n = 0.0
+        for s in samples:
+            x = s["mel"].float()[None].to(device)
+            y = speaker.codec.decode(s["codes"].long()[None].to(device))[:, :x.shape[1]]
+            se, n = se + float((y - x).pow(2).sum()), n + x.numel()
+        ce = code_cross_entropy(speaker.talker, samples, args.batch_size)
+    size = speaker.codec.cfg.codebook_size
+    usage = usage_perplexity(torch.cat([s["codes"].long() for s in samples]), size)
+    t0 = time.time()
+    spoken = speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=0)
+    seconds = time.time() - t0
+    audio_s = sum(w.numel() for w in spoken) / speaker.sample_rate
+    result = {"recon_mse": se / n, "code_perplexity": float(ce.mean().exp()),
+              "code_perplexity_per_book": [round(float(c.exp()), 3) for c in ce], "n": len(texts),
+              "skipped": skipped, "real_time_factor": seconds / audio_s,
+              "codebook_usage_ppl": [round(u, 1) for u in usage], "usage_min_fraction": min(usage) / size}
+    if asr_path:
+        asr = load_asr(asr_path, device)
+        gl = GriffinLim(speaker.features)
+        for key, audio in (("roundtrip", spoken), ("original", wavs), ("griffinlim", [gl(m) for m in mels])):
+            m, _ = evaluate_utterances(*asr, audio, texts, args.batch_size, device)
+            result[f"{key}_wer"], result[f"{key}_cer"] = m["wer"], m["cer"]
+        result["asr_ckpt"] = str(asr_path)
+    else:
+        result["roundtrip_wer"] = None  # no recogniser: say so rather than guess
+    return {**result, "ckpt_dir": str(args.ckpt), "data": str(args.data)}
+
+
+STAGES = {"text": eval_text, "vision": eval_vision, "asr": eval_asr, "tts": eval_tts}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=sorted(STAGES))
-    p.add_argument("--ckpt", required=True, help="final artifact of the stage")
+    p.add_argument("--ckpt", "--ckpt_dir", required=True,
+                   help="final artifact of the stage (tts: the folder holding talker.pt and rvq_codec.pt)")
     p.add_argument("--data", required=True, help="held-out data in the stage's format")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--asr_ckpt", default="", help="tts: Stage B's audio_enc.pt (default: the Talker config's)")
+    p.add_argument("--temperature", type=float, default=0.7, help="tts: sampling temperature (0 = greedy)")
+    p.add_argument("--top_k", type=int, default=20, help="tts: sample among the k likeliest codes")
     args = p.parse_args(argv)
     try:
         result = STAGES[args.stage](args)

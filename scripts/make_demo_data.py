@@ -36,7 +36,9 @@ SIZES = {
     "full": {"wordnet_docs": 40000, "world_docs": 6000, "world_val_docs": 500},
 }
 WORKERS = 2  # speech synthesis processes: both cores of the demo machine
-DATA_VERSION = 3  # part of every stamp: bump it when a builder's output changes, so old builds are redone
+# Part of every part's stamp: bump a part's number when its builder's output changes, so old builds are redone.
+# asr/sft 4: flite voices really get a fifth of the utterances (one draw per utterance), at varied tempo.
+PART_VERSIONS = {"text": 3, "asr": 4, "tts": 3, "images": 3, "sft": 4, "ocr": 1}
 
 
 def part_rng(seed: int, part: str) -> np.random.Generator:
@@ -112,9 +114,14 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown part(s) {unknown}; choose from {list(BUILDERS)}")
     summary, seconds = {}, {}
+    for part in BUILDERS:  # parts not asked for keep their lines in the summary
+        stamp = out / part / ".done.json"
+        if part not in parts and stamp.exists():
+            done = json.loads(stamp.read_text())
+            summary[part], seconds[part] = done["summary"], done.get("seconds")
     for part in parts:
         stamp = out / part / ".done.json"
-        key = {"size": args.size, "seed": args.seed, "version": DATA_VERSION}
+        key = {"size": args.size, "seed": args.seed, "version": PART_VERSIONS[part]}
         if not args.force and stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
             print(f"{part}: up to date ({stamp})")
             done = json.loads(stamp.read_text())
@@ -130,6 +137,8 @@ def main(argv=None) -> int:
         seconds[part] = time.time() - t0
         stamp.write_text(json.dumps({"key": key, "summary": summary[part], "seconds": seconds[part]}))
         print(f"{part}: built in {seconds[part]:.1f}s")
+    summary = {part: summary[part] for part in BUILDERS if part in summary}  # in building order
+    seconds = {part: seconds.get(part) for part in summary}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = summary_markdown(summary, seconds)
     (out / "summary.md").write_text(table, encoding="utf-8")

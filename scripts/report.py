@@ -22,8 +22,16 @@ TARGETS = [
     ("C", "image→text top-1 within random groups of 32, held-out world scenes", "vision_val_world", "i2t_top1_in32",
      ">", 0.90),
     ("C", "image→text top-1 over the whole held-out world split", "vision_val_world", "i2t_top1", ">", 0.50),
+    ("D", "codec reconstruction MSE, normalised log-mel, held-out world sentences", "tts_test_world", "recon_mse",
+     "<", 0.05),
+    ("D", "lowest codebook usage perplexity / codebook size (codec), held-out world sentences", "tts_test_world",
+     "usage_min_fraction", ">", 0.5),
+    ("D", "Talker code perplexity (teacher-forced), held-out world sentences", "tts_test_world", "code_perplexity",
+     "<", 15.0),
+    ("D", "round-trip WER: Talker speech of held-out world sentences, transcribed by Stage B", "tts_test_world",
+     "roundtrip_wer", "<", 0.30),
 ]
-MINUTES = {"A": ("thinker", 5), "B": ("audio_enc", 8), "C": ("vision", 5)}  # stage -> (times.json key, CPU-minute budget)
+MINUTES = {"A": ("thinker", 5), "B": ("audio_enc", 8), "C": ("vision", 5), "D": ("talker", 10)}  # stage -> (times.json key, CPU-minute budget)
 
 
 def curves(runs: Path, out: Path) -> list[Path]:
@@ -33,23 +41,26 @@ def curves(runs: Path, out: Path) -> list[Path]:
     written = []
     for mfile in sorted(runs.glob("*/metrics.jsonl")):
         rows = [json.loads(l) for l in mfile.read_text().splitlines() if l.strip()]
-        train = [(r["step"], r["loss"]) for r in rows if r.get("split") is None and r.get("loss") is not None]
-        val = [(r["step"], r["loss"]) for r in rows if r.get("split") == "val" and r.get("loss") is not None]
-        if not train:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*train), label="train", lw=1)
-        if val:
-            ax.plot(*zip(*val), "o-", label="val")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.set_title(mfile.parent.name)
-        ax.legend()
-        fig.tight_layout()
-        path = out / f"{mfile.parent.name}_loss.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        stages = sorted({r.get("stage") or mfile.parent.name for r in rows})  # a folder may hold two (codec + Talker)
+        for stage in stages:
+            mine = [r for r in rows if (r.get("stage") or mfile.parent.name) == stage]
+            train = [(r["step"], r["loss"]) for r in mine if r.get("split") is None and r.get("loss") is not None]
+            val = [(r["step"], r["loss"]) for r in mine if r.get("split") == "val" and r.get("loss") is not None]
+            if not train:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            ax.plot(*zip(*train), label="train", lw=1)
+            if val:
+                ax.plot(*zip(*val), "o-", label="val")
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("loss")
+            ax.set_title(stage)
+            ax.legend()
+            fig.tight_layout()
+            path = out / f"{stage}_loss.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
     return written
 
 
@@ -66,7 +77,10 @@ def main(argv=None) -> int:
         if not f.exists():
             lines.append(f"| {stage} | {what} | not run | {op} {target} | |")
             continue
-        value = json.loads(f.read_text())[key]
+        value = json.loads(f.read_text()).get(key)
+        if value is None:
+            lines.append(f"| {stage} | {what} | not measured | {op} {target} | |")
+            continue
         met = value < target if op == "<" else value > target
         lines.append(f"| {stage} | {what} | {value:.4g} | {op} {target} | {'yes' if met else 'NO'} |")
     for stage, (key, budget) in MINUTES.items():

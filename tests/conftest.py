@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,14 +82,14 @@ def final_weights(save_dir: Path, name: str = "thinker") -> dict:
     return torch.load(save_dir / f"{name}.pt", weights_only=True)["model"]
 
 
-def signal_at(cmd: list[str], save_dir: Path, step: int, sig=signal.SIGKILL) -> tuple[int, str]:
-    """Start a stage script, send `sig` once it has logged `step` (or as soon after as the poll sees it), and
-    wait for it; returns (exit code, stderr)."""
+def signal_at(cmd: list[str], save_dir: Path, step: int, sig=signal.SIGKILL, stage: str | None = None) -> tuple[int, str]:
+    """Start a stage script, send `sig` once it has logged `step` (of `stage`, in a folder two stages share),
+    or as soon after as the poll sees it, and wait for it; returns (exit code, stderr)."""
     proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=script_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        rows = metrics(save_dir)
+        rows = [r for r in metrics(save_dir) if stage is None or r.get("stage") == stage]
         if rows and rows[-1]["step"] >= step:
             break
         time.sleep(0.005)
@@ -101,3 +103,25 @@ def kill_at(cmd: list[str], save_dir: Path, step: int) -> int:
     """SIGKILL a run once it has logged `step`; returns the last step it logged."""
     signal_at(cmd, save_dir, step)
     return metrics(save_dir)[-1]["step"]
+
+
+# --- speech: a "tone alphabet" (each letter a tone, a space silence) for the speech stages --------------------
+SR = 16000
+# Each letter is a tone; a space is silence. Enough for the pipeline to have something to learn.
+TONES = {"a": 440.0, "b": 880.0, "c": 1320.0, "d": 1760.0, " ": 0.0}
+
+
+def tone_speech(text: str, sr: int = SR, char_s: float = 0.08) -> np.ndarray:
+    t = np.arange(int(char_s * sr)) / sr
+    parts = [0.3 * np.sin(2 * np.pi * TONES[c] * t) if TONES[c] else np.zeros_like(t) for c in text]
+    return np.concatenate([np.zeros(800), *parts, np.zeros(800)]).astype(np.float32)
+
+
+def write_split(folder, name: str, texts: list[str]):
+    (folder / "wavs").mkdir(parents=True, exist_ok=True)
+    rows = ["wav,text,speaker"]
+    for i, text in enumerate(texts):
+        sf.write(folder / "wavs" / f"{name}_{i}.wav", tone_speech(text), SR)
+        rows.append(f"wavs/{name}_{i}.wav,{text},tone")
+    (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    return folder / f"{name}.csv"

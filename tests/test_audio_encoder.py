@@ -10,33 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import kill_at, metrics, run_script, signal_at
+from conftest import SR, kill_at, metrics, run_script, signal_at, tone_speech, write_split
 
 from omni.asr import CharVocab, ctc_frames_needed, ctc_greedy, load_asr, transcribe
 from omni.audio import LogMel, MelConfig, load_audio, num_frames
 from omni.metrics import cer, edit_distance, wer
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig
-
-SR = 16000
-# Each letter is a tone; a space is silence. Enough for the pipeline to have something to learn.
-TONES = {"a": 440.0, "b": 880.0, "c": 1320.0, "d": 1760.0, " ": 0.0}
-
-
-def tone_speech(text: str, sr: int = SR, char_s: float = 0.08) -> np.ndarray:
-    t = np.arange(int(char_s * sr)) / sr
-    parts = [0.3 * np.sin(2 * np.pi * TONES[c] * t) if TONES[c] else np.zeros_like(t) for c in text]
-    return np.concatenate([np.zeros(800), *parts, np.zeros(800)]).astype(np.float32)
-
-
-def write_split(folder, name: str, texts: list[str]):
-    (folder / "wavs").mkdir(parents=True, exist_ok=True)
-    rows = ["wav,text,speaker"]
-    for i, text in enumerate(texts):
-        sf.write(folder / "wavs" / f"{name}_{i}.wav", tone_speech(text), SR)
-        rows.append(f"wavs/{name}_{i}.wav,{text},tone")
-    (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
-    return folder / f"{name}.csv"
-
 
 @pytest.fixture(scope="module")
 def tone_data(tmp_path_factory):

@@ -46,7 +46,8 @@ class Voice:
 
 @dataclass(frozen=True)
 class Utterance:
-    """What to say, by whom, where to write it; rate (words per minute) and pitch (0-99) apply to espeak."""
+    """What to say, by whom, where to write it; rate (words per minute) applies to both engines (flite
+    stretches its durations by 175 / rate), pitch (0-99) to espeak."""
     text: str
     voice: Voice
     path: str
@@ -108,7 +109,9 @@ def _synthesize(u: Utterance) -> float:
         subprocess.run(["sox", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", u.path],
                        input=wav, capture_output=True, check=True)
     elif u.voice.engine == "flite":
-        subprocess.run(["flite", "-voice", u.voice.name, "-t", u.text, "-o", u.path], capture_output=True, check=True)
+        stretch = ["--setf", f"duration_stretch={175 / u.rate:.3f}"] if u.rate != 175 else []
+        subprocess.run(["flite", "-voice", u.voice.name, *stretch, "-t", u.text, "-o", u.path], capture_output=True,
+                       check=True)
         if sf.info(u.path).samplerate != SAMPLE_RATE:  # a voice at another rate: resample in place
             tmp = u.path + ".tmp.wav"
             subprocess.run(["sox", u.path, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", tmp], check=True,

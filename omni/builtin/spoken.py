@@ -49,13 +49,14 @@ def voice_split() -> tuple[list[Voice], list[Voice]]:
 
 def pick_voice(voices: list[Voice], rng: np.random.Generator, flite_share: float = 0.2) -> Voice:
     """flite voices are few but natural: give them `flite_share` of the utterances, espeak the rest."""
-    pool = [v for v in voices if v.engine == ("flite" if rng.random() < flite_share else "espeak")]
-    pool = pool or voices
+    engine = "flite" if rng.random() < flite_share else "espeak"  # one draw per utterance, not per voice
+    pool = [v for v in voices if v.engine == engine] or voices
     return pool[rng.integers(len(pool))]
 
 
 def utterance(text: str, voice: Voice, path: Path, rng: np.random.Generator) -> Utterance:
-    """espeak gets a random rate (130–210 wpm) and pitch (25–75): more speakers out of each variant."""
+    """A random rate (130–210 wpm; flite stretches its durations by 175 / rate) and, for espeak, pitch (25–75):
+    more speakers out of each voice."""
     return Utterance(text, voice, str(path), rate=int(rng.integers(130, 211)), pitch=int(rng.integers(25, 76)))
 
 

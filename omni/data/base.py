@@ -79,6 +79,30 @@ class BatchStream(IterableDataset):
             yield batch
 
 
+class LengthBucketed(BatchStream):
+    """A BatchStream whose batches hold samples of similar length (little padding) yet come in random order:
+    each epoch shuffles, sorts each run of `bucket` global batches by `lengths`, and shuffles the batches,
+    all from (seed, epoch) only."""
+
+    def __init__(self, lengths, batch_size: int, seed: int = 0, bucket: int = 50):
+        super().__init__(batch_size, seed, shuffle=True)
+        self.lengths, self.bucket = np.asarray(lengths), bucket
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        gb = self.global_batch
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self))[: len(self) // gb * gb]   # drop the tail: every rank steps together
+        chunk = gb * self.bucket
+        for s in range(0, len(order), chunk):
+            part = order[s:s + chunk]
+            order[s:s + chunk] = part[np.argsort(self.lengths[part], kind="stable")]
+        batches = order.reshape(-1, gb)
+        return list(batches[rng.permutation(len(batches))])
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     non_blocking = device.type == "cuda"
     return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}

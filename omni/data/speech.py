@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from omni.audio import LogMel, MelConfig, audio_info, load_audio, num_frames, pad_frames, resampled_length
-from omni.data.base import BatchStream
+from omni.data.base import LengthBucketed
 
 BUILD_HINT = "build the built-in speech with `python scripts/make_demo_data.py --out data/demo --only asr`"
 
@@ -50,32 +50,16 @@ def measure(utts: list[Utterance], cfg: MelConfig) -> list[Utterance]:
     return utts
 
 
-class SpeechBatches(BatchStream):
+class SpeechBatches(LengthBucketed):
     """Batches {"feats": Tensor[B x T x n_mels] zero-padded, "lengths": Tensor[B], "labels": list of id
-    lists, "audio_s": float}. Each epoch shuffles, then sorts each run of `bucket` global batches by length
-    and shuffles the batches, so a batch holds similar lengths (little padding) yet the order is random and a
-    function of (seed, epoch) only. `augment(feats, rng)` (SpecAugment) draws from the per-batch RNG."""
+    lists, "audio_s": float}, bucketed by length. `augment(feats, rng)` (SpecAugment) draws from the
+    per-batch RNG."""
 
     def __init__(self, utts: list[Utterance], labels: list[list[int]], mel: LogMel, batch_size: int, seed: int,
                  max_frames: int, augment=None, bucket: int = 50):
-        super().__init__(batch_size, seed, shuffle=True)
+        super().__init__([u.frames for u in utts], batch_size, seed, bucket)
         self.utts, self.labels, self.mel = utts, labels, mel
-        self.max_frames, self.augment, self.bucket = max_frames, augment, bucket
-        self.frames = np.array([u.frames for u in utts])
-
-    def __len__(self) -> int:
-        return len(self.utts)
-
-    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        gb = self.global_batch
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self))[: len(self) // gb * gb]   # drop the tail: every rank steps together
-        chunk = gb * self.bucket
-        for s in range(0, len(order), chunk):
-            part = order[s:s + chunk]
-            order[s:s + chunk] = part[np.argsort(self.frames[part], kind="stable")]
-        batches = order.reshape(-1, gb)
-        return list(batches[rng.permutation(len(batches))])
+        self.max_frames, self.augment = max_frames, augment
 
     def load(self, index: int, rng: np.random.Generator):
         u = self.utts[index]

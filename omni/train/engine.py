@@ -44,6 +44,12 @@ class Stage:
         self.cfg, self.dist, self.log = cfg, info, log
         self.fresh = fresh  # --fresh: prepare() should also rebuild what it made itself (a tokenizer)
 
+    @classmethod
+    def configure(cls, cfg):
+        """The config this stage trains with, from the loaded file (a script running two stages from one file
+        maps the second's keys onto the shared ones here)."""
+        return cfg
+
     def prepare(self) -> None:
         """One-time work before the model exists (tokenizers, caches). Runs on every rank."""
 
@@ -106,7 +112,7 @@ class Trainer:
     def __init__(self, stage_cls, argv=None):
         args = parse_args(stage_cls, argv)
         try:
-            self.cfg = load_config(stage_cls.config_cls, args.config, args.overrides)
+            self.cfg = stage_cls.configure(load_config(stage_cls.config_cls, args.config, args.overrides))
         except ConfigError as e:
             sys.exit(f"config error: {e}")
         self.fresh = args.fresh
@@ -114,7 +120,7 @@ class Trainer:
         self.dist = dist.setup(cfg.device)
         self.device = self.dist.device
         self.save_dir = Path(cfg.save_dir)
-        self.log = RunLogger(self.save_dir, enabled=self.dist.is_main)
+        self.log = RunLogger(self.save_dir, enabled=self.dist.is_main, stage=stage_cls.name)
         self.stage = stage_cls(cfg, self.dist, self.log, fresh=self.fresh)
         self.name = self.stage.name
         self.stop_signal = None
@@ -175,7 +181,7 @@ class Trainer:
             if self.dist.is_main:
                 for _, p in ckpt.step_checkpoints(self.save_dir, self.name):
                     p.unlink()
-                (self.save_dir / "metrics.jsonl").unlink(missing_ok=True)
+                self.log.truncate_metrics_after(-1)
                 self.log.info("--fresh: removed earlier step checkpoints and metrics")
             dist.barrier(self.dist)
             return 0

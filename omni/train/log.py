@@ -13,8 +13,9 @@ from tqdm import tqdm
 class RunLogger:
     """Rank 0 writes; other ranks get a logger that stays silent."""
 
-    def __init__(self, save_dir: str | Path, enabled: bool = True):
+    def __init__(self, save_dir: str | Path, enabled: bool = True, stage: str | None = None):
         self.enabled = enabled
+        self.stage = stage  # tags metrics records, so several stages can share one folder (codec + Talker)
         self.dir = Path(save_dir)
         self.log_path = self.dir / "training.log"
         self.metrics_path = self.dir / "metrics.jsonl"
@@ -33,18 +34,22 @@ class RunLogger:
     def metrics(self, record: dict) -> None:
         if not self.enabled:
             return
+        if self.stage:
+            record = {"stage": self.stage, **record}
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(clean) + "\n")
 
     def truncate_metrics_after(self, step: int) -> None:
-        """On resume, drop records a killed run wrote past its last checkpoint, so the file is one history."""
+        """On resume, drop this stage's records a killed run wrote past its last checkpoint, so the file is one
+        history (step -1: all of this stage's records, for --fresh). Other stages' records stay."""
         if not self.enabled or not self.metrics_path.exists():
             return
         keep = []
         for line in self.metrics_path.read_text().splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
+                rec = json.loads(line)
+                if rec.get("step", 0) <= step or rec.get("stage", self.stage) != self.stage:
                     keep.append(line)
             except json.JSONDecodeError:
                 pass  # a line cut by a kill mid-write

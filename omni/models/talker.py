@@ -1,0 +1,283 @@
+"""The Talker: text -> RVQ code frames (12.5 fps), autoregressive, duration-informed.
+
+    talker = Talker(TalkerConfig(vocab_size=40))
+    out = talker(text_ids, text_lens, mel, mel_lens, codes, code_lens)   # training losses
+    codes, lengths = talker.generate(text_ids, text_lens, temperature=0.7, top_k=20)
+
+How it learns to speak in minutes:
+- A text encoder (transformer over characters, or over the Thinker's hidden states through `text_embeds`)
+  predicts for each token a mean log-mel frame. Monotonic alignment search (Glow-TTS / Grad-TTS) finds, per
+  batch and without gradient, the alignment of tokens to the 10 ms mel frames that fits those means best;
+  the means are trained on it, so alignment and encoder improve together from scratch. A duration predictor
+  learns each token's frame count from that alignment, for use when speaking.
+- The aligned token states, averaged over each 80 ms block, condition the autoregressive decoder frame by
+  frame: input at frame k = its block's text state + the embedded codes of frame k-1 (teacher forcing,
+  shifted exactly one frame). After the last frame the condition is a learned end-of-speech vector, where an
+  end head learns to say stop; generation stops there by itself.
+- Each frame's codebooks are predicted in order by small heads: codebook j sees the decoder state plus the
+  codes 0..j-1 of the same frame, as residual codebooks depend on each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from omni.models.audio_encoder import padding_mask, sinusoids
+from omni.models.layers import EncoderBlock, KVCache, RMSNorm, rope_tables
+from omni.models.thinker import Block, ThinkerConfig, sample_next
+
+
+@dataclass
+class TalkerConfig:
+    vocab_size: int = 0           # characters + pad + silence; 0 = derived from the training transcripts
+    d_model: int = 192
+    n_layers: int = 4             # autoregressive decoder
+    n_heads: int = 3
+    d_ff: int = 768
+    text_layers: int = 3          # text encoder
+    max_frames: int = 2048        # code frames the decoder's positions cover (164 s at 12.5 fps)
+    codebooks: int = 4
+    codebook_size: int = 256
+    n_mels: int = 80              # the aligner's target: the codec's normalised log-mel
+    block: int = 8                # fine mel frames per code frame (frame_ms 80)
+    thinker_dim: int = 0          # > 0: `text_embeds` of this width (the Thinker's hidden states) replace chars
+    dropout: float = 0.1
+    rope_theta: float = 10000.0
+
+
+PAD, SIL = 0, 1  # text ids: padding, and the silence token that starts and ends every utterance
+
+
+@torch.no_grad()
+def monotonic_align(logp: torch.Tensor, text_lens: torch.Tensor, frame_lens: torch.Tensor) -> torch.Tensor:
+    """The most likely monotonic alignment in which every token holds at least one frame (Viterbi; Kim et al.
+    2020). logp: Tensor[B x L x T] log-likelihood of frame t under token i. Returns Float[B x L x T], 1 where
+    frame t belongs to token i. Dynamic programming in numpy (many tiny steps: far faster than torch ops)."""
+    B, L, T = logp.shape
+    lp = logp.detach().float().cpu().numpy().transpose(2, 0, 1).copy()     # [T x B x L]
+    tl, fl = text_lens.cpu().numpy(), frame_lens.cpu().numpy()
+    neg = np.float32(-1e9)
+    lp[:, np.arange(L)[None, :] >= tl[:, None]] = neg                       # padding tokens
+    q = np.full((T, B, L), neg, dtype=np.float32)
+    q[0, :, 0] = lp[0, :, 0]
+    moved = np.empty((B, L), dtype=np.float32)
+    for t in range(1, T):
+        moved[:, 0] = neg
+        moved[:, 1:] = q[t - 1, :, :-1]
+        np.maximum(q[t - 1], moved, out=q[t])
+        q[t] += lp[t]
+    path = np.zeros((B, L, T), dtype=np.float32)
+    rows = np.arange(B)
+    idx = tl - 1
+    for t in range(T - 1, -1, -1):
+        active = t < fl
+        path[rows[active], idx[active], t] = 1.0
+        if t > 0:
+            prev = np.maximum(idx - 1, 0)
+            go = active & (idx > 0) & ((idx == t) | (q[t - 1, rows, prev] > q[t - 1, rows, idx]))
+            idx = idx - go
+    return torch.from_numpy(path).to(logp.device)
+
+
+def durations_to_path(durations: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+    """Long[B x L] frames per token -> Float[B x L x T] alignment (T = the longest total, or `frames`)."""
+    ends = durations.cumsum(1)
+    T = int(ends[:, -1].max()) if frames is None else frames
+    t = torch.arange(T, device=durations.device)[None, None]
+    return ((t >= (ends - durations)[..., None]) & (t < ends[..., None])).float()
+
+
+class Talker(nn.Module):
+    def __init__(self, cfg: TalkerConfig, use_flash: bool = True):
+        super().__init__()
+        if cfg.vocab_size < 3:
+            raise ValueError(f"TalkerConfig.vocab_size must be set (characters + 2), got {cfg.vocab_size}")
+        self.cfg = cfg
+        d, K = cfg.d_model, cfg.codebooks
+        # text encoder, aligner and duration predictor
+        self.text_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
+        self.thinker_proj = nn.Linear(cfg.thinker_dim, d) if cfg.thinker_dim > 0 else None
+        self.text_blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout, use_flash=use_flash)
+                                         for _ in range(cfg.text_layers))
+        self.text_norm = RMSNorm(d)
+        self.to_mel = nn.Linear(d, cfg.n_mels)
+        self.dur_conv = nn.ModuleList(nn.Conv1d(d, d, 3, padding=1) for _ in range(2))
+        self.dur_norm = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
+        self.dur_out = nn.Linear(d, 1)
+        # autoregressive decoder over code frames
+        self.cond_proj = nn.Linear(d, d)
+        self.end_cond = nn.Parameter(torch.randn(d) * 0.02)
+        self.bos = nn.Parameter(torch.randn(d) * 0.02)
+        self.code_embed = nn.ModuleList(nn.Embedding(cfg.codebook_size, d) for _ in range(K))
+        dec = ThinkerConfig(vocab_size=1, n_layers=cfg.n_layers, d_model=d, n_heads=cfg.n_heads,
+                            n_kv_heads=cfg.n_heads, d_ff=cfg.d_ff, ctx_len=cfg.max_frames + 1,
+                            rope_theta=cfg.rope_theta, dropout=cfg.dropout, use_flash=use_flash)
+        self.dec_cfg = dec
+        self.blocks = nn.ModuleList(Block(dec) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(d)
+        self.depth_embed = nn.ModuleList(nn.Embedding(cfg.codebook_size, d) for _ in range(K - 1))
+        self.heads = nn.ModuleList(nn.Linear(d, cfg.codebook_size) for _ in range(K))
+        self.end_head = nn.Linear(d, 1)
+        cos, sin = rope_tables(d // cfg.n_heads, cfg.max_frames + 1, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    # ---- text side --------------------------------------------------------------------------------
+    def encode_text(self, text_ids: torch.Tensor | None, text_lens: torch.Tensor,
+                    text_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Long[B x L] character ids, or Tensor[B x L x thinker_dim] hidden states -> Tensor[B x L x d]."""
+        if text_embeds is not None:
+            if self.thinker_proj is None:
+                raise ValueError("this Talker was built without thinker_dim: it takes text_ids only")
+            x = self.thinker_proj(text_embeds)
+        else:
+            x = self.text_embed(text_ids)
+        L = x.shape[1]
+        x = x + sinusoids(L, self.cfg.d_model).to(x.device, x.dtype)
+        mask = padding_mask(text_lens, L)
+        for blk in self.text_blocks:
+            x = blk(x, key_padding_mask=mask)
+        return self.text_norm(x) * mask[..., None]
+
+    def log_durations(self, h: torch.Tensor, text_lens: torch.Tensor) -> torch.Tensor:
+        """Predicted log(1 + frames) per token: Tensor[B x L]. Sees the text states without their gradient."""
+        mask = padding_mask(text_lens, h.shape[1])[..., None]
+        x = h.detach()
+        for conv, norm in zip(self.dur_conv, self.dur_norm):
+            x = norm(F.relu(conv((x * mask).transpose(1, 2)).transpose(1, 2)))
+        return self.dur_out(x).squeeze(-1) * mask[..., 0]
+
+    def block_condition(self, h: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
+        """Token states spread over fine frames by `path` (Float[B x L x T]) and averaged per code frame:
+        Tensor[B x ceil(T/block) x d] (frames past an utterance's end hold zeros)."""
+        fine = path.transpose(1, 2) @ h                                      # [B x T x d]
+        occupied = path.sum(1)                                               # [B x T]: 1 on real frames
+        B, T, d = fine.shape
+        n = -(-T // self.cfg.block)
+        pad = n * self.cfg.block - T
+        fine = F.pad(fine, (0, 0, 0, pad)).view(B, n, self.cfg.block, d).sum(2)
+        count = F.pad(occupied, (0, pad)).view(B, n, self.cfg.block).sum(2)
+        return fine / count.clamp_min(1)[..., None]
+
+    def _decoder_input(self, cond: torch.Tensor, code_lens: torch.Tensor, prev_codes: torch.Tensor,
+                       start: int = 0) -> torch.Tensor:
+        """Decoder inputs for steps start..start+S-1. cond: Tensor[B x S x d] their block conditions;
+        code_lens: Long[B], from which step on the condition is end-of-speech; prev_codes: the codes each step
+        follows (step k follows frame k-1; step 0 follows BOS): Long[B x S-1 x K] when start is 0, else
+        Long[B x S x K]."""
+        B, S, _ = cond.shape
+        past_end = start + torch.arange(S, device=cond.device)[None] >= code_lens[:, None]
+        cond = torch.where(past_end[..., None], self.end_cond.to(cond.dtype), cond)
+        if start > 0:
+            prev = self.embed_codes(prev_codes)
+        elif prev_codes.shape[1]:
+            prev = torch.cat([self.bos.expand(B, 1, -1), self.embed_codes(prev_codes)], dim=1)
+        else:
+            prev = self.bos.expand(B, 1, -1)
+        return self.cond_proj(cond) + prev
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return sum(self.code_embed[k](codes[..., k]) for k in range(self.cfg.codebooks))
+
+    def decode(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        start = cache.pos if cache is not None else 0
+        T = x.shape[1]
+        if start + T > self.cfg.max_frames + 1:
+            raise ValueError(f"{start + T} decoder steps exceed max_frames + 1 = {self.cfg.max_frames + 1}")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.pos += T
+        return self.norm(x)
+
+    def code_logits(self, h: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced logits of every codebook: head j sees h plus the frame's codes 0..j-1."""
+        out, x = [], h
+        for j, head in enumerate(self.heads):
+            out.append(head(x))
+            if j + 1 < len(self.heads):
+                x = x + self.depth_embed[j](codes[..., j])
+        return out
+
+    # ---- training ---------------------------------------------------------------------------------
+    def forward(self, text_ids, text_lens, mel, mel_lens, codes, code_lens, text_embeds=None) -> dict:
+        """text_ids Long[B x L]; mel: the codec's normalised log-mel Tensor[B x T x n_mels] with lengths
+        mel_lens; codes Long[B x N x K] with lengths code_lens (= ceil(mel_lens / block)).
+        Returns {"loss", "ce" (mean over codebooks), "ce_per_book", "align", "dur", "end"}."""
+        h = self.encode_text(text_ids, text_lens, text_embeds)
+        mu = self.to_mel(h)                                                  # [B x L x F]
+        with torch.no_grad():  # log N(x_t; mu_i, I) up to a constant
+            logp = -0.5 * ((mu.float() ** 2).sum(-1)[..., None] - 2 * mu.float() @ mel.float().transpose(1, 2)
+                           + (mel.float() ** 2).sum(-1)[:, None])
+            path = monotonic_align(logp, text_lens, mel_lens).to(h.dtype)
+        fmask = padding_mask(mel_lens, mel.shape[1])[..., None]
+        align = ((path.transpose(1, 2) @ mu - mel).pow(2) * fmask).sum() / (fmask.sum() * mel.shape[-1])
+        dur_target = torch.log1p(path.sum(-1))
+        tmask = padding_mask(text_lens, h.shape[1])
+        dur = ((self.log_durations(h, text_lens) - dur_target).pow(2) * tmask).sum() / tmask.sum()
+
+        N = codes.shape[1]
+        cond = F.pad(self.block_condition(h, path)[:, :N], (0, 0, 0, 1))    # [B x N+1 x d]
+        hid = self.decode(self._decoder_input(cond, code_lens, codes))       # [B x N+1 x d]
+        real = padding_mask(code_lens, N)
+        ce_books = []
+        for logits, k in zip(self.code_logits(hid[:, :N], codes), range(self.cfg.codebooks)):
+            ce = F.cross_entropy(logits.float().flatten(0, 1), codes[..., k].flatten(), reduction="none")
+            ce_books.append((ce.view_as(real) * real).sum() / real.sum())
+        ce_books = torch.stack(ce_books)
+        steps = torch.arange(N + 1, device=codes.device)[None]
+        end_target = (steps == code_lens[:, None]).float()
+        end_mask = (steps <= code_lens[:, None]).float()
+        end = (F.binary_cross_entropy_with_logits(self.end_head(hid).squeeze(-1).float(), end_target,
+                                                  reduction="none") * end_mask).sum() / end_mask.sum()
+        ce = ce_books.mean()
+        return {"loss": ce + align + dur + end, "ce": ce, "ce_per_book": ce_books.detach(), "align": align,
+                "dur": dur, "end": end, "durations": path.sum(-1)}
+
+    # ---- speaking ---------------------------------------------------------------------------------
+    def predict_durations(self, h: torch.Tensor, text_lens: torch.Tensor, pace: float = 1.0) -> torch.Tensor:
+        """Long[B x L] fine frames per token (>= 1 for real tokens, 0 for padding)."""
+        d = (torch.expm1(self.log_durations(h, text_lens)) * pace).round().clamp_min(1).long()
+        return d * padding_mask(text_lens, h.shape[1]).long()
+
+    @torch.no_grad()
+    def generate(self, text_ids: torch.Tensor | None, text_lens: torch.Tensor, text_embeds=None,
+                 temperature: float = 0.7, top_k: int = 20, max_frames: int | None = None, pace: float = 1.0,
+                 use_cache: bool = True, generator: torch.Generator | None = None):
+        """Speak the texts: (codes Long[B x N x K], lengths Long[B]). Each row stops at its end-of-speech
+        decision (or at max_frames); frames past a row's end are padding."""
+        h = self.encode_text(text_ids, text_lens, text_embeds)
+        durations = self.predict_durations(h, text_lens, pace)
+        cond = self.block_condition(h, durations_to_path(durations))
+        B, K = h.shape[0], self.cfg.codebooks
+        limit = min(max_frames or self.cfg.max_frames, self.cfg.max_frames)
+        cond = F.pad(cond, (0, 0, 0, max(0, limit + 1 - cond.shape[1])))[:, :limit + 1]
+        n_cond = -(-durations.sum(1) // self.cfg.block)   # code frames to speak; then the end condition
+        codes = torch.zeros(B, 0, K, dtype=torch.long, device=h.device)
+        lengths = torch.full((B,), -1, dtype=torch.long, device=h.device)
+        cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, limit + 1, self.cfg.d_model // self.cfg.n_heads,
+                        h.device, h.dtype) if use_cache else None
+        for k in range(limit + 1):
+            if use_cache:  # one new step: its condition and the codes of the frame before it
+                hk = self.decode(self._decoder_input(cond[:, k:k + 1], n_cond, codes[:, k - 1:k], start=k),
+                                 cache)[:, -1]
+            else:
+                hk = self.decode(self._decoder_input(cond[:, :k + 1], n_cond, codes))[:, -1]
+            stop = (torch.sigmoid(self.end_head(hk).squeeze(-1)) > 0.5) & (lengths < 0)
+            lengths = torch.where(stop, torch.full_like(lengths, k), lengths)
+            if bool((lengths >= 0).all()) or k == limit:
+                break
+            frame, x = [], hk
+            for j, head in enumerate(self.heads):
+                c = sample_next(head(x), temperature, top_k, generator=generator)
+                frame.append(c)
+                if j + 1 < K:
+                    x = x + self.depth_embed[j](c)
+            codes = torch.cat([codes, torch.stack(frame, -1)[:, None]], dim=1)
+        lengths = torch.where(lengths < 0, torch.full_like(lengths, codes.shape[1]), lengths)
+        return codes, lengths

@@ -1,0 +1,283 @@
+"""Stage D: the RVQ codec, the Talker, monotonic alignment, speaking (omni.tts), evaluation and resume of
+train_talker.py — on the tone alphabet built here, offline."""
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import metrics, run_script, signal_at, write_split
+
+from omni.models.codec import CodecConfig, EMAQuantizer, MelCodec, usage_perplexity
+from omni.models.talker import Talker, TalkerConfig, durations_to_path, monotonic_align
+from omni.train.checkpoint import atomic_save
+from omni.tts import TextVocab, load_tts, pad_ids
+
+
+# --- codec -------------------------------------------------------------------------------------------------
+def test_ema_moves_codewords_toward_their_vectors_and_restarts_dead_codes():
+    torch.manual_seed(0)
+    q = EMAQuantizer(size=3, dim=2, decay=0.5, restart_below=0.3)
+    q.initialized.fill_(True)
+    q.codebook.copy_(torch.tensor([[0.0, 0.0], [5.0, 5.0], [-50.0, -50.0]]))
+    q.ema_sum.copy_(q.codebook)
+    x = torch.tensor([[1.0, 1.0], [1.2, 0.8], [4.0, 6.0], [6.0, 4.0]])
+    q.train()
+    _, ids, restarted = q(x)
+    assert ids.tolist() == [0, 0, 1, 1] and restarted == 0
+    # EMA of (sum, count) with decay .5: code 0 goes from (0, 0) toward the mean (1.1, .9) of its two vectors
+    expected = (0.5 * torch.zeros(2) + 0.5 * torch.tensor([2.2, 1.8])) / (0.5 * 1 + 0.5 * 2)
+    assert torch.allclose(q.codebook[0], expected, atol=1e-3)
+    assert torch.allclose(q.codebook[1], torch.tensor([5.0, 5.0]), atol=1e-3)    # already at its mean
+    assert q.ema_count[2] == pytest.approx(0.5)
+    *_, restarted = q(x)                    # code 2 never wins: its usage decays 1 -> .5 -> .25 < .3: restarted
+    assert restarted == 1
+    assert any(torch.equal(q.codebook[2], row) for row in x), "a dead code restarts on a vector of the batch"
+    restarted_at = q.codebook[2].clone()
+    q(torch.tensor([[1.0, 1.0]]))                     # the next update keeps it there (sum / count agree)
+    assert torch.allclose(q.codebook[2], restarted_at, atol=1e-4)
+
+
+def test_kmeans_initialisation_uses_the_first_batch_and_usage_perplexity():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = (centres[:, None] + 0.1 * torch.randn(4, 50, 2)).reshape(-1, 2)
+    q = EMAQuantizer(size=4, dim=2, decay=0.9, restart_below=0.0).train()
+    _, ids, _ = q(x)
+    assert bool(q.initialized)
+    assert sorted(torch.bincount(ids, minlength=4).tolist()) == [50, 50, 50, 50]
+    assert usage_perplexity(ids[:, None], 4)[0] == pytest.approx(4.0)
+    assert usage_perplexity(torch.zeros(10, 1, dtype=torch.long), 4)[0] == pytest.approx(1.0)
+
+
+def test_codec_shapes_and_frame_rate():
+    cfg = CodecConfig(n_mels=16, block=8, hidden=32, latent=8, codebooks=3, codebook_size=16)
+    codec = MelCodec(cfg).train()
+    x = torch.randn(2, 83, 16)                                  # 0.83 s of 10 ms frames
+    out = codec(x, torch.tensor([83, 50]))
+    assert out["codes"].shape == (2, 11, 3)                     # ceil(83 / 8): 12.5 code frames per second
+    assert out["block_mask"].sum(1).tolist() == [11, 7]
+    assert out["recon"].shape == x.shape and torch.isfinite(out["loss"])
+    codes = codec.encode(x)
+    assert codes.shape == (2, 11, 3) and codes.dtype == torch.long and codec.training
+    assert codec.decode(codes).shape == (2, 88, 16)
+    assert codec.decode(codes[..., :1]).shape == (2, 88, 16)   # coarse: the first codebook alone
+
+
+# --- alignment ---------------------------------------------------------------------------------------------
+def test_monotonic_alignment_recovers_known_durations():
+    torch.manual_seed(0)
+    durations = torch.tensor([[3, 1, 4, 2, 5], [2, 2, 6, 0, 0]])
+    text_lens, frame_lens = torch.tensor([5, 3]), durations.sum(1)
+    means = torch.randn(2, 5, 6) * 3
+    path = durations_to_path(durations)
+    frames = path.transpose(1, 2) @ means + 0.05 * torch.randn(2, path.shape[2], 6)
+    logp = -0.5 * torch.cdist(means, frames).pow(2)
+    found = monotonic_align(logp, text_lens, frame_lens)
+    assert torch.equal(found.sum(2).long(), durations)
+    # each frame belongs to exactly one token (padding frames to none), tokens in order
+    assert torch.equal(found.sum(1), (torch.arange(path.shape[2])[None] < frame_lens[:, None]).float())
+    first = found.argmax(2)
+    assert (first[0].diff() > 0).all()
+
+
+# --- talker ------------------------------------------------------------------------------------------------
+def tiny_talker(**kw) -> Talker:
+    cfg = dict(vocab_size=8, d_model=32, n_layers=2, n_heads=2, d_ff=64, text_layers=1, max_frames=64,
+               codebooks=2, codebook_size=8, n_mels=4, block=2, dropout=0.0)
+    cfg.update(kw)
+    return Talker(TalkerConfig(**cfg))
+
+
+def test_cached_generation_equals_uncached():
+    torch.manual_seed(0)
+    model = tiny_talker().eval()
+    torch.nn.init.constant_(model.end_head.bias, -20.0)         # never stop: compare a full max_frames run
+    ids, lens = pad_ids([[1, 2, 3, 4, 1], [1, 5, 1]])
+    for temperature in (0.0, 1.0):
+        a = model.generate(ids, lens, temperature=temperature, max_frames=12,
+                           generator=torch.Generator().manual_seed(3))
+        b = model.generate(ids, lens, temperature=temperature, max_frames=12, use_cache=False,
+                           generator=torch.Generator().manual_seed(3))
+        assert a[0].shape == (2, 12, 2) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_talker_memorises_a_text_to_codes_pair_and_stops_by_itself():
+    """Exact reproduction fails if teacher forcing is shifted wrongly (the decoder would learn to copy the
+    frame it is given instead of predicting the next one) or if the end-of-speech decision is not learned."""
+    torch.manual_seed(0)
+    model = tiny_talker()
+    ids, text_lens = pad_ids([[1, 2, 3, 4, 1]])
+    codes = torch.tensor([[[3, 1], [3, 1], [5, 2], [0, 7], [6, 6], [2, 4]]])  # repeats: copying is wrong
+    mel = torch.randn(1, 12, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        out = model(ids, text_lens, mel, torch.tensor([12]), codes, torch.tensor([6]))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    model.eval()
+    got, lengths = model.generate(ids, text_lens, temperature=0.0, max_frames=40)
+    assert lengths.tolist() == [6], "stops at end-of-speech, not at max_frames"
+    assert torch.equal(got[:, :6], codes)
+
+
+def test_thinker_hidden_states_can_replace_characters():
+    model = tiny_talker(thinker_dim=12).eval()
+    h = model.encode_text(None, torch.tensor([3]), text_embeds=torch.randn(1, 3, 12))
+    assert h.shape == (1, 3, 32)
+    with pytest.raises(ValueError, match="thinker_dim"):
+        tiny_talker().encode_text(None, torch.tensor([3]), text_embeds=torch.randn(1, 3, 12))
+
+
+def test_text_vocab_names_characters_it_cannot_speak():
+    vocab = TextVocab.from_texts(["ab cd", "dab"])
+    assert vocab.encode("Ab, c!") == [1, vocab.index["a"], vocab.index["b"], vocab.index[" "], vocab.index["c"], 1]
+    with pytest.raises(ValueError, match="'x'"):
+        vocab.encode("a x")
+
+
+# --- the stage ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tts_data(tmp_path_factory):
+    """train.csv: 24 tone-alphabet utterances (an epoch is 6 batches of 4); val.csv: 4."""
+    d = tmp_path_factory.mktemp("tts")
+    r = np.random.default_rng(1)
+    words = lambda n: " ".join("".join(r.choice(list("abcd"), r.integers(1, 4))) for _ in range(n))
+    write_split(d, "train", [words(r.integers(1, 4)) for _ in range(24)])
+    write_split(d, "val", [words(2) for _ in range(4)])
+    return d
+
+
+def tiny_talker_config(data, save_dir, **overrides):
+    cfg = {"save_dir": str(save_dir), "train_csv": str(data / "train.csv"), "val_csvs": [str(data / "val.csv")],
+           "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "max_steps": 10, "print_freq": 1, "val_freq": 5,
+           "checkpoint_freq": 3, "val_batch_size": 4, "val_samples": 2, "roundtrip": 4, "bucket_batches": 2,
+           "features": {"n_mels": 16},
+           "codec": {"max_steps": 8, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "val_freq": 4,
+                     "model": {"n_mels": 16, "hidden": 32, "latent": 8, "codebooks": 2, "codebook_size": 16}},
+           "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "text_layers": 1, "n_mels": 16,
+                     "codebooks": 2, "codebook_size": 16, "dropout": 0.1}}
+    cfg.update(overrides)
+    path = save_dir.parent / f"{save_dir.name}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def asr_ckpt(tts_data, tmp_path_factory):
+    save = tmp_path_factory.mktemp("tts_asr") / "run"
+    cfg = {"save_dir": str(save), "train_csv": str(tts_data / "train.csv"), "val_split": 0.0,
+           "batch_size": 4, "max_steps": 4, "warmup_steps": 1, "features": {"n_mels": 32},
+           "model": {"n_mels": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}}
+    path = save.parent / "asr.json"
+    path.write_text(json.dumps(cfg))
+    r = run_script(["train_audio_enc.py", "--config", str(path)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return save / "audio_enc.pt"
+
+
+@pytest.fixture(scope="module")
+def reference(tts_data, asr_ckpt, tmp_path_factory):
+    """An uninterrupted run: 8 codec steps, then 10 Talker steps (crossing an epoch boundary in each)."""
+    save = tmp_path_factory.mktemp("talker_ref") / "run"
+    r = run_script(["train_talker.py", "--config",
+                    str(tiny_talker_config(tts_data, save, audio_enc_ckpt=str(asr_ckpt)))])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return save
+
+
+def test_stage_writes_both_artifacts_samples_and_metrics(reference):
+    for name in ("rvq_codec.pt", "talker.pt", "training.log", "metrics.jsonl", "config.json",
+                 "samples/val_0.wav", "samples/val_0.txt"):
+        assert (reference / name).exists(), name
+    rows = metrics(reference, "val")
+    codec_val = [r for r in rows if r["stage"] == "rvq_codec"]
+    talker_val = [r for r in rows if r["stage"] == "talker"]
+    assert [r["step"] for r in codec_val] == [4, 8] and [r["step"] for r in talker_val] == [5, 10]
+    assert {"val/mse", "val/l1", "val/usage_ppl_0", "val/usage_ppl_1"} <= codec_val[-1].keys()
+    assert {"val/code_ppl", "val/code_ppl_0", "val/roundtrip_wer", "val/roundtrip_cer"} <= talker_val[-1].keys()
+    state = torch.load(reference / "talker.pt", weights_only=True)
+    assert state["vocab"] == " abcd" and state["model_config"]["vocab_size"] == 7 and "optimizer" not in state
+    wav, sr = sf.read(reference / "samples" / "val_0.wav")
+    assert sr == 16000 and len(wav) > 1600 and np.abs(wav).max() > 0
+
+
+def test_tts_entry_point_speaks_one_text_and_a_file_of_texts(reference, tmp_path):
+    r = run_script(["-m", "omni.tts", "--ckpt_dir", str(reference), "--text", "ab cd", "--out",
+                    str(tmp_path / "one.wav")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    wav, sr = sf.read(tmp_path / "one.wav")
+    assert sr == 16000 and len(wav) > 0
+    (tmp_path / "lines.txt").write_text("abc\n\nda db\n")
+    r = run_script(["-m", "omni.tts", "--ckpt_dir", str(reference), "--texts", str(tmp_path / "lines.txt"),
+                    "--out_dir", str(tmp_path / "many")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["0000.wav", "0001.wav"]
+    r = run_script(["-m", "omni.tts", "--ckpt_dir", str(reference), "--text", "xyz", "--out", str(tmp_path / "x.wav")])
+    assert r.returncode == 1 and "'xyz'" in r.stderr and not (tmp_path / "x.wav").exists()
+
+
+def test_evaluate_tts_prints_the_metrics(reference, tts_data, asr_ckpt):
+    r = run_script(["scripts/evaluate.py", "tts", "--ckpt_dir", str(reference), "--data",
+                    str(tts_data / "val.csv"), "--asr_ckpt", str(asr_ckpt)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["n"] == 4 and out["recon_mse"] > 0 and out["code_perplexity"] >= 1
+    for key in ("roundtrip_wer", "original_wer", "griffinlim_wer", "roundtrip_cer", "real_time_factor"):
+        assert out[key] >= 0, key
+    val = [m for m in metrics(reference, "val") if m["stage"] == "talker"][-1]
+    assert out["code_perplexity"] == pytest.approx(val["val/code_ppl"], rel=1e-4)
+
+
+def test_loading_mismatched_or_missing_checkpoints_is_an_error(reference, tmp_path):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(reference, bad)
+    state = torch.load(bad / "talker.pt", weights_only=True)
+    state["model_config"]["d_model"] = 48
+    atomic_save(state, bad / "talker.pt")
+    with pytest.raises(RuntimeError, match="talker.pt"):
+        load_tts(bad)
+    (bad / "talker.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="talker.pt"):
+        load_tts(bad)
+    other = tmp_path / "other"
+    shutil.copytree(reference, other)
+    codec = torch.load(other / "rvq_codec.pt", weights_only=True)
+    codec["model_config"]["codebooks"] = 3
+    atomic_save(codec, other / "rvq_codec.pt")
+    with pytest.raises(RuntimeError, match="rvq_codec.pt"):
+        load_tts(other)
+    step = sorted(reference.glob("talker_step_*.pt"))[-1]
+    shutil.copy(step, other / "talker.pt")
+    with pytest.raises(ValueError, match="not a Talker artifact"):
+        load_tts(other)
+
+
+def assert_same_weights(ref, run):
+    for name in ("rvq_codec.pt", "talker.pt"):
+        a = torch.load(ref / name, weights_only=True)["model"]
+        b = torch.load(run / name, weights_only=True)["model"]
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}: weights differ in {k}"
+    assert [(m["stage"], m["step"], m["loss"]) for m in metrics(run)] == \
+        [(m["stage"], m["step"], m["loss"]) for m in metrics(ref)]
+
+
+@pytest.mark.parametrize("stage,step", [("rvq_codec", 5), ("talker", 7)])
+def test_sigkill_in_either_part_then_rerun_is_bitwise_identical(tts_data, asr_ckpt, reference, tmp_path,
+                                                               stage, step):
+    save = tmp_path / "run"
+    cmd = ["train_talker.py", "--config", str(tiny_talker_config(tts_data, save, audio_enc_ckpt=str(asr_ckpt)))]
+    signal_at(cmd, save, step, stage=stage)
+    assert not (save / "talker.pt").exists(), "the run finished before the kill"
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from {stage}_step_" in (save / "training.log").read_text()
+    assert_same_weights(reference, save)

@@ -1,0 +1,338 @@
+"""Stage D: train the RVQ speech codec, then the Talker that speaks through it.
+
+    python train_talker.py --config configs/talker_tiny.json [--set key=value ...] [--fresh]
+    torchrun --nproc_per_node=N train_talker.py --config ...
+
+Two runs of the shared engine, one after the other, in one save_dir:
+1. the codec (`rvq_codec_step_N.pt`, then `rvq_codec.pt`): 80 ms blocks of log-mel <-> residual VQ codes;
+   its training keys are the config's `codec` section (max_steps, batch_size, lr, warmup_steps);
+2. the Talker (`talker_step_N.pt`, then `talker.pt`): characters -> codes, on the codes of the finished codec.
+Rerunning resumes whichever is unfinished. Validation: the codec's reconstruction MSE / L1 and per-codebook
+usage; the Talker's teacher-forced code perplexity, held-out sentences spoken into save_dir/samples/, and, with
+`audio_enc_ckpt` set, their round-trip WER through Stage B's recogniser.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from omni.audio import LogMel, MelConfig, load_audio, pad_frames
+from omni.config import ConfigError, TrainConfig, to_dict
+from omni.data.base import LengthBucketed
+from omni.data.speech import read_manifest
+from omni.models.codec import CodecConfig, MelCodec, usage_perplexity
+from omni.models.talker import Talker, TalkerConfig
+from omni.train.engine import Stage, run
+from omni.tts import Speaker, TextVocab, code_cross_entropy, collate, load_codec, make_sample
+
+
+@dataclass
+class TalkerFeatures(MelConfig):
+    """The mel front end of speech output: raw log power (the codec normalises per bin itself; Griffin-Lim and
+    the vocoder invert it). 128 bins keep the low harmonics, so Griffin-Lim copies stay intelligible."""
+    n_mels: int = 128
+    normalize: str = "none"
+
+
+@dataclass
+class CodecTraining:
+    """The codec's own training keys (the shared ones at the top level are the Talker's)."""
+    max_steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    val_freq: int = 1000
+    model: CodecConfig = field(default_factory=CodecConfig)
+
+
+@dataclass
+class TalkerTrainConfig(TrainConfig):
+    save_dir: str = "checkpoints/talker_tiny"
+    train_csv: str = "data/ljspeech/train.csv"
+    val_csvs: list[str] = field(default_factory=list)   # each reported by file stem; empty: val_split of train
+    val_split: float = 0.02
+    max_mel_length: int = 2048          # code frames (12.5/s, frame_ms 80): longer utterances are skipped
+    bucket_batches: int = 50
+    val_batch_size: int = 32
+    val_samples: int = 4                # held-out sentences per validation file written to save_dir/samples/
+    roundtrip: int = 100                # held-out sentences per file spoken and transcribed (0: off)
+    audio_enc_ckpt: str = ""            # Stage B's audio_enc.pt: round-trip WER / CER of the Talker's speech
+    temperature: float = 0.7            # sampling when speaking held-out sentences
+    top_k: int = 20
+    frame_ms: int = 80
+    features: TalkerFeatures = field(default_factory=TalkerFeatures)
+    codec: CodecTraining = field(default_factory=CodecTraining)
+    model: TalkerConfig = field(default_factory=TalkerConfig)
+
+
+def check_config(cfg: TalkerTrainConfig) -> None:
+    block_ms = cfg.codec.model.block * cfg.features.hop_length * 1000 / cfg.features.sample_rate
+    if block_ms != cfg.frame_ms:
+        raise ConfigError(f"frame_ms {cfg.frame_ms} but codec.model.block {cfg.codec.model.block} x "
+                          f"{cfg.features.hop_length / cfg.features.sample_rate * 1000:g} ms hop = {block_ms:g} ms")
+    if cfg.features.normalize != "none":
+        raise ConfigError("features.normalize must be 'none': the codec normalises per mel bin itself and "
+                          "Griffin-Lim inverts raw log-mel")
+    c, m = cfg.codec.model, cfg.model
+    for key in ("n_mels", "block", "codebooks", "codebook_size"):
+        want = cfg.features.n_mels if key == "n_mels" else getattr(c, key)
+        if getattr(m, key) != want:
+            raise ConfigError(f"model.{key} is {getattr(m, key)} but the codec / features say {want}")
+    if c.n_mels != cfg.features.n_mels:
+        raise ConfigError(f"codec.model.n_mels {c.n_mels} != features.n_mels {cfg.features.n_mels}")
+
+
+class SpeechSet:
+    """A manifest's utterances with their raw log-mel frames (float16, in memory: 2.4 h of speech is ~140 MB)."""
+
+    def __init__(self, csv: str, mel: LogMel, log=None):
+        self.csv = csv
+        utts = read_manifest(csv)
+        self.texts, self.mels, self.wavs, self.bad = [], [], [], 0
+        for u in utts:
+            try:
+                self.mels.append(mel(load_audio(u.wav, mel.cfg.sample_rate)).half())
+            except ValueError as e:
+                self.bad += 1
+                if log:
+                    log(f"WARNING: skipped {e}")
+                continue
+            self.texts.append(u.text)
+            self.wavs.append(u.wav)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_sets(cfg: TalkerTrainConfig, log) -> tuple[SpeechSet, dict[str, SpeechSet]]:
+    mel = LogMel(cfg.features)
+    train = SpeechSet(cfg.train_csv, mel, log)
+    if train.bad > cfg.max_bad_fraction * (len(train) + train.bad):
+        raise RuntimeError(f"{train.bad} unreadable files in {cfg.train_csv}, over max_bad_fraction")
+    if cfg.val_csvs:
+        return train, {Path(p).stem: SpeechSet(p, mel, log) for p in cfg.val_csvs}
+    if cfg.val_split <= 0:
+        return train, {}
+    every = max(2, round(1 / cfg.val_split))
+    val = SpeechSet.__new__(SpeechSet)
+    val.csv, val.bad = f"{cfg.train_csv} (every {every}th)", 0
+    val.texts, val.mels, val.wavs = train.texts[::every], train.mels[::every], train.wavs[::every]
+    keep = [i for i in range(len(train)) if i % every]
+    train.texts, train.mels, train.wavs = [train.texts[i] for i in keep], [train.mels[i] for i in keep], \
+        [train.wavs[i] for i in keep]
+    return train, {"val": val}
+
+
+def roundtrip(asr, wavs: list[torch.Tensor], texts: list[str]) -> tuple[dict, list[str]]:
+    """Stage B's greedy transcripts of 16 kHz waveforms against the texts: ({"wer", "cer", ...}, hypotheses)."""
+    from omni.asr import evaluate_utterances
+    model, vocab, mel = asr
+    return evaluate_utterances(model, vocab, mel, wavs, texts, device=next(model.parameters()).device)
+
+
+class Batches(LengthBucketed):
+    """In-memory samples (dicts of tensors and id lists) bucketed by length; `collate` is the stage's."""
+
+    def __init__(self, samples: list, lengths, collate, batch_size: int, seed: int, bucket: int):
+        super().__init__(lengths, batch_size, seed, bucket)
+        self.samples, self._collate = samples, collate
+
+    def load(self, index, rng):
+        return self.samples[index]
+
+    def collate(self, samples):
+        return self._collate(samples)
+
+
+# ----------------------------------------------------------------------------------------------------------
+class CodecStage(Stage):
+    """Stage D, part 1: the RVQ codec."""
+    name = "rvq_codec"
+    config_cls = TalkerTrainConfig
+    default_config = "configs/talker_tiny.json"
+    unit = "audio_s"
+
+    @classmethod
+    def configure(cls, cfg):
+        check_config(cfg)
+        c = cfg.codec
+        return replace(cfg, max_steps=c.max_steps, max_epochs=0, batch_size=c.batch_size, lr=c.lr,
+                       warmup_steps=c.warmup_steps, val_freq=c.val_freq)
+
+    def prepare(self):
+        cfg = self.cfg
+        self.train, self.val_sets = read_sets(cfg, self.log.info)
+        frames = torch.cat([m.float() for m in self.train.mels])
+        self.mean, self.std = frames.mean(0), frames.std(0).clamp_min(1e-3)
+        hours = len(frames) * cfg.features.hop_length / cfg.features.sample_rate / 3600
+        self.log.info(f"codec: {len(self.train)} utterances ({hours:.2f} h) from {cfg.train_csv}; val: "
+                      + ", ".join(f"{k} {len(v)}" for k, v in self.val_sets.items()))
+
+    def build_model(self):
+        codec = MelCodec(self.cfg.codec.model)
+        codec.mel_mean.copy_(self.mean)
+        codec.mel_std.copy_(self.std)
+        return codec
+
+    def _collate(self, samples):
+        x, lengths = pad_frames([m.float() for m in samples])
+        hop = self.cfg.features.hop_length / self.cfg.features.sample_rate
+        return {"mel": x, "lengths": lengths, "audio_s": float(lengths.sum()) * hop}
+
+    def train_data(self):
+        cfg = self.cfg
+        return Batches(self.train.mels, [len(m) for m in self.train.mels], self._collate, cfg.batch_size,
+                       cfg.seed, cfg.bucket_batches)
+
+    def loss(self, model, batch):
+        raw = model.module if hasattr(model, "module") else model
+        out = model(raw.normalize(batch["mel"]), batch["lengths"])
+        extra = {"mse": out["mse"], "l1": out["l1"], "restarted": float(sum(out["restarted"]))}
+        return out["loss"], extra, batch["audio_s"]
+
+    @torch.no_grad()
+    def validate(self, model):
+        device = next(model.parameters()).device
+        metrics = {}
+        for name, vs in self.val_sets.items():
+            se = ae = n = 0.0
+            codes = []
+            for s in range(0, len(vs), self.cfg.val_batch_size):
+                x, lengths = pad_frames([m.float() for m in vs.mels[s:s + self.cfg.val_batch_size]])
+                x, lengths = model.normalize(x.to(device)), lengths.to(device)
+                out = model(x, lengths)
+                real = int(lengths.sum()) * x.shape[-1]
+                se, ae, n = se + float(out["mse"]) * real, ae + float(out["l1"]) * real, n + real
+                codes.append(out["codes"][out["block_mask"]])
+            ppl = usage_perplexity(torch.cat(codes).cpu(), model.cfg.codebook_size)
+            metrics.update({f"{name}/mse": se / n, f"{name}/l1": ae / n,
+                            **{f"{name}/usage_ppl_{k}": p for k, p in enumerate(ppl)}})
+        return metrics
+
+    def artifact(self, model):
+        return {"model": model.state_dict(), "model_config": to_dict(self.cfg.codec.model),
+                "features": to_dict(self.cfg.features), "config": to_dict(self.cfg)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+class TalkerStage(Stage):
+    """Stage D, part 2: the Talker, on the finished codec's codes."""
+    name = "talker"
+    config_cls = TalkerTrainConfig
+    default_config = "configs/talker_tiny.json"
+    unit = "audio_s"
+
+    @classmethod
+    def configure(cls, cfg):
+        check_config(cfg)
+        return cfg
+
+    def prepare(self):
+        cfg = self.cfg
+        codec_path = Path(cfg.save_dir) / "rvq_codec.pt"
+        self.codec, features = load_codec(codec_path)  # the codec stage wrote it; its absence is an error
+        if to_dict(features) != to_dict(cfg.features) or to_dict(self.codec.cfg) != to_dict(cfg.codec.model):
+            raise ConfigError(f"{codec_path} was trained with other features / codec settings than this config; "
+                              f"use --fresh to train both again")
+        train, self.val_sets = read_sets(cfg, self.log.info)
+        self.vocab = TextVocab.from_texts(train.texts)
+        if cfg.model.vocab_size not in (0, len(self.vocab)):
+            raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the transcripts give "
+                              f"{len(self.vocab)} (characters + pad + silence); set 0 to derive it")
+        self.model_cfg = replace(cfg.model, vocab_size=len(self.vocab))
+        self.samples, long, short = [], 0, 0
+        for text, mel in zip(train.texts, train.mels):
+            s = self._sample(text, mel)
+            if s is None:
+                short += 1
+            elif len(s["codes"]) > cfg.max_mel_length:
+                long += 1
+            else:
+                self.samples.append(s)
+        self.val_samples = {k: [self._sample(t, m) for t, m in zip(v.texts, v.mels)] for k, v in self.val_sets.items()}
+        for k, v in self.val_samples.items():
+            if any(s is None for s in v):
+                raise ValueError(f"validation file {k} holds sentences longer (in characters) than their audio "
+                                 f"(in 10 ms frames); fix the manifest")
+        hours = sum(len(s["mel"]) for s in self.samples) * cfg.features.hop_length / cfg.features.sample_rate / 3600
+        self.log.info(f"talker: {len(self.samples)} of {len(train)} utterances ({hours:.2f} h) from "
+                      f"{cfg.train_csv}; skipped {long} over max_mel_length {cfg.max_mel_length} code frames, "
+                      f"{short} with more characters than 10 ms frames, {train.bad} unreadable")
+        self.log.info(f"vocabulary: {len(self.vocab.chars)} characters {self.vocab.chars!r} + pad + silence")
+        self.asr = None
+        if cfg.audio_enc_ckpt:
+            from omni.asr import load_asr
+            self.asr = load_asr(cfg.audio_enc_ckpt)
+            self.log.info(f"round-trip intelligibility through {cfg.audio_enc_ckpt}")
+
+    def _sample(self, text, mel):
+        return make_sample(self.codec, self.vocab, text, mel)
+
+    def build_model(self):
+        return Talker(self.model_cfg, use_flash=self.cfg.use_flash)
+
+    def collate(self, samples):
+        return collate(samples, self.cfg.features.hop_length / self.cfg.features.sample_rate)
+
+    def train_data(self):
+        cfg = self.cfg
+        return Batches(self.samples, [len(s["codes"]) for s in self.samples], self.collate, cfg.batch_size,
+                       cfg.seed, cfg.bucket_batches)
+
+    def loss(self, model, batch):
+        out = model(batch["text"], batch["text_lens"], batch["mel"], batch["mel_lens"], batch["codes"],
+                    batch["code_lens"])
+        extra = {"ce": out["ce"], "align": out["align"], "dur": out["dur"], "end": out["end"]}
+        return out["loss"], extra, batch["audio_s"]
+
+    @torch.no_grad()
+    def validate(self, model):
+        cfg, device = self.cfg, next(model.parameters()).device
+        metrics = {}
+        for name, samples in self.val_samples.items():
+            ce = code_cross_entropy(model, samples, cfg.val_batch_size)
+            metrics[f"{name}/ce"] = float(ce.mean())
+            metrics[f"{name}/code_ppl"] = float(ce.mean().exp())
+            metrics.update({f"{name}/code_ppl_{k}": float(c.exp()) for k, c in enumerate(ce)})
+            metrics.update(self._speak(model, name))
+        return metrics
+
+    def _speak(self, model, name) -> dict:
+        """Speak held-out sentences: a few into samples/, and round-trip WER / CER through Stage B."""
+        cfg = self.cfg
+        vs = self.val_sets[name]
+        n = max(cfg.val_samples, cfg.roundtrip if self.asr else 0)
+        if n == 0:
+            return {}
+        speaker = Speaker(model, self.codec.to(next(model.parameters()).device), self.vocab, cfg.features,
+                          next(model.parameters()).device)
+        wavs = speaker.speak(vs.texts[:n], temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
+        out = Path(cfg.save_dir) / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        for i, (w, t) in enumerate(list(zip(wavs, vs.texts))[:cfg.val_samples]):
+            sf.write(str(out / f"{name}_{i}.wav"), w.numpy(), cfg.features.sample_rate)
+            (out / f"{name}_{i}.txt").write_text(t + "\n")
+        if not self.asr:
+            return {}
+        m, hyps = roundtrip(self.asr, wavs[:cfg.roundtrip], vs.texts[:cfg.roundtrip])
+        for r, h in list(zip(vs.texts, hyps))[:2]:
+            self.log.info(f"  {name} | said: {r}\n  {name} | heard: {h}")
+        return {f"{name}/roundtrip_wer": m["wer"], f"{name}/roundtrip_cer": m["cer"]}
+
+    def artifact(self, model):
+        return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
+                "features": to_dict(self.cfg.features), "config": to_dict(self.cfg)}
+
+
+def main(argv=None) -> None:
+    run(CodecStage, argv)
+    run(TalkerStage, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
