@@ -34,8 +34,9 @@ from omni.tts import Speaker, TextVocab, code_cross_entropy, collate, load_codec
 @dataclass
 class TalkerFeatures(MelConfig):
     """The mel front end of speech output: raw log power (the codec normalises per bin itself; Griffin-Lim and
-    the vocoder invert it). 128 bins keep the low harmonics, so Griffin-Lim copies stay intelligible."""
-    n_mels: int = 128
+    the vocoder invert it), 80 bins. (128 bins keep more harmonics, so Griffin-Lim copies of true mels lose
+    less intelligibility, but the codec reconstructs them far worse: MSE 0.088 against 0.052 in one test.)"""
+    n_mels: int = 80
     normalize: str = "none"
 
 

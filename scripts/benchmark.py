@@ -165,6 +165,67 @@ def vision_train(config: str, device, batch_size: int | None = None, caption_tok
     return row
 
 
+def _talker(config: str, device):
+    from omni.models.codec import MelCodec
+    from omni.models.talker import Talker
+    from train_talker import TalkerTrainConfig
+    cfg = load_config(TalkerTrainConfig, config)
+    torch.manual_seed(0)
+    talker = Talker(replace(cfg.model, vocab_size=30), use_flash=cfg.use_flash).to(device)  # 28 characters + 2
+    return cfg, talker, MelCodec(cfg.codec.model).to(device)
+
+
+def talker_train(config: str, device, batch_size: int | None = None, seconds: float = 3.0, steps: int = 3) -> dict:
+    """Optimizer steps of the Talker (alignment search included) on B utterances of `seconds` at 15 chars/s,
+    and of the codec on the same mel frames."""
+    cfg, talker, codec = _talker(config, device)
+    B, T = batch_size or cfg.batch_size, int(seconds * 100)
+    L, N, K = int(seconds * 15) + 2, -(-T // cfg.model.block), cfg.model.codebooks
+    text, text_lens = torch.randint(2, 30, (B, L), device=device), torch.full((B,), L, device=device)
+    mel, mel_lens = torch.randn(B, T, cfg.model.n_mels, device=device), torch.full((B,), T, device=device)
+    codes = torch.randint(0, cfg.model.codebook_size, (B, N, K), device=device)
+    code_lens = torch.full((B,), N, device=device)
+    row = {}
+    for name, model, loss_fn in (
+            ("talker", talker, lambda m: m(text, text_lens, mel, mel_lens, codes, code_lens)["loss"]),
+            ("codec", codec, lambda m: m(mel, mel_lens)["loss"])):
+        model.train()
+        fwd = torch.compile(model) if cfg.use_compile and device.type == "cuda" and name == "talker" else model
+        opt = build_optimizer(model, cfg.lr, cfg.wd, device)
+
+        def step():
+            with autocast_context(device, cfg.use_amp):
+                loss = loss_fn(fwd)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        row[f"{name} audio_s/s"] = B * seconds / timed(step, device, warmup=2, iters=steps)
+    row.update({"batch": B, "utt_s": seconds, "talker_params_M": sum(p.numel() for p in talker.parameters()) / 1e6,
+                "codec_params_M": sum(p.numel() for p in codec.parameters()) / 1e6})
+    if device.type == "cuda":
+        row["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
+    return row
+
+
+def talker_speak(config: str, device, chars: int = 45) -> dict:
+    """Real-time factor of speaking one sentence: KV-cached Talker generation (sampling every codebook of
+    every frame), codec decoding and Griffin-Lim; and generation alone, cached against uncached."""
+    from omni.audio import GriffinLim
+    cfg, talker, codec = _talker(config, device)
+    talker.eval()
+    torch.nn.init.constant_(talker.end_head.bias, -20.0)  # untrained: never stop, speak `frames` frames
+    frames = int(chars / 15 * 12.5)
+    text, lens = torch.randint(2, 30, (1, chars), device=device), torch.tensor([chars], device=device)
+    gl = GriffinLim(cfg.features)
+    cached = timed(lambda: talker.generate(text, lens, max_frames=frames), device, 1, 2)
+    uncached = timed(lambda: talker.generate(text, lens, max_frames=frames, use_cache=False), device, 1, 1)
+    codes, _ = talker.generate(text, lens, max_frames=frames)
+    full = timed(lambda: gl(codec.denormalize(codec.decode(codes))[0].cpu()), device, 1, 2) + cached
+    audio_s = frames * cfg.frame_ms / 1000
+    return {"RTF speak (gen + GL)": full / audio_s, "x realtime speak": audio_s / full,
+            "frames/s cached": frames / cached, "frames/s uncached": frames / uncached, "audio_s": audio_s}
+
+
 ROWS = {
     "thinker train (demo)": lambda d: thinker_train("configs/demo/thinker.json", d),
     "thinker train (tiny)": lambda d: thinker_train("configs/thinker_tiny.json", d,
@@ -179,6 +240,11 @@ ROWS = {
     "vision train (demo)": lambda d: vision_train("configs/demo/vision.json", d),
     "vision train (tiny)": lambda d: vision_train("configs/vision_tiny.json", d,
                                                   batch_size=None if d.type == "cuda" else 16),
+    "talker+codec train (demo)": lambda d: talker_train("configs/demo/talker.json", d),
+    "talker+codec train (tiny)": lambda d: talker_train("configs/talker_tiny.json", d,
+                                                        batch_size=None if d.type == "cuda" else 8),
+    "talker speak (demo)": lambda d: talker_speak("configs/demo/talker.json", d),
+    "talker speak (tiny)": lambda d: talker_speak("configs/talker_tiny.json", d),
 }
 
 
