@@ -30,6 +30,7 @@ from omni.train.engine import Stage, run
 class AudioEncConfig(TrainConfig):
     save_dir: str = "checkpoints/audio_enc_tiny"
     train_csv: str = "data/librispeech/train.csv"
+    extra_train_csvs: list[str] = field(default_factory=list)  # more manifests trained on with train_csv
     val_csvs: list[str] = field(default_factory=list)   # each reported by file stem; empty: val_split of train
     val_split: float = 0.01
     max_mel_length: int = 2048          # frames (100/s): longer utterances are skipped and counted, not cut
@@ -69,7 +70,8 @@ class AudioEncStage(Stage):
         cfg = self.cfg
         if cfg.model.n_mels != cfg.features.n_mels:
             raise ConfigError(f"model.n_mels {cfg.model.n_mels} != features.n_mels {cfg.features.n_mels}")
-        train = measure(read_manifest(cfg.train_csv), cfg.features)
+        sources = [cfg.train_csv, *cfg.extra_train_csvs]
+        train = measure([u for path in sources for u in read_manifest(path)], cfg.features)
         if cfg.val_csvs:
             self.val_sets = {Path(p).stem: read_manifest(p) for p in cfg.val_csvs}
         elif cfg.val_split > 0:
@@ -99,13 +101,13 @@ class AudioEncStage(Stage):
         self.train_utts, self.train_labels = kept, labels
         hours = sum(u.frames for u in kept) * cfg.features.hop_length / cfg.features.sample_rate / 3600
         fps = cfg.features.sample_rate / cfg.features.hop_length / cfg.model.downsample
-        self.log.info(f"train: {len(kept)} of {len(train)} utterances ({hours:.2f} h) from {cfg.train_csv}; "
+        self.log.info(f"train: {len(kept)} of {len(train)} utterances ({hours:.2f} h) from {', '.join(sources)}; "
                       f"skipped {long} over max_mel_length {cfg.max_mel_length}, {unaligned} that CTC cannot "
                       f"align at {fps:g} frames/s, {bad} unreadable or without text")
         self.log.info(f"vocabulary: {len(self.vocab) - 1} characters + blank: {self.vocab.chars!r}")
         self.log.info("val: " + ", ".join(f"{name} {len(v)}" for name, v in self.val_sets.items()))
         if bad > cfg.max_bad_fraction * len(train):
-            raise RuntimeError(f"{bad} of {len(train)} utterances in {cfg.train_csv} are unreadable or have no "
+            raise RuntimeError(f"{bad} of {len(train)} utterances in {', '.join(sources)} are unreadable or have no "
                                f"text, over max_bad_fraction {cfg.max_bad_fraction:.1%}")
         self.mel = LogMel(cfg.features)
 

@@ -63,7 +63,7 @@ class TalkerTrainConfig(TrainConfig):
     val_samples: int = 4                # held-out sentences per validation file written to save_dir/samples/
     roundtrip: int = 100                # held-out sentences per file spoken and transcribed (0: off)
     audio_enc_ckpt: str = ""            # Stage B's audio_enc.pt: round-trip WER / CER of the Talker's speech
-    temperature: float = 0.7            # sampling when speaking held-out sentences
+    temperature: float = 0.0            # when speaking held-out sentences: 0 = greedy (the most intelligible)
     top_k: int = 20
     frame_ms: int = 80
     features: TalkerFeatures = field(default_factory=TalkerFeatures)
@@ -151,9 +151,8 @@ class Batches(LengthBucketed):
 
 
 # ----------------------------------------------------------------------------------------------------------
-class CodecStage(Stage):
-    """Stage D, part 1: the RVQ codec."""
-    name = "rvq_codec"
+class SpeechOutStage(Stage):
+    """What the two parts share: one config file, checked once."""
     config_cls = TalkerTrainConfig
     default_config = "configs/talker_tiny.json"
     unit = "audio_s"
@@ -161,7 +160,16 @@ class CodecStage(Stage):
     @classmethod
     def configure(cls, cfg):
         check_config(cfg)
-        c = cfg.codec
+        return cfg
+
+
+class CodecStage(SpeechOutStage):
+    """Stage D, part 1: the RVQ codec."""
+    name = "rvq_codec"
+
+    @classmethod
+    def configure(cls, cfg):
+        c = super().configure(cfg).codec
         return replace(cfg, max_steps=c.max_steps, max_epochs=0, batch_size=c.batch_size, lr=c.lr,
                        warmup_steps=c.warmup_steps, val_freq=c.val_freq)
 
@@ -221,17 +229,9 @@ class CodecStage(Stage):
 
 
 # ----------------------------------------------------------------------------------------------------------
-class TalkerStage(Stage):
+class TalkerStage(SpeechOutStage):
     """Stage D, part 2: the Talker, on the finished codec's codes."""
     name = "talker"
-    config_cls = TalkerTrainConfig
-    default_config = "configs/talker_tiny.json"
-    unit = "audio_s"
-
-    @classmethod
-    def configure(cls, cfg):
-        check_config(cfg)
-        return cfg
 
     def prepare(self):
         cfg = self.cfg

@@ -66,7 +66,8 @@ def make_sample(codec: MelCodec, vocab: TextVocab, text: str, logmel: torch.Tens
     ids = vocab.encode(text)
     if len(ids) > len(logmel):
         return None
-    x = codec.normalize(logmel.float().to(codec.mel_mean.device))
+    # through fp16 first, as training holds its mels: codes are the same however the sample was made
+    x = codec.normalize(logmel.half().float().to(codec.mel_mean.device))
     return {"ids": ids, "mel": x.half().cpu(), "codes": codec.encode(x[None])[0].short().cpu()}
 
 
@@ -117,7 +118,7 @@ class Speaker:
         return self.features.sample_rate
 
     @torch.no_grad()
-    def speak_codes(self, texts: list[str], temperature: float = 0.7, top_k: int = 20, batch_size: int = 16,
+    def speak_codes(self, texts: list[str], temperature: float = 0.0, top_k: int = 20, batch_size: int = 16,
                     seed: int = 0) -> list[torch.Tensor]:
         """Code frames Long[N_i x K] for each text (generated in batches of similar length)."""
         ids = [self.vocab.encode(t) for t in texts]
@@ -171,7 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="output WAV for --text")
     p.add_argument("--texts", help="a file of sentences, one per line")
     p.add_argument("--out_dir", help="output folder for --texts (0000.wav, 0001.wav, ...)")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy, the most intelligible; higher samples more varied speech")
     p.add_argument("--top_k", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

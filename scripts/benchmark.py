@@ -214,6 +214,7 @@ def talker_speak(config: str, device, chars: int = 45) -> dict:
     cfg, talker, codec = _talker(config, device)
     talker.eval()
     torch.nn.init.constant_(talker.end_head.bias, -20.0)  # untrained: never stop, speak `frames` frames
+    torch.nn.init.constant_(talker.dur_out.bias, 3.0)     # and predict long durations: no length guard
     frames = int(chars / 15 * 12.5)
     text, lens = torch.randint(2, 30, (1, chars), device=device), torch.tensor([chars], device=device)
     gl = GriffinLim(cfg.features)

@@ -82,8 +82,9 @@ def eval_asr(args) -> dict:
 def eval_tts(args) -> dict:
     """Stage D on a TTS manifest: codec reconstruction MSE (normalised log-mel), teacher-forced code
     perplexity, and round-trip WER / CER: Stage B's recogniser transcribing the Talker's speech of each text,
-    beside the same recogniser on the original recordings and on Griffin-Lim copies of their true mels (the
-    bounds a Talker speaking through Griffin-Lim can reach). Real-time factor of speaking (generation + GL)."""
+    beside the same recogniser on the original recordings, on Griffin-Lim copies of their true mels and on
+    Griffin-Lim copies of the codec's reconstruction of their true codes (the bounds a Talker speaking through
+    this codec and Griffin-Lim can reach). Real-time factor of speaking (generation + GL)."""
     import time
     from omni.asr import evaluate_utterances, load_asr
     from omni.audio import GriffinLim, LogMel, load_audio
@@ -129,7 +130,9 @@ def eval_tts(args) -> dict:
     if asr_path:
         asr = load_asr(asr_path, device)
         gl = GriffinLim(speaker.features)
-        for key, audio in (("roundtrip", spoken), ("original", wavs), ("griffinlim", [gl(m) for m in mels])):
+        codec_copies = [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples]
+        for key, audio in (("roundtrip", spoken), ("original", wavs), ("griffinlim", [gl(m) for m in mels]),
+                           ("codec", codec_copies)):
             m, _ = evaluate_utterances(*asr, audio, texts, args.batch_size, device)
             result[f"{key}_wer"], result[f"{key}_cer"] = m["wer"], m["cer"]
         result["asr_ckpt"] = str(asr_path)
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--asr_ckpt", default="", help="tts: Stage B's audio_enc.pt (default: the Talker config's)")
-    p.add_argument("--temperature", type=float, default=0.7, help="tts: sampling temperature (0 = greedy)")
+    p.add_argument("--temperature", type=float, default=0.0, help="tts: sampling temperature (0 = greedy)")
     p.add_argument("--top_k", type=int, default=20, help="tts: sample among the k likeliest codes")
     args = p.parse_args(argv)
     try:

@@ -88,7 +88,7 @@ def test_monotonic_alignment_recovers_known_durations():
 # --- talker ------------------------------------------------------------------------------------------------
 def tiny_talker(**kw) -> Talker:
     cfg = dict(vocab_size=8, d_model=32, n_layers=2, n_heads=2, d_ff=64, text_layers=1, max_frames=64,
-               codebooks=2, codebook_size=8, n_mels=4, block=2, dropout=0.0)
+               codebooks=2, codebook_size=8, n_mels=4, block=2, dropout=0.0, frame_dropout=0.0)
     cfg.update(kw)
     return Talker(TalkerConfig(**cfg))
 
@@ -97,6 +97,7 @@ def test_cached_generation_equals_uncached():
     torch.manual_seed(0)
     model = tiny_talker().eval()
     torch.nn.init.constant_(model.end_head.bias, -20.0)         # never stop: compare a full max_frames run
+    torch.nn.init.constant_(model.dur_out.bias, 3.0)            # ~19 frames per character: no length guard
     ids, lens = pad_ids([[1, 2, 3, 4, 1], [1, 5, 1]])
     for temperature in (0.0, 1.0):
         a = model.generate(ids, lens, temperature=temperature, max_frames=12,
@@ -234,27 +235,28 @@ def test_evaluate_tts_prints_the_metrics(reference, tts_data, asr_ckpt):
     assert out["code_perplexity"] == pytest.approx(val["val/code_ppl"], rel=1e-4)
 
 
-def test_loading_mismatched_or_missing_checkpoints_is_an_error(reference, tmp_path):
+def edited_copy(reference, folder, name, key, value):
+    """A copy of the run folder whose artifact `name` has model_config[key] = value."""
     import shutil
-    bad = tmp_path / "bad"
-    shutil.copytree(reference, bad)
-    state = torch.load(bad / "talker.pt", weights_only=True)
-    state["model_config"]["d_model"] = 48
-    atomic_save(state, bad / "talker.pt")
+    shutil.copytree(reference, folder)
+    state = torch.load(folder / name, weights_only=True)
+    state["model_config"][key] = value
+    atomic_save(state, folder / name)
+    return folder
+
+
+def test_loading_mismatched_or_missing_checkpoints_is_an_error(reference, tmp_path):
+    bad = edited_copy(reference, tmp_path / "bad", "talker.pt", "d_model", 48)
     with pytest.raises(RuntimeError, match="talker.pt"):
         load_tts(bad)
     (bad / "talker.pt").unlink()
     with pytest.raises(FileNotFoundError, match="talker.pt"):
         load_tts(bad)
-    other = tmp_path / "other"
-    shutil.copytree(reference, other)
-    codec = torch.load(other / "rvq_codec.pt", weights_only=True)
-    codec["model_config"]["codebooks"] = 3
-    atomic_save(codec, other / "rvq_codec.pt")
+    other = edited_copy(reference, tmp_path / "other", "rvq_codec.pt", "codebooks", 3)
     with pytest.raises(RuntimeError, match="rvq_codec.pt"):
         load_tts(other)
     step = sorted(reference.glob("talker_step_*.pt"))[-1]
-    shutil.copy(step, other / "talker.pt")
+    (other / "talker.pt").write_bytes(step.read_bytes())
     with pytest.raises(ValueError, match="not a Talker artifact"):
         load_tts(other)
 

@@ -46,6 +46,9 @@ class TalkerConfig:
     block: int = 8                # fine mel frames per code frame (frame_ms 80)
     thinker_dim: int = 0          # > 0: `text_embeds` of this width (the Thinker's hidden states) replace chars
     dropout: float = 0.1
+    # training only: the codes of the previous frame are hidden from the decoder at this fraction of frames
+    # (Tacotron's pre-net dropout), so it must speak from the text condition, not continue memorised speech
+    frame_dropout: float = 0.3
     rope_theta: float = 10000.0
 
 
@@ -109,6 +112,9 @@ class Talker(nn.Module):
         self.dur_norm = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
         self.dur_out = nn.Linear(d, 1)
         # autoregressive decoder over code frames
+        # the block conditions are known ahead (from the durations): a convolution over them lets each frame
+        # see the sounds around it, as the codec's own encoder does (coarticulation)
+        self.cond_conv = nn.Conv1d(d, d, 5, padding=2)
         self.cond_proj = nn.Linear(d, d)
         self.end_cond = nn.Parameter(torch.randn(d) * 0.02)
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
@@ -152,8 +158,8 @@ class Talker(nn.Module):
         return self.dur_out(x).squeeze(-1) * mask[..., 0]
 
     def block_condition(self, h: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
-        """Token states spread over fine frames by `path` (Float[B x L x T]) and averaged per code frame:
-        Tensor[B x ceil(T/block) x d] (frames past an utterance's end hold zeros)."""
+        """Token states spread over fine frames by `path` (Float[B x L x T]), averaged per code frame and
+        mixed with their neighbours (cond_conv): Tensor[B x ceil(T/block) x d] (zeros past an utterance's end)."""
         fine = path.transpose(1, 2) @ h                                      # [B x T x d]
         occupied = path.sum(1)                                               # [B x T]: 1 on real frames
         B, T, d = fine.shape
@@ -161,7 +167,9 @@ class Talker(nn.Module):
         pad = n * self.cfg.block - T
         fine = F.pad(fine, (0, 0, 0, pad)).view(B, n, self.cfg.block, d).sum(2)
         count = F.pad(occupied, (0, pad)).view(B, n, self.cfg.block).sum(2)
-        return fine / count.clamp_min(1)[..., None]
+        cond = fine / count.clamp_min(1)[..., None]
+        real = (count > 0)[..., None].to(cond.dtype)
+        return (cond + F.gelu(self.cond_conv(cond.transpose(1, 2)).transpose(1, 2))) * real
 
     def _decoder_input(self, cond: torch.Tensor, code_lens: torch.Tensor, prev_codes: torch.Tensor,
                        start: int = 0) -> torch.Tensor:
@@ -178,6 +186,9 @@ class Talker(nn.Module):
             prev = torch.cat([self.bos.expand(B, 1, -1), self.embed_codes(prev_codes)], dim=1)
         else:
             prev = self.bos.expand(B, 1, -1)
+        if self.training and self.cfg.frame_dropout > 0:
+            keep = torch.rand(prev.shape[:2], device=prev.device) >= self.cfg.frame_dropout
+            prev = prev * keep[..., None].to(prev.dtype)
         return self.cond_proj(cond) + prev
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -230,11 +241,10 @@ class Talker(nn.Module):
             ce = F.cross_entropy(logits.float().flatten(0, 1), codes[..., k].flatten(), reduction="none")
             ce_books.append((ce.view_as(real) * real).sum() / real.sum())
         ce_books = torch.stack(ce_books)
-        steps = torch.arange(N + 1, device=codes.device)[None]
-        end_target = (steps == code_lens[:, None]).float()
-        end_mask = (steps <= code_lens[:, None]).float()
-        end = (F.binary_cross_entropy_with_logits(self.end_head(hid).squeeze(-1).float(), end_target,
-                                                  reduction="none") * end_mask).sum() / end_mask.sum()
+        # every step from code_lens on holds the end condition and must say stop (not only the first: a
+        # sampled frame that misses it would otherwise run on)
+        end_target = (torch.arange(N + 1, device=codes.device)[None] >= code_lens[:, None]).float()
+        end = F.binary_cross_entropy_with_logits(self.end_head(hid).squeeze(-1).float(), end_target)
         ce = ce_books.mean()
         return {"loss": ce + align + dur + end, "ce": ce, "ce_per_book": ce_books.detach(), "align": align,
                 "dur": dur, "end": end, "durations": path.sum(-1)}
@@ -247,17 +257,21 @@ class Talker(nn.Module):
 
     @torch.no_grad()
     def generate(self, text_ids: torch.Tensor | None, text_lens: torch.Tensor, text_embeds=None,
-                 temperature: float = 0.7, top_k: int = 20, max_frames: int | None = None, pace: float = 1.0,
-                 use_cache: bool = True, generator: torch.Generator | None = None):
+                 temperature: float = 0.0, top_k: int = 20, max_frames: int | None = None, pace: float = 1.0,
+                 use_cache: bool = True, generator: torch.Generator | None = None,
+                 durations: torch.Tensor | None = None):
         """Speak the texts: (codes Long[B x N x K], lengths Long[B]). Each row stops at its end-of-speech
-        decision (or at max_frames); frames past a row's end are padding."""
+        decision; as a guard, at most a quarter (and 8 frames) past its predicted length, or at max_frames.
+        Frames past a row's end are padding."""
         h = self.encode_text(text_ids, text_lens, text_embeds)
-        durations = self.predict_durations(h, text_lens, pace)
+        if durations is None:  # else given: Long[B x L] fine frames per token (e.g. from an alignment)
+            durations = self.predict_durations(h, text_lens, pace)
         cond = self.block_condition(h, durations_to_path(durations))
         B, K = h.shape[0], self.cfg.codebooks
         limit = min(max_frames or self.cfg.max_frames, self.cfg.max_frames)
         cond = F.pad(cond, (0, 0, 0, max(0, limit + 1 - cond.shape[1])))[:, :limit + 1]
         n_cond = -(-durations.sum(1) // self.cfg.block)   # code frames to speak; then the end condition
+        guard = n_cond + torch.clamp(n_cond // 4, min=8)
         codes = torch.zeros(B, 0, K, dtype=torch.long, device=h.device)
         lengths = torch.full((B,), -1, dtype=torch.long, device=h.device)
         cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, limit + 1, self.cfg.d_model // self.cfg.n_heads,
@@ -268,7 +282,7 @@ class Talker(nn.Module):
                                  cache)[:, -1]
             else:
                 hk = self.decode(self._decoder_input(cond[:, :k + 1], n_cond, codes))[:, -1]
-            stop = (torch.sigmoid(self.end_head(hk).squeeze(-1)) > 0.5) & (lengths < 0)
+            stop = ((torch.sigmoid(self.end_head(hk).squeeze(-1)) > 0.5) | (k >= guard)) & (lengths < 0)
             lengths = torch.where(stop, torch.full_like(lengths, k), lengths)
             if bool((lengths >= 0).all()) or k == limit:
                 break
