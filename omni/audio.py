@@ -26,6 +26,8 @@ class MelConfig:
     log_floor: float = 1e-5       # log(max(power, floor)): silence is a flat floor, not -inf
     # "utterance": subtract the utterance's mean and divide by its std (one scalar each, so the spectral shape
     # survives; it removes loudness and recording gain, which differ between voices and datasets);
+    # "utterance_bins": subtract each bin's utterance mean (cepstral mean normalisation: the voice's and the
+    # channel's average spectrum goes too), divide by the utterance's std;
     # "none": raw natural-log power, for models that must invert the features (Talker, vocoder).
     normalize: str = "utterance"
 
@@ -77,14 +79,17 @@ def pad_frames(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lengths
 
 
+NORMALIZE = ("utterance", "utterance_bins", "none")
+
+
 class LogMel(torch.nn.Module):
     """Tensor[T_samples] (16 kHz mono) -> Tensor[frames x n_mels] normalised log-mel, frames = T // hop + 1."""
 
     def __init__(self, cfg: MelConfig = MelConfig()):
         super().__init__()
         self.cfg = cfg
-        if cfg.normalize not in ("utterance", "none"):
-            raise ValueError(f"MelConfig.normalize must be 'utterance' or 'none', got {cfg.normalize!r}")
+        if cfg.normalize not in NORMALIZE:
+            raise ValueError(f"MelConfig.normalize must be one of {NORMALIZE}, got {cfg.normalize!r}")
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop_length,
             f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=2.0, center=True, norm="slaney",
@@ -95,6 +100,8 @@ class LogMel(torch.nn.Module):
         x = self.mel(wav.float()).clamp_min(self.cfg.log_floor).log().transpose(-1, -2)  # [frames x n_mels]
         if self.cfg.normalize == "utterance":
             x = (x - x.mean()) / (x.std() + 1e-5)
+        elif self.cfg.normalize == "utterance_bins":
+            x = (x - x.mean(dim=0)) / (x.std() + 1e-5)
         return x.contiguous()
 
     def mel_frequencies(self) -> torch.Tensor:

@@ -68,6 +68,14 @@ def test_log_mel_of_a_tone_peaks_in_its_bin():
     assert abs(float(centres[peak]) - 1000) <= float(centres[peak + 1] - centres[peak]), centres[peak]
     norm = LogMel(MelConfig())(torch.from_numpy(t.astype(np.float32)))
     assert abs(float(norm.mean())) < 1e-4 and abs(float(norm.std()) - 1) < 1e-3
+    # cepstral mean normalisation: every bin's mean over the utterance is removed, the shape over time stays
+    wav = torch.from_numpy((np.sin(2 * np.pi * 300 * t) * np.exp(-3 * t)).astype(np.float32))
+    raw = mel(wav)
+    cmn = LogMel(MelConfig(normalize="utterance_bins"))(wav)
+    assert float(cmn.mean(0).abs().max()) < 1e-4
+    assert torch.allclose(cmn, (raw - raw.mean(0)) / raw.std(), atol=1e-4)
+    with pytest.raises(ValueError, match="normalize"):
+        LogMel(MelConfig(normalize="bins"))
 
 
 def test_load_audio_resamples_and_downmixes(tmp_path):
@@ -96,12 +104,16 @@ def test_augmentations_draw_only_from_the_given_rng():
 
 # --- model ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("downsample,frontend", [(4, "conv1d"), (8, "conv1d"), (4, "conv2d"), (8, "conv2d")])
-def test_encoder_output_does_not_depend_on_padding(downsample, frontend):
+@pytest.mark.parametrize("downsample,frontend,conv_kernel", [(4, "conv1d", 0), (8, "conv1d", 0), (4, "conv2d", 0),
+                                                            (8, "conv2d", 0), (4, "conv1d", 15), (8, "conv2d", 7)])
+def test_encoder_output_does_not_depend_on_padding(downsample, frontend, conv_kernel):
     torch.manual_seed(0)
     model = AudioEncoder(AudioEncoderConfig(n_mels=40, d_model=48, n_layers=2, n_heads=3, d_ff=96,
                                             downsample=downsample, frontend=frontend, conv_channels=8,
-                                            vocab_size=7)).eval()
+                                            conv_kernel=conv_kernel, vocab_size=7)).eval()
+    if conv_kernel:  # the depthwise kernels start near zero; make them matter so a leak through padding shows
+        for conv in model.convs:
+            torch.nn.init.normal_(conv.depthwise.weight, std=0.5)
     x = torch.randn(1, 157, 40)
     with torch.no_grad():
         alone = model(x, torch.tensor([157]))

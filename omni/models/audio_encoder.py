@@ -28,6 +28,7 @@ class AudioEncoderConfig:
     frontend: str = "conv1d"     # conv1d: kernels span all mel bins; conv2d: 3x3 kernels over (time, mel),
                                  # shift-equivariant in frequency, so a voice's formants may move (unseen voices)
     conv_channels: int = 32      # conv2d only: channels of the 2-D stem before the projection to d_model
+    conv_kernel: int = 0         # > 0: a Conformer convolution module (depthwise, this kernel) after each block
     dropout: float = 0.1
     vocab_size: int = 0          # CTC classes including the blank; 0 = taken from the training transcripts
 
@@ -97,6 +98,28 @@ class Conv2dDownsample(nn.Module):
         return self.proj(x.permute(0, 2, 1, 3).reshape(B, T, C * Fq)), lengths
 
 
+class ConvModule(nn.Module):
+    """The Conformer's convolution module (Gulati et al. 2020), residual: RMSNorm -> pointwise GLU ->
+    depthwise Conv1d over time -> SiLU -> pointwise. Attention sees the whole utterance; this sees the
+    neighbouring frames, the local pattern a phone is made of. Padded frames are zeroed before the depthwise
+    convolution, so a row encodes the same in any batch (no BatchNorm, for the same reason)."""
+
+    def __init__(self, d_model: int, kernel: int, dropout: float):
+        super().__init__()
+        if kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd (centred), got {kernel}")
+        self.norm = RMSNorm(d_model)
+        self.inp = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = F.glu(self.inp(self.norm(x)), dim=-1) * mask[..., None]
+        h = F.silu(self.depthwise(h.transpose(1, 2)).transpose(1, 2))
+        return x + self.drop(self.out(h))
+
+
 class AudioEncoder(nn.Module):
     def __init__(self, cfg: AudioEncoderConfig, use_flash: bool = True):
         super().__init__()
@@ -114,6 +137,8 @@ class AudioEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, use_flash=use_flash)
                                     for _ in range(cfg.n_layers))
+        self.convs = nn.ModuleList(ConvModule(cfg.d_model, cfg.conv_kernel, cfg.dropout)
+                                   for _ in range(cfg.n_layers if cfg.conv_kernel > 0 else 0))
         self.norm = RMSNorm(cfg.d_model)
         self.ctc_head = nn.Linear(cfg.d_model, cfg.vocab_size)
         for m in self.modules():
@@ -138,7 +163,9 @@ class AudioEncoder(nn.Module):
         T = x.shape[1]
         mask = padding_mask(lengths, T)
         x = self.drop(x + sinusoids(T, self.cfg.d_model).to(x.device, x.dtype))
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x = block(x, mask)
+            if self.convs:
+                x = self.convs[i](x, mask)
         hidden = self.norm(x)
         return {"hidden": hidden, "logits": self.ctc_head(hidden), "lengths": lengths}
