@@ -38,7 +38,8 @@ SIZES = {
 WORKERS = 2  # speech synthesis processes: both cores of the demo machine
 # Part of every part's stamp: bump a part's number when its builder's output changes, so old builds are redone.
 # asr/sft 4: flite voices really get a fifth of the utterances (one draw per utterance), at varied tempo.
-PART_VERSIONS = {"text": 3, "asr": 4, "tts": 3, "images": 3, "sft": 4, "ocr": 1}
+# asr/sft 5: repeatable sox dither (-R): two builds of one seed now write the same wav bytes.
+PART_VERSIONS = {"text": 3, "asr": 5, "tts": 3, "images": 3, "sft": 5, "ocr": 1}
 
 
 def part_rng(seed: int, part: str) -> np.random.Generator:

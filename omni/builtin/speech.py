@@ -106,7 +106,8 @@ def _synthesize(u: Utterance) -> float:
     if u.voice.engine == "espeak":
         wav = subprocess.run(["espeak-ng", "-v", u.voice.name, "-s", str(u.rate), "-p", str(u.pitch),
                               "--stdin", "--stdout"], input=u.text.encode(), capture_output=True, check=True).stdout
-        subprocess.run(["sox", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", u.path],
+        # -R: sox dithers the 16-bit output with a fresh random seed each run; repeatable builds need a fixed one
+        subprocess.run(["sox", "-R", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", u.path],
                        input=wav, capture_output=True, check=True)
     elif u.voice.engine == "flite":
         stretch = ["--setf", f"duration_stretch={175 / u.rate:.3f}"] if u.rate != 175 else []
@@ -114,7 +115,7 @@ def _synthesize(u: Utterance) -> float:
                        check=True)
         if sf.info(u.path).samplerate != SAMPLE_RATE:  # a voice at another rate: resample in place
             tmp = u.path + ".tmp.wav"
-            subprocess.run(["sox", u.path, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", tmp], check=True,
+            subprocess.run(["sox", "-R", u.path, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", tmp], check=True,
                            capture_output=True)
             Path(tmp).replace(u.path)
     else:
