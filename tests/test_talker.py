@@ -42,6 +42,21 @@ def test_ema_moves_codewords_toward_their_vectors_and_restarts_dead_codes():
     assert torch.allclose(q.codebook[2], restarted_at, atol=1e-4)
 
 
+def test_quantizer_under_bf16_autocast_stays_fp32_and_restarts_codes():
+    torch.manual_seed(0)
+    q = EMAQuantizer(size=4, dim=3, decay=0.5, restart_below=0.9).train()
+    q(torch.randn(16, 3) * 5)                             # k-means initialisation: four spread codes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = torch.nn.functional.linear(q.codebook[:1].expand(8, 3), torch.eye(3))  # bf16, as under autocast
+        assert z.dtype == torch.bfloat16
+        restarted = 0
+        for _ in range(3):                                # only code 0 is used: the others decay and restart
+            quantized, ids, r = q(z)
+            restarted += r
+    assert restarted >= 3
+    assert quantized.dtype == torch.float32 and q.codebook.dtype == torch.float32
+
+
 def test_kmeans_initialisation_uses_the_first_batch_and_usage_perplexity():
     torch.manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
+from omni.models.layers import SeqConv1d
 
 
 @dataclass
@@ -99,7 +100,13 @@ class EMAQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
         """x: Tensor[N x D]; mask: Bool[N] of real rows (padding neither trains nor restarts codes).
-        Returns (quantized Tensor[N x D], ids Long[N], codes restarted)."""
+        Returns (quantized Tensor[N x D] in fp32, ids Long[N], codes restarted). Always computed in fp32, also
+        under bf16 autocast: nearest-code distances and EMA statistics need the precision, and a bf16 vector
+        cannot be written into the fp32 codebook (a restart failed so on CUDA)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._forward(x.float(), mask)
+
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor | None):
         real = x.detach() if mask is None else x.detach()[mask]
         if self.training and not bool(self.initialized):
             self._init(real)
@@ -122,7 +129,7 @@ class ResConv(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.conv = nn.Conv1d(dim, dim, 3, padding=1)
+        self.conv = SeqConv1d(dim, dim, 3, padding=1)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):  # Tensor[B x T x dim]

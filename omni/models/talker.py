@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omni.models.audio_encoder import padding_mask, sinusoids
-from omni.models.layers import EncoderBlock, KVCache, RMSNorm, rope_tables
+from omni.models.layers import EncoderBlock, KVCache, RMSNorm, SeqConv1d, rope_tables
 from omni.models.thinker import Block, ThinkerConfig, sample_next
 
 
@@ -108,13 +108,13 @@ class Talker(nn.Module):
                                          for _ in range(cfg.text_layers))
         self.text_norm = RMSNorm(d)
         self.to_mel = nn.Linear(d, cfg.n_mels)
-        self.dur_conv = nn.ModuleList(nn.Conv1d(d, d, 3, padding=1) for _ in range(2))
+        self.dur_conv = nn.ModuleList(SeqConv1d(d, d, 3, padding=1) for _ in range(2))
         self.dur_norm = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
         self.dur_out = nn.Linear(d, 1)
         # autoregressive decoder over code frames
         # the block conditions are known ahead (from the durations): a convolution over them lets each frame
         # see the sounds around it, as the codec's own encoder does (coarticulation)
-        self.cond_conv = nn.Conv1d(d, d, 5, padding=2)
+        self.cond_conv = SeqConv1d(d, d, 5, padding=2)
         self.cond_proj = nn.Linear(d, d)
         self.end_cond = nn.Parameter(torch.randn(d) * 0.02)
         self.bos = nn.Parameter(torch.randn(d) * 0.02)

@@ -379,6 +379,8 @@ class Trainer:
                        "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm),
                        f"{self.stage.unit}/s": rate}
                 rec.update({k: float(v) / accum for k, v in extra_sum.items()})
+                if device.type == "cuda":  # peak since the start, so a later long batch shows too
+                    rec["mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 log.info(f"step {step}/{total} | {format_metrics({k: v for k, v in rec.items() if k != 'step'})}")
                 log.metrics(rec)
                 bar.set_postfix(loss=f"{loss_val:.3f}")

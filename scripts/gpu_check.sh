@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A short GPU check of every finished stage: each trains STEPS steps at the seed (_tiny) sizes with the GPU
+# defaults (bf16 autocast, torch.compile) on data laid out like the built-in dataset, then
+# scripts/gpu_check_summary.py prints throughput, peak GPU memory, wall time and the final validation.
+#
+#   bash scripts/gpu_check.sh [DATA=data/demo] [OUT=runs/gpu_check] [STEPS=300]
+#   TOKENIZER=runs/demo/thinker/tokenizer.model VOCAB=4096 bash scripts/gpu_check.sh   # reuse a tokenizer
+#   STAGES="audio_enc talker" bash scripts/gpu_check.sh   # some stages only (vision needs thinker's output)
+#
+# DATA needs text/{train,val}.txt, asr/{train,val_world}.csv, images/{train,val_world}.jsonl and
+# tts/{train,val_world}.csv (`make data` writes them). A stage that fails is reported and the rest still run.
+set -uo pipefail
+DATA=${1:-data/demo}
+OUT=${2:-runs/gpu_check}
+STEPS=${3:-300}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+common=(--fresh --set max_steps="$STEPS" warmup_steps=50 print_freq=50 val_freq="$STEPS" checkpoint_freq="$STEPS")
+tok=()
+if [ -n "${TOKENIZER:-}" ]; then tok=(tokenizer="$TOKENIZER" model.vocab_size="${VOCAB:?set VOCAB to the tokenizer size}"); fi
+
+STAGES=${STAGES:-thinker audio_enc vision talker}
+
+stage() {  # KEY SCRIPT CONFIG [--set overrides...]
+  local key=$1 script=$2 config=$3; shift 3
+  [[ " $STAGES " == *" $key "* ]] || return 0
+  local t0=$SECONDS
+  echo "=== $key: $script --config $config"
+  $PY "$script" --config "$config" "${common[@]}" save_dir="$OUT/$key" "$@" > "$OUT/$key.out" 2>&1
+  local rc=$?
+  echo "$key rc=$rc wall_s=$((SECONDS - t0))" | tee -a "$OUT/status.txt"
+  [ $rc -eq 0 ] || tail -n 30 "$OUT/$key.out"
+}
+
+rm -f "$OUT/status.txt"
+stage thinker train_text.py configs/thinker_tiny.json \
+  train_file="$DATA/text/train.txt" val_file="$DATA/text/val.txt" "${tok[@]}"
+stage audio_enc train_audio_enc.py configs/audio_enc_tiny.json \
+  train_csv="$DATA/asr/train.csv" "val_csvs=[\"$DATA/asr/val_world.csv\"]"
+stage vision train_vision.py configs/vision_tiny.json \
+  train_file="$DATA/images/train.jsonl" val_file="$DATA/images/val_world.jsonl" \
+  thinker_ckpt="$OUT/thinker/thinker.pt"
+stage talker train_talker.py configs/talker_tiny.json \
+  train_csv="$DATA/tts/train.csv" "val_csvs=[\"$DATA/tts/val_world.csv\"]" max_mel_length=1024 \
+  codec.max_steps="$STEPS" codec.warmup_steps=50 codec.val_freq="$STEPS" roundtrip=16 \
+  audio_enc_ckpt="$OUT/audio_enc/audio_enc.pt"
+$PY scripts/gpu_check_summary.py "$OUT" | tee "$OUT/summary.md"

@@ -1,0 +1,60 @@
+"""Summarise a scripts/gpu_check.sh run: one Markdown row per training part (throughput after the first
+logging window, which holds torch.compile's warm-up; peak GPU memory; the final validation).
+
+    python scripts/gpu_check_summary.py runs/gpu_check
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def parts(metrics: Path) -> dict[str, list[dict]]:
+    """Records of a metrics.jsonl by training part (Stage D logs the codec, then the Talker, into one file)."""
+    out: dict[str, list[dict]] = {}
+    for line in metrics.read_text().splitlines():
+        rec = json.loads(line)
+        out.setdefault(rec.get("stage", metrics.parent.name), []).append(rec)
+    return out
+
+
+def row(key: str, recs: list[dict]) -> str:
+    train = [r for r in recs if "split" not in r]
+    vals = [r for r in recs if "split" in r]
+    unit = next((k for k in train[0] if k.endswith("/s")), "?") if train else "?"
+    rates = [r[unit] for r in train[1:]] or [r[unit] for r in train]
+    mem = max((r.get("mem_gb", 0.0) for r in train), default=0.0)
+    val = {k: v for k, v in (vals[-1] if vals else {}).items() if isinstance(v, float) and "ppl_" not in k
+           and not k.endswith("/n") and not k.endswith("n_tokens")}
+    val_s = ", ".join(f"{k} {v:.4g}" for k, v in list(val.items())[:6])
+    steps = train[-1]["step"] if train else 0
+    return (f"| {key} | {steps} | {statistics.median(rates):,.0f} {unit} | {mem:.2f} | "
+            f"{train[-1]['loss'] if train else float('nan'):.3f} | {val_s} |")
+
+
+def main(out: str) -> None:
+    out = Path(out)
+    status = {}
+    status_file = out / "status.txt"
+    if status_file.exists():
+        for line in status_file.read_text().splitlines():
+            key, rc, wall = line.split()
+            status[key] = (rc.split("=")[1], wall.split("=")[1])
+    print("| part | steps | throughput (median) | peak GB | last loss | final validation |")
+    print("|---|---|---|---|---|---|")
+    for key, (rc, wall) in status.items():
+        metrics = out / key / "metrics.jsonl"
+        if not metrics.exists():
+            print(f"| {key} | failed (rc {rc}, {wall} s): see {out / (key + '.out')} | | | | |")
+            continue
+        for part, recs in parts(metrics).items():
+            print(row(part, recs))
+    print()
+    print("wall seconds per stage (data preparation, torch.compile, training, validation): "
+          + ", ".join(f"{k} {w} (rc {rc})" for k, (rc, w) in status.items()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu_check")
