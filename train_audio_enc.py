@@ -65,6 +65,7 @@ class AudioEncStage(Stage):
     config_cls = AudioEncConfig
     default_config = "configs/audio_enc_tiny.json"
     unit = "audio_s"
+    dynamic_shapes = True
 
     def prepare(self):
         cfg = self.cfg

@@ -156,6 +156,7 @@ class SpeechOutStage(Stage):
     config_cls = TalkerTrainConfig
     default_config = "configs/talker_tiny.json"
     unit = "audio_s"
+    dynamic_shapes = True
 
     @classmethod
     def configure(cls, cfg):

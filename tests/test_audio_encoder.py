@@ -129,6 +129,22 @@ def test_encoder_output_does_not_depend_on_padding(downsample, frontend, conv_ke
             assert (alone["logits"][0] - out["logits"][1, :n]).abs().max() < 1e-5
 
 
+def test_compiled_encoder_trains_on_new_lengths_without_recompiling():
+    """Inductor specialises a convolution's backward on the sequence length; the time convolutions run outside
+    the compiled graph (SeqConv1d), so after the first dynamic compile a new batch length compiles nothing."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = AudioEncoder(AudioEncoderConfig(n_mels=16, d_model=16, n_layers=1, n_heads=2, d_ff=32, conv_kernel=3,
+                                            dropout=0.0, vocab_size=5))
+    compiled = torch.compile(model, dynamic=True)
+    compiles = []
+    for T in (40, 57, 73, 90):
+        compiled(torch.randn(2, T, 16), torch.tensor([T, T - 7]))["logits"].sum().backward()
+        compiles.append(counters["stats"]["unique_graphs"])
+    assert compiles[1:] == [compiles[0]] * 3, f"graphs compiled after each length: {compiles}"
+
+
 def test_length_buckets_partition_each_epoch_deterministically():
     from omni.data.speech import SpeechBatches, Utterance
     frames = np.random.default_rng(0).integers(50, 1000, 203)

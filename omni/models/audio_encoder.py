@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omni.models.layers import EncoderBlock, RMSNorm
+from omni.models.layers import EncoderBlock, RMSNorm, SeqConv1d, SeqConv2d
 
 
 @dataclass
@@ -61,7 +61,7 @@ class ConvDownsample(nn.Module):
         n = int(round(math.log2(factor)))
         if factor < 1 or 2 ** n != factor:
             raise ValueError(f"downsample must be a power of two (1, 2, 4, 8, ...), got {factor}")
-        self.convs = nn.ModuleList(nn.Conv1d(n_mels if i == 0 else d_model, d_model, 3, stride=2, padding=1)
+        self.convs = nn.ModuleList(SeqConv1d(n_mels if i == 0 else d_model, d_model, 3, stride=2, padding=1)
                                    for i in range(n))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +84,7 @@ class Conv2dDownsample(nn.Module):
         n = int(round(math.log2(factor)))
         if factor < 2 or 2 ** n != factor:
             raise ValueError(f"downsample must be a power of two >= 2 for the conv2d front end, got {factor}")
-        self.convs = nn.ModuleList(nn.Conv2d(1 if i == 0 else channels, channels, 3, stride=2, padding=1)
+        self.convs = nn.ModuleList(SeqConv2d(1 if i == 0 else channels, channels, 3, stride=2, padding=1)
                                    for i in range(n))
         self.proj = nn.Linear(channels * encoder_frames(n_mels, factor), d_model)
 
@@ -110,7 +110,7 @@ class ConvModule(nn.Module):
             raise ValueError(f"conv_kernel must be odd (centred), got {kernel}")
         self.norm = RMSNorm(d_model)
         self.inp = nn.Linear(d_model, 2 * d_model)
-        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.depthwise = SeqConv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
         self.out = nn.Linear(d_model, d_model)
         self.drop = nn.Dropout(dropout)
 

@@ -40,6 +40,8 @@ class Stage:
     config_cls = TrainConfig
     default_config = ""
     unit = "samples"                 # throughput unit, e.g. "tok"
+    dynamic_shapes = False           # batches vary in length: torch.compile with dynamic shapes from the start
+                                     # (one compile, not a static one and then a dynamic one)
 
     def __init__(self, cfg, info: dist.DistInfo, log: RunLogger, fresh: bool = False):
         self.cfg, self.dist, self.log = cfg, info, log
@@ -302,7 +304,7 @@ class Trainer:
 
         fwd_model = model
         if cfg.use_compile and device.type == "cuda":
-            fwd_model = torch.compile(fwd_model)
+            fwd_model = torch.compile(fwd_model, dynamic=True if self.stage.dynamic_shapes else None)
             log.info("torch.compile on")
         if self.dist.enabled:
             fwd_model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
