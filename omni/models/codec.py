@@ -19,6 +19,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
+
 from omni.models.layers import SeqConv1d
 
 
