@@ -13,7 +13,7 @@ set -uo pipefail
 DATA=${1:-data/demo}
 OUT=${2:-runs/gpu_check}
 STEPS=${3:-300}
-PY=${PY:-python3}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 mkdir -p "$OUT"
 common=(--fresh --set max_steps="$STEPS" warmup_steps=50 print_freq=50 val_freq="$STEPS" checkpoint_freq="$STEPS")
 tok=()

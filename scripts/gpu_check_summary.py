@@ -23,15 +23,16 @@ def parts(metrics: Path) -> dict[str, list[dict]]:
 def row(key: str, recs: list[dict]) -> str:
     train = [r for r in recs if "split" not in r]
     vals = [r for r in recs if "split" in r]
-    unit = next((k for k in train[0] if k.endswith("/s")), "?") if train else "?"
+    if not train:
+        return f"| {key} | 0 | no logged step | | | |"
+    unit = next(k for k in train[0] if k.endswith("/s"))
     rates = [r[unit] for r in train[1:]] or [r[unit] for r in train]
     mem = max((r.get("mem_gb", 0.0) for r in train), default=0.0)
     val = {k: v for k, v in (vals[-1] if vals else {}).items() if isinstance(v, float) and "ppl_" not in k
            and not k.endswith("/n") and not k.endswith("n_tokens")}
     val_s = ", ".join(f"{k} {v:.4g}" for k, v in list(val.items())[:6])
-    steps = train[-1]["step"] if train else 0
-    return (f"| {key} | {steps} | {statistics.median(rates):,.0f} {unit} | {mem:.2f} | "
-            f"{train[-1]['loss'] if train else float('nan'):.3f} | {val_s} |")
+    return (f"| {key} | {train[-1]['step']} | {statistics.median(rates):,.0f} {unit} | {mem:.2f} | "
+            f"{train[-1]['loss']:.3f} | {val_s} |")
 
 
 def main(out: str) -> None:
@@ -50,7 +51,7 @@ def main(out: str) -> None:
             print(f"| {key} | failed (rc {rc}, {wall} s): see {out / (key + '.out')} | | | | |")
             continue
         for part, recs in parts(metrics).items():
-            print(row(part, recs))
+            print(row(part if rc == "0" else f"{part} (failed, rc {rc})", recs))
     print()
     print("wall seconds per stage (data preparation, torch.compile, training, validation): "
           + ", ".join(f"{k} {w} (rc {rc})" for k, (rc, w) in status.items()))
