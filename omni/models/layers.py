@@ -9,24 +9,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class SeqConv1d(nn.Conv1d):
+class _OutOfGraph:
+    """Mixin: the module's forward runs outside torch.compile's graphs (the layers around it stay compiled)."""
+
+    @torch.compiler.disable
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+class SeqConv1d(_OutOfGraph, nn.Conv1d):
     """nn.Conv1d over a variable-length time axis, run outside torch.compile's graphs. Inductor specialises a
     convolution's backward on the input length, so a compiled model fed a new length per batch recompiled at
     each (~10 s apiece; 3 minutes before Stage B's first 50 steps on an H100, then the recompile limit turned
     it eager). Out of the graph, cuDNN runs any length; the layers around it stay compiled, with dynamic shapes.
     Same parameters and state-dict keys as nn.Conv1d."""
 
-    @torch.compiler.disable
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)
 
-
-class SeqConv2d(nn.Conv2d):
+class SeqConv2d(_OutOfGraph, nn.Conv2d):
     """nn.Conv2d over (time, frequency), outside torch.compile's graphs for the reason SeqConv1d gives."""
-
-    @torch.compiler.disable
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)
 
 
 class RMSNorm(nn.Module):
