@@ -161,6 +161,27 @@ def test_length_buckets_partition_each_epoch_deterministically():
     assert not np.array_equal(np.concatenate(stream.epoch_batches(1)), flat)
 
 
+def test_feature_cache_gives_the_computed_features_and_skips_unreadable_files(tone_data, tmp_path):
+    from omni.data.speech import FeatureCache, SpeechBatches, measure, read_manifest
+    mel = LogMel(MelConfig(n_mels=32))
+    utts = measure(read_manifest(tone_data / "train.csv")[:8], mel.cfg)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not audio")
+    utts[3].wav = str(tmp_path / "bad.wav")
+    cache = FeatureCache(utts, mel, show_progress=False)
+    assert cache.get(3) is None and len(cache.failed) == 1 and "bad.wav" in cache.failed[0]
+    assert cache.feats.dtype == torch.float16
+    assert cache.feats.shape[0] == sum(u.frames for i, u in enumerate(utts) if i != 3)
+    for i in (0, 7):
+        want = mel(load_audio(utts[i].wav))
+        assert cache.get(i).shape == want.shape and torch.allclose(cache.get(i), want, atol=2e-3, rtol=2e-3)
+    # the same stream either way: same batches, same labels, same augmentation draws
+    args = (utts, [[1, 2]] * 8, mel, 2, 0, 1000, lambda f, rng: f * float(rng.uniform(0.5, 1.5)), 2)
+    plain, cached = SpeechBatches(*args), SpeechBatches(*args, cache=cache)
+    for a, b in zip(plain, cached):
+        assert a["n_bad"] == b["n_bad"] and a["labels"] == b["labels"] and torch.equal(a["lengths"], b["lengths"])
+        assert torch.allclose(a["feats"], b["feats"], atol=5e-3, rtol=5e-3)
+
+
 # --- decoding and metrics -------------------------------------------------------------------------------
 
 def test_ctc_greedy_decoding():
@@ -248,6 +269,18 @@ def test_sigkill_then_rerun_is_bitwise_identical(tone_data, reference, tmp_path,
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from audio_enc_step_" in (save / "training.log").read_text()
     assert_same_weights(reference, save)
+
+
+def test_cached_features_run_resumes_exactly(tone_data, tmp_path):
+    ref, save = tmp_path / "ref", tmp_path / "run"
+    r = run_script(["train_audio_enc.py", "--config", str(tiny_asr_config(tone_data, ref, cache_features=True))])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "computing the features of 26 utterances once" in (ref / "training.log").read_text()
+    cmd = ["train_audio_enc.py", "--config", str(tiny_asr_config(tone_data, save, cache_features=True))]
+    assert kill_at(cmd, save, 9) < 14
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_weights(ref, save)
 
 
 def test_sigterm_saves_and_resumes_exactly(tone_data, reference, tmp_path):

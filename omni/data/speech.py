@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
+
 from omni.audio import LogMel, MelConfig, audio_info, load_audio, num_frames, pad_frames, resampled_length
 from omni.data.base import LengthBucketed
 
@@ -50,24 +53,63 @@ def measure(utts: list[Utterance], cfg: MelConfig) -> list[Utterance]:
     return utts
 
 
+class FeatureCache:
+    """Features of a whole training set, computed once and kept in memory as one float16 tensor, so the data
+    workers only slice and augment instead of decoding and transforming every file in every epoch (on the
+    built-in 6 h of speech: ~0.6 GB, 10 s to build, and the CPU it frees goes to training). `get(i)` is
+    utterance i's features, or None when its file could not be read (`failed` lists those)."""
+
+    def __init__(self, utts: list[Utterance], mel: LogMel, show_progress: bool = True):
+        chunks, self.failed = [], []
+        self.offsets, self.lengths = np.zeros(len(utts), np.int64), np.zeros(len(utts), np.int64)
+        start = 0
+        for i, u in enumerate(tqdm(utts, desc="features", leave=False, disable=not show_progress)):
+            try:
+                f = mel(load_audio(u.wav, mel.cfg.sample_rate)).to(torch.float16)
+            except ValueError as e:
+                self.failed.append(str(e))
+                self.lengths[i] = -1
+                continue
+            chunks.append(f)
+            self.offsets[i], self.lengths[i] = start, f.shape[0]
+            start += f.shape[0]
+        self.feats = torch.cat(chunks) if chunks else torch.zeros(0, mel.cfg.n_mels, dtype=torch.float16)
+
+    @staticmethod
+    def nbytes(utts: list[Utterance], n_mels: int) -> int:
+        """Memory the cache of `utts` (measured) will take."""
+        return sum(max(u.frames, 0) for u in utts) * n_mels * 2
+
+    def get(self, i: int) -> torch.Tensor | None:
+        if self.lengths[i] < 0:
+            return None
+        return self.feats[self.offsets[i]:self.offsets[i] + self.lengths[i]].float()
+
+
 class SpeechBatches(LengthBucketed):
     """Batches {"feats": Tensor[B x T x n_mels] zero-padded, "lengths": Tensor[B], "labels": list of id
     lists, "audio_s": float}, bucketed by length. `augment(feats, rng)` (SpecAugment) draws from the
-    per-batch RNG."""
+    per-batch RNG. With a `FeatureCache` of `utts`, features come from it instead of the files."""
 
     def __init__(self, utts: list[Utterance], labels: list[list[int]], mel: LogMel, batch_size: int, seed: int,
-                 max_frames: int, augment=None, bucket: int = 50):
+                 max_frames: int, augment=None, bucket: int = 50, cache: FeatureCache | None = None):
         super().__init__([u.frames for u in utts], batch_size, seed, bucket)
-        self.utts, self.labels, self.mel = utts, labels, mel
+        self.utts, self.labels, self.mel, self.cache = utts, labels, mel, cache
         self.max_frames, self.augment = max_frames, augment
 
     def load(self, index: int, rng: np.random.Generator):
         u = self.utts[index]
-        try:
-            feats = self.mel(load_audio(u.wav, self.mel.cfg.sample_rate))
-        except ValueError as e:
-            print(f"WARNING: skipped {e}", file=sys.stderr)
-            return None
+        if self.cache is not None:
+            feats = self.cache.get(index)
+            if feats is None:
+                print(f"WARNING: skipped {u.wav}: unreadable when the feature cache was built", file=sys.stderr)
+                return None
+        else:
+            try:
+                feats = self.mel(load_audio(u.wav, self.mel.cfg.sample_rate))
+            except ValueError as e:
+                print(f"WARNING: skipped {e}", file=sys.stderr)
+                return None
         if feats.shape[0] > self.max_frames:  # the header lied; never truncate into a misaligned label
             print(f"WARNING: skipped {u.wav}: {feats.shape[0]} frames > max_mel_length {self.max_frames}",
                   file=sys.stderr)
