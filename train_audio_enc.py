@@ -13,6 +13,7 @@ The final audio_enc.pt holds the weights, the model config, the vocabulary and t
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -49,6 +50,10 @@ class AudioEncConfig(TrainConfig):
     freq_warp: float = 0.0              # vocal tract length perturbation: mel axis stretched by 1 ± this at most
     features: MelConfig = field(default_factory=MelConfig)
     model: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+
+
+def physical_memory_gb() -> float:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
 def augment(feats, rng, cfg: AudioEncConfig):
@@ -116,7 +121,10 @@ class AudioEncStage(Stage):
         self.mel = LogMel(cfg.features)
         self.cache = None
         if cfg.cache_features:
-            gb = FeatureCache.nbytes(kept, cfg.features.n_mels) / 1e9
+            gb, ram = FeatureCache.nbytes(kept, cfg.features.n_mels) / 1e9, physical_memory_gb()
+            if gb > ram / 2:
+                raise ConfigError(f"cache_features: the features of {len(kept)} utterances take {gb:.1f} GB, over "
+                                  f"half of this machine's {ram:.0f} GB; set cache_features=false")
             self.log.info(f"computing the features of {len(kept)} utterances once, kept in memory ({gb:.2f} GB)")
             self.cache = FeatureCache(kept, self.mel, show_progress=self.dist.is_main)
             for err in self.cache.failed[:5]:

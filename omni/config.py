@@ -34,7 +34,9 @@ class TrainConfig:
     max_steps: int = 0                  # optimizer steps; 0 = derive from max_epochs
     max_epochs: int = 0                 # 0 = no epoch limit (max_steps must be set)
     max_grad_norm: float = 1.0          # 0 disables clipping
-    use_amp: bool = True                # bf16 autocast on CUDA (fp16 + GradScaler where bf16 is missing); CPU stays fp32
+    use_amp: bool = True                # bf16 autocast on CUDA (fp16 + GradScaler where bf16 is missing)
+    cpu_amp: bool = False               # with use_amp, bf16 autocast on CPU too, where the CPU has native bf16
+                                        # (AVX512-BF16, AMX: ~10% faster steps on the demo's Stage B); else fp32
     use_compile: bool = True            # torch.compile on CUDA only; compile time does not pay off on CPU
     use_flash: bool = True              # attention via SDPA (flash / memory-efficient kernels); False = explicit math
     num_workers: int = 0

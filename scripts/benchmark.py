@@ -56,7 +56,7 @@ def thinker_train(config: str, device, batch_size: int | None = None, steps: int
     x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=device)
 
     def step():
-        with autocast_context(device, cfg.use_amp):
+        with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
             loss = fwd(x[:, :-1], targets=x[:, 1:])["loss"]
         loss.backward()
         opt.step()
@@ -103,7 +103,7 @@ def audio_enc_train(config: str, device, batch_size: int | None = None, seconds:
     labels = [[1 + (i + j) % 28 for j in range(int(seconds * 13))] for i in range(B)]  # no repeats: alignable
 
     def step():
-        with autocast_context(device, cfg.use_amp):
+        with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
             out = fwd(x, lengths)
         ctc_loss(out["logits"], out["lengths"], labels, reduction="mean").backward()
         opt.step()
@@ -151,7 +151,7 @@ def vision_train(config: str, device, batch_size: int | None = None, caption_tok
     mask = torch.ones(B, caption_tokens, dtype=torch.bool, device=device)
 
     def step():
-        with autocast_context(device, cfg.use_amp):
+        with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
             loss = fwd(images, ids, mask)["loss"]
         loss.backward()
         opt.step()
@@ -194,7 +194,7 @@ def talker_train(config: str, device, batch_size: int | None = None, seconds: fl
         opt = build_optimizer(model, cfg.lr, cfg.wd, device)
 
         def step():
-            with autocast_context(device, cfg.use_amp):
+            with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
                 loss = loss_fn(fwd)
             loss.backward()
             opt.step()

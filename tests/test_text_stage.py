@@ -59,3 +59,17 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(text_data, tmp_path):
     log = (save / "training.log").read_text()
     assert "step skipped (1 in a row)" in log and "step skipped (3 in a row)" in log
     assert "3 non-finite steps in a row" in r.stderr
+
+
+def test_cpu_amp_autocasts_only_where_the_cpu_has_native_bf16(monkeypatch):
+    from omni.train import engine
+    cpu, x = torch.device("cpu"), torch.randn(4, 8)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    with engine.autocast_context(cpu, True, cpu=True):
+        assert (x @ x.T).dtype == torch.bfloat16
+    for enabled, flag in ((True, False), (False, True)):       # off unless both use_amp and cpu_amp
+        with engine.autocast_context(cpu, enabled, cpu=flag):
+            assert (x @ x.T).dtype == torch.float32
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)  # emulated bf16 would be slower: fp32
+    with engine.autocast_context(cpu, True, cpu=True):
+        assert (x @ x.T).dtype == torch.float32
