@@ -56,7 +56,7 @@ def measure(utts: list[Utterance], cfg: MelConfig) -> list[Utterance]:
 class FeatureCache:
     """Features of a whole training set, computed once and kept in memory as one float16 tensor, so the data
     workers only slice and augment instead of decoding and transforming every file in every epoch (on the
-    built-in 6 h of speech: ~0.6 GB, 10 s to build, and the CPU it frees goes to training). `get(i)` is
+    built-in 6 h of speech: 0.57 GB, built in 4 s, and the CPU it frees goes to training). `get(i)` is
     utterance i's features, or None when its file could not be read (`failed` lists those)."""
 
     def __init__(self, utts: list[Utterance], mel: LogMel, show_progress: bool = True):
