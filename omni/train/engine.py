@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -76,8 +77,10 @@ class Stage:
         return {"model": model.state_dict(), "config": to_dict(self.cfg)}
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run faster than fp32 (elsewhere they are emulated, and slower)."""
+    """AVX512-BF16 or AMX: bf16 matmuls run faster than fp32 (elsewhere they are emulated, and slower). Probed
+    once: autocast_context asks at every step."""
     cpu = torch.cpu
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
