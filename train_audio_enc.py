@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from omni.asr import CharVocab, ctc_frames_needed, ctc_loss, evaluate_utterances
 from omni.audio import LogMel, MelConfig, freq_warp, spec_augment
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.speech import FeatureCache, SpeechBatches, measure, read_manifest
-from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, encoder_frames
+from omni.infer.asr import evaluate_utterances
+from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, ctc_frames_needed, ctc_loss, encoder_frames
 from omni.train.engine import Stage, run
+from omni.vocab import CharVocab
 
 
 @dataclass
@@ -133,7 +134,7 @@ class AudioEncStage(Stage):
                 self.log.info(f"{len(self.cache.failed)} files could not be decoded; they are skipped in every epoch")
 
     def build_model(self):
-        return AudioEncoder(self.model_cfg, use_flash=self.cfg.use_flash)
+        return AudioEncoder(self.model_cfg)
 
     def train_data(self):
         cfg = self.cfg

@@ -21,23 +21,19 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from omni.audio import LogMel, MelConfig, load_audio, pad_frames
+from omni.artifacts import load_artifact
+from omni.audio import LogMel, load_audio, pad_frames
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import LengthBucketed
 from omni.data.speech import read_manifest
-from omni.models.codec import CodecConfig, MelCodec, usage_perplexity
+from omni.data.tts import collate, make_sample
+from omni.infer.asr import evaluate_utterances
+from omni.infer.tts import Speaker
+from omni.metrics import code_cross_entropy
+from omni.models.codec import CodecConfig, MelCodec, TalkerFeatures, usage_perplexity
 from omni.models.talker import Talker, TalkerConfig
 from omni.train.engine import Stage, run
-from omni.tts import Speaker, TextVocab, code_cross_entropy, collate, load_codec, make_sample
-
-
-@dataclass
-class TalkerFeatures(MelConfig):
-    """The mel front end of speech output: raw log power (the codec normalises per bin itself; Griffin-Lim and
-    the vocoder invert it), 80 bins. (128 bins keep more harmonics, so Griffin-Lim copies of true mels lose
-    less intelligibility, but the codec reconstructs them far worse: MSE 0.088 against 0.052 in one test.)"""
-    n_mels: int = 80
-    normalize: str = "none"
+from omni.vocab import TextVocab
 
 
 @dataclass
@@ -131,9 +127,8 @@ def read_sets(cfg: TalkerTrainConfig, log) -> tuple[SpeechSet, dict[str, SpeechS
 
 def roundtrip(asr, wavs: list[torch.Tensor], texts: list[str]) -> tuple[dict, list[str]]:
     """Stage B's greedy transcripts of 16 kHz waveforms against the texts: ({"wer", "cer", ...}, hypotheses)."""
-    from omni.asr import evaluate_utterances
-    model, vocab, mel = asr
-    return evaluate_utterances(model, vocab, mel, wavs, texts, device=next(model.parameters()).device)
+    return evaluate_utterances(asr.model, asr.vocab, LogMel(asr.features), wavs, texts,
+                               device=next(asr.model.parameters()).device)
 
 
 class Batches(LengthBucketed):
@@ -237,8 +232,9 @@ class TalkerStage(SpeechOutStage):
     def prepare(self):
         cfg = self.cfg
         codec_path = Path(cfg.save_dir) / "rvq_codec.pt"
-        self.codec, features = load_codec(codec_path)  # the codec stage wrote it; its absence is an error
-        if to_dict(features) != to_dict(cfg.features) or to_dict(self.codec.cfg) != to_dict(cfg.codec.model):
+        codec = load_artifact(codec_path, "rvq_codec")  # the codec stage wrote it; its absence is an error
+        self.codec = codec.model
+        if to_dict(codec.features) != to_dict(cfg.features) or to_dict(self.codec.cfg) != to_dict(cfg.codec.model):
             raise ConfigError(f"{codec_path} was trained with other features / codec settings than this config; "
                               f"use --fresh to train both again")
         train, self.val_sets = read_sets(cfg, self.log.info)
@@ -268,15 +264,14 @@ class TalkerStage(SpeechOutStage):
         self.log.info(f"vocabulary: {len(self.vocab.chars)} characters {self.vocab.chars!r} + pad + silence")
         self.asr = None
         if cfg.audio_enc_ckpt:
-            from omni.asr import load_asr
-            self.asr = load_asr(cfg.audio_enc_ckpt)
+            self.asr = load_artifact(cfg.audio_enc_ckpt, "audio_enc")
             self.log.info(f"round-trip intelligibility through {cfg.audio_enc_ckpt}")
 
     def _sample(self, text, mel):
         return make_sample(self.codec, self.vocab, text, mel)
 
     def build_model(self):
-        return Talker(self.model_cfg, use_flash=self.cfg.use_flash)
+        return Talker(self.model_cfg)
 
     def collate(self, samples):
         return collate(samples, self.cfg.features.hop_length / self.cfg.features.sample_rate)

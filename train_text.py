@@ -17,8 +17,9 @@ import torch
 
 from omni.config import TrainConfig, to_dict
 from omni.data.text import PackedTokens, token_cache
+from omni.infer.generate import generate
 from omni.metrics import lm_metrics
-from omni.models.thinker import Thinker, ThinkerConfig, generate
+from omni.models.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import Tokenizer, train_tokenizer
 from omni.train import dist
 from omni.train.engine import Stage, run

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omni.artifacts import load_artifact
 from omni.config import TrainConfig, to_dict
 from omni.data.images import AugmentConfig, CaptionedImages, ImageSource, read_manifest
 from omni.metrics import clip_metrics
-from omni.models.thinker import load_thinker
 from omni.models.vision import ClipConfig, ClipModel
 from omni.tokenizer import EOS, Tokenizer, train_tokenizer
 from omni.train import dist
@@ -81,7 +81,8 @@ class VisionStage(Stage):
                 raise FileNotFoundError(
                     f"thinker_ckpt {cfg.thinker_ckpt} not found: train Stage A first (python train_text.py "
                     f"--config configs/demo/thinker.json for the demo), or set use_thinker_for_text=false")
-            self.thinker, self.tok = load_thinker(cfg.thinker_ckpt, self.dist.device)
+            a = load_artifact(cfg.thinker_ckpt, "thinker", self.dist.device)
+            self.thinker, self.tok = a.model, a.tokenizer
             self.log.info(f"text side: the frozen Thinker of {cfg.thinker_ckpt}")
         else:
             self.tok = self._tokenizer()

@@ -133,3 +133,19 @@ def clip_metrics(model, pixels: np.ndarray, tokens: list[list[int]], caption_ids
     out = retrieval_metrics(img, txt, ids, group, seed)
     out["loss"] = float(clip_loss(img, txt, model.scale().float().cpu()))
     return out
+
+
+@torch.no_grad()
+def code_cross_entropy(talker, samples: list[dict], batch_size: int = 32) -> torch.Tensor:
+    """Teacher-forced cross-entropy (nats) per codebook over every code frame of `samples`: Tensor[K].
+    exp of its mean is the code perplexity."""
+    from omni.data.tts import collate
+    device = next(talker.parameters()).device
+    total, frames = torch.zeros(talker.cfg.codebooks), 0
+    for s in range(0, len(samples), batch_size):
+        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(samples[s:s + batch_size], 0.01).items()}
+        out = talker(b["text"], b["text_lens"], b["mel"], b["mel_lens"], b["codes"], b["code_lens"])
+        n = int(b["code_lens"].sum())
+        total += out["ce_per_book"].float().cpu() * n
+        frames += n
+    return total / max(frames, 1)

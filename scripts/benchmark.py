@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from omni.config import load_config  # noqa: E402
-from omni.models.thinker import Thinker, generate  # noqa: E402
-from omni.train.dist import resolve_device  # noqa: E402
+from omni.device import resolve_device  # noqa: E402
+from omni.infer.generate import generate  # noqa: E402
+from omni.models.thinker import Thinker  # noqa: E402
 from omni.train.engine import autocast_context  # noqa: E402
 from omni.train.optim import build_optimizer  # noqa: E402
 from train_text import TextConfig  # noqa: E402
@@ -88,12 +89,12 @@ def _audio_enc(config: str):
     from omni.models.audio_encoder import AudioEncoder
     cfg = load_config(AudioEncConfig, config)
     torch.manual_seed(0)
-    return cfg, AudioEncoder(replace(cfg.model, vocab_size=29), use_flash=cfg.use_flash)  # 28 characters + blank
+    return cfg, AudioEncoder(replace(cfg.model, vocab_size=29))  # 28 characters + blank
 
 
 def audio_enc_train(config: str, device, batch_size: int | None = None, seconds: float = 4.0, steps: int = 3) -> dict:
     """Optimizer steps of CTC training on B utterances of `seconds` (log-mel features given, 13 chars/s)."""
-    from omni.asr import ctc_loss
+    from omni.models.audio_encoder import ctc_loss
     cfg, model = _audio_enc(config)
     model = model.to(device).train()
     fwd = torch.compile(model) if cfg.use_compile and device.type == "cuda" else model
@@ -119,8 +120,9 @@ def audio_enc_train(config: str, device, batch_size: int | None = None, seconds:
 
 def asr_transcribe(config: str, device, n: int = 16, seconds: float = 4.0) -> dict:
     """Real-time factor (compute seconds per audio second; < 1 is faster than real time) of
-    omni.asr.transcribe on 16 kHz waveforms: features, encoder and greedy decoding, batched and one by one."""
-    from omni.asr import CharVocab, transcribe
+    omni.infer.asr.transcribe on 16 kHz waveforms: features, encoder and greedy decoding, batched and one by one."""
+    from omni.infer.asr import transcribe
+    from omni.vocab import CharVocab
     from omni.audio import LogMel
     cfg, model = _audio_enc(config)
     model = model.to(device).eval()
@@ -171,7 +173,7 @@ def _talker(config: str, device):
     from train_talker import TalkerTrainConfig
     cfg = load_config(TalkerTrainConfig, config)
     torch.manual_seed(0)
-    talker = Talker(replace(cfg.model, vocab_size=30), use_flash=cfg.use_flash).to(device)  # 28 characters + 2
+    talker = Talker(replace(cfg.model, vocab_size=30)).to(device)  # 28 characters + 2
     return cfg, talker, MelCodec(cfg.codec.model).to(device)
 
 

@@ -34,12 +34,12 @@ evaluate text_val text runs/demo/thinker/thinker.pt data/demo/text/val.txt
 evaluate text_world_val text runs/demo/thinker/thinker.pt data/demo/text/world_val.txt
 
 stage audio_enc train_audio_enc.py configs/demo/audio_enc.json runs/demo/audio_enc/audio_enc.pt
-for split in val_world val_english test_world test_english; do
+for split in val_voices_world val_voices_english val_world val_english test_world test_english; do
   evaluate "asr_$split" asr runs/demo/audio_enc/audio_enc.pt "data/demo/asr/$split.csv"
 done
 
 stage vision train_vision.py configs/demo/vision.json runs/demo/vision/vision.pt  # needs Stage A's thinker.pt
-for split in val_world val_emoji; do
+for split in val_world val_emoji test_world; do  # configs are chosen on val_*; the targets are on test_world
   evaluate "vision_$split" vision runs/demo/vision/vision.pt "data/demo/images/$split.jsonl"
 done
 

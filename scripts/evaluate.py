@@ -16,15 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from omni.artifacts import load_artifact  # noqa: E402
+from omni.audio import LogMel  # noqa: E402
 from omni.data.text import token_cache  # noqa: E402
+from omni.device import resolve_device  # noqa: E402
 from omni.metrics import lm_metrics  # noqa: E402
-from omni.models.thinker import load_thinker  # noqa: E402
-from omni.train.dist import resolve_device  # noqa: E402
 
 
 def eval_text(args) -> dict:
     device = resolve_device(args.device)
-    model, tok = load_thinker(args.ckpt, device)
+    a = load_artifact(args.ckpt, "thinker", device)
+    model, tok = a.model, a.tokenizer
     with tempfile.TemporaryDirectory() as tmp:
         tokens = token_cache(args.data, tok, tmp)
     with torch.no_grad():
@@ -39,11 +41,11 @@ def eval_vision(args) -> dict:
     import numpy as np
     from omni.data.images import decode_image, read_manifest
     from omni.metrics import clip_metrics
-    from omni.models.vision import load_vision
     from omni.tokenizer import EOS
 
     device = resolve_device(args.device)
-    model, tok = load_vision(args.ckpt, device)
+    a = load_artifact(args.ckpt, "vision", device)
+    model, tok = a.model, a.tokenizer
     rows = read_manifest(args.data)
     size, max_len = model.cfg.vision.image_size, model.cfg.text.max_len
     if model.text.uses_thinker:
@@ -68,14 +70,14 @@ def eval_vision(args) -> dict:
 
 def eval_asr(args) -> dict:
     """Greedy CTC transcription of every utterance in an ASR manifest: WER, CER (fractions), CTC loss."""
-    from omni.asr import evaluate_utterances, load_asr
     from omni.data.speech import read_manifest
+    from omni.infer.asr import evaluate_utterances
 
     device = resolve_device(args.device)
-    model, vocab, mel = load_asr(args.ckpt, device)
+    asr = load_artifact(args.ckpt, "audio_enc", device)
     utts = read_manifest(args.data)
-    m, _ = evaluate_utterances(model, vocab, mel, [u.wav for u in utts], [u.text for u in utts],
-                               args.batch_size, device)
+    m, _ = evaluate_utterances(asr.model, asr.vocab, LogMel(asr.features), [u.wav for u in utts],
+                               [u.text for u in utts], args.batch_size, device)
     return {**m, "ckpt": str(args.ckpt), "data": str(args.data)}
 
 
@@ -86,15 +88,17 @@ def eval_tts(args) -> dict:
     Griffin-Lim copies of the codec's reconstruction of their true codes (the bounds a Talker speaking through
     this codec and Griffin-Lim can reach). Real-time factor of speaking (generation + GL)."""
     import time
-    from omni.asr import evaluate_utterances, load_asr
-    from omni.audio import GriffinLim, LogMel, load_audio
+    from omni.audio import GriffinLim, load_audio
     from omni.data.speech import read_manifest
+    from omni.data.tts import make_sample
+    from omni.infer.asr import evaluate_utterances
+    from omni.infer.tts import load_speaker
+    from omni.metrics import code_cross_entropy
     from omni.models.codec import usage_perplexity
-    from omni.tts import code_cross_entropy, load_tts, make_sample
 
     device = resolve_device(args.device)
-    speaker = load_tts(args.ckpt, device)
-    talker_cfg = torch.load(Path(args.ckpt) / "talker.pt", weights_only=True)["config"]
+    speaker = load_speaker(args.ckpt, device)
+    talker_cfg = load_artifact(Path(args.ckpt) / "talker.pt", "talker").config
     asr_path = args.asr_ckpt or talker_cfg.get("audio_enc_ckpt", "")
     utts = read_manifest(args.data)
     mel = LogMel(speaker.features)
@@ -128,7 +132,8 @@ def eval_tts(args) -> dict:
               "skipped": skipped, "real_time_factor": seconds / audio_s,
               "codebook_usage_ppl": [round(u, 1) for u in usage], "usage_min_fraction": min(usage) / size}
     if asr_path:
-        asr = load_asr(asr_path, device)
+        a = load_artifact(asr_path, "audio_enc", device)
+        asr = (a.model, a.vocab, LogMel(a.features))
         gl = GriffinLim(speaker.features)
         codec_copies = [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples]
         for key, audio in (("roundtrip", spoken), ("original", wavs), ("griffinlim", [gl(m) for m in mels]),

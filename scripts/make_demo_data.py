@@ -39,7 +39,10 @@ WORKERS = 2  # speech synthesis processes: both cores of the demo machine
 # Part of every part's stamp: bump a part's number when its builder's output changes, so old builds are redone.
 # asr/sft 4: flite voices really get a fifth of the utterances (one draw per utterance), at varied tempo.
 # asr/sft 5: repeatable sox dither (-R): two builds of one seed now write the same wav bytes.
-PART_VERSIONS = {"text": 3, "asr": 5, "tts": 3, "images": 3, "sft": 5, "ocr": 1}
+# asr/sft 6: val_voices (espeak variants held out of training in every accent): asr val_voices_{world,english};
+#   sft val spoken by them and a new sft test by the test voices.
+# images 4: test_world, other held-out scenes (Stage C now reports on them, and chooses on val_world).
+PART_VERSIONS = {"text": 3, "asr": 6, "tts": 3, "images": 4, "sft": 6, "ocr": 1}
 
 
 def part_rng(seed: int, part: str) -> np.random.Generator:

@@ -82,6 +82,21 @@ def final_weights(save_dir: Path, name: str = "thinker") -> dict:
     return torch.load(save_dir / f"{name}.pt", weights_only=True)["model"]
 
 
+def assert_same_weights(a: dict, b: dict, what: str = "weights") -> None:
+    """Two state dicts hold the same keys and bitwise-equal tensors; a failure names the first difference."""
+    assert a.keys() == b.keys(), f"{what}: keys differ: only in the first {sorted(a.keys() - b.keys())}, " \
+                                 f"only in the second {sorted(b.keys() - a.keys())}"
+    for k in a:
+        x, y = a[k], b[k]
+        if not (torch.is_tensor(x) and torch.is_tensor(y)):
+            assert x == y, f"{what} differ in {k}: {x!r} vs {y!r}"
+            continue
+        assert x.shape == y.shape and x.dtype == y.dtype, \
+            f"{what} differ in {k}: {tuple(x.shape)} {x.dtype} vs {tuple(y.shape)} {y.dtype}"
+        assert torch.equal(x, y), \
+            f"{what} differ in {k} (largest difference {(x.double() - y.double()).abs().max():g})"
+
+
 def signal_at(cmd: list[str], save_dir: Path, step: int, sig=signal.SIGKILL, stage: str | None = None) -> tuple[int, str]:
     """Start a stage script, send `sig` once it has logged `step` (of `stage`, in a folder two stages share),
     or as soon after as the poll sees it, and wait for it; returns (exit code, stderr)."""

@@ -10,12 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import SR, kill_at, metrics, run_script, signal_at, tone_speech, write_split
+from conftest import (SR, assert_same_weights, final_weights, kill_at, metrics, run_script, signal_at, tone_speech,
+                      write_split)
 
-from omni.asr import CharVocab, ctc_frames_needed, ctc_greedy, load_asr, transcribe
+from omni.artifacts import load_artifact
 from omni.audio import LogMel, MelConfig, load_audio, num_frames
+from omni.infer.asr import ctc_greedy, transcribe
 from omni.metrics import cer, edit_distance, wer
-from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, ctc_frames_needed
+from omni.vocab import CharVocab
 
 @pytest.fixture(scope="module")
 def tone_data(tmp_path_factory):
@@ -214,9 +217,9 @@ def test_training_skips_reports_and_writes_a_standalone_artifact(tone_data, refe
     assert vals[-1]["val/n"] == 6 and "val | ref: " in log and "val | hyp: " in log
     state = torch.load(reference / "audio_enc.pt", weights_only=True)
     assert state["vocab"] == " abcd" and state["model_config"]["vocab_size"] == 6
-    assert "optimizer" not in state
-    model, vocab, mel = load_asr(reference / "audio_enc.pt")
-    assert mel.cfg.n_mels == 32 and len(vocab) == 6
+    assert "optimizers" not in state and state["kind"] == "audio_enc"
+    asr = load_artifact(reference / "audio_enc.pt")
+    assert asr.kind == "audio_enc" and asr.features.n_mels == 32 and len(asr.vocab) == 6
 
 
 def test_transcribe_entry_point_on_stereo_44k(tone_data, reference, tmp_path):
@@ -231,8 +234,8 @@ def test_transcribe_entry_point_on_stereo_44k(tone_data, reference, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert [l.split("\t")[0] for l in lines] == [str(tmp_path / "stereo44k.wav"), str(tmp_path / "mono16k.flac")]
-    model, vocab, mel = load_asr(ckpt)
-    expected = transcribe(model, vocab, mel, [load_audio(tmp_path / "stereo44k.wav"), mono16])
+    asr = load_artifact(ckpt, "audio_enc")
+    expected = transcribe(asr.model, asr.vocab, LogMel(asr.features), [load_audio(tmp_path / "stereo44k.wav"), mono16])
     assert [l.split("\t")[1] for l in lines] == expected
     bad = run_script(["-m", "omni.asr", "--ckpt", str(tmp_path / "missing.pt"), str(tmp_path / "mono16k.flac")])
     assert bad.returncode == 1 and "missing.pt" in bad.stderr
@@ -250,12 +253,8 @@ def test_evaluate_and_check_mel_lengths(tone_data, reference):
     assert "over max_mel_length 300: 1 " in r.stdout and "--set max_mel_length=384" in r.stdout
 
 
-def assert_same_weights(ref, run):
-    a = torch.load(ref / "audio_enc.pt", weights_only=True)["model"]
-    b = torch.load(run / "audio_enc.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"weights differ in {k}"
+def assert_same_run(ref, run):
+    assert_same_weights(final_weights(ref, "audio_enc"), final_weights(run, "audio_enc"))
     assert [(m["step"], m["loss"]) for m in metrics(run)] == [(m["step"], m["loss"]) for m in metrics(ref)]
 
 
@@ -268,7 +267,7 @@ def test_sigkill_then_rerun_is_bitwise_identical(tone_data, reference, tmp_path,
     r = run_script(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from audio_enc_step_" in (save / "training.log").read_text()
-    assert_same_weights(reference, save)
+    assert_same_run(reference, save)
 
 
 def test_cached_features_run_resumes_exactly(tone_data, tmp_path):
@@ -280,7 +279,7 @@ def test_cached_features_run_resumes_exactly(tone_data, tmp_path):
     assert kill_at(cmd, save, 9) < 14
     r = run_script(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_weights(ref, save)
+    assert_same_run(ref, save)
 
 
 def test_sigterm_saves_and_resumes_exactly(tone_data, reference, tmp_path):
@@ -292,4 +291,4 @@ def test_sigterm_saves_and_resumes_exactly(tone_data, reference, tmp_path):
     assert (save / f"audio_enc_step_{stopped}.pt").exists()
     r = run_script(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_weights(reference, save)
+    assert_same_run(reference, save)

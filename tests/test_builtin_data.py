@@ -18,7 +18,7 @@ import soundfile as sf
 from PIL import Image
 
 from omni.builtin import speech, world
-from omni.builtin.spoken import HELD_OUT_ACCENTS, HELD_OUT_FLITE
+from omni.builtin.spoken import HELD_OUT_ACCENTS, HELD_OUT_FLITE, VAL_VARIANTS
 from omni.builtin.text import MissingSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,14 +106,14 @@ def test_transcript_normalization():
 def test_layout_and_summary(demo):
     for rel in ["text/train.txt", "text/val.txt", "text/world_val.txt", "summary.md", "summary.json"]:
         assert (demo / rel).stat().st_size > 0, rel
-    for split in ["train", "val_world", "val_english", "test_world", "test_english"]:
-        for part in ["asr", "tts"]:
+    for part, extra in [("asr", ["val_voices_world", "val_voices_english"]), ("tts", [])]:
+        for split in ["train", "val_world", "val_english", "test_world", "test_english"] + extra:
             rows = read_csv(demo / part / f"{split}.csv")
             assert rows and list(rows[0]) == ["wav", "text", "speaker"]
             assert all(re.fullmatch(r"[a-z' ]+", r["text"]) for r in rows)
-    for split in ["train", "val_world", "val_emoji"]:
+    for split in ["train", "val_world", "val_emoji", "test_world"]:
         assert read_jsonl(demo / "images" / f"{split}.jsonl")
-    for split in ["train", "val"]:
+    for split in ["train", "val", "test"]:
         assert read_jsonl(demo / "sft" / f"{split}.jsonl")
     assert "| train |" in (demo / "summary.md").read_text()
     assert {r["speaker"] for r in read_csv(demo / "tts" / "train.csv")} == {"flite:slt"}
@@ -140,23 +140,64 @@ def test_same_seed_gives_identical_manifests_and_audio(demo, tmp_path):
         assert (demo / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
 
 
-@needs_packages
-def test_held_out_voices_never_in_asr_training(demo):
-    def held(speaker: str) -> bool:
-        engine, name = speaker.split(":")
-        return (engine == "espeak" and name.split("+")[0] in HELD_OUT_ACCENTS) or \
-            (engine == "flite" and name in HELD_OUT_FLITE)
+def _test_voice(speaker: str) -> bool:
+    engine, name = speaker.split(":")
+    return (engine == "espeak" and name.split("+")[0] in HELD_OUT_ACCENTS) or \
+        (engine == "flite" and name in HELD_OUT_FLITE)
 
-    train = read_csv(demo / "asr" / "train.csv")
-    assert len({r["speaker"] for r in train}) > 20
-    assert not [r for r in train if held(r["speaker"])]
-    for split in ["val_world", "val_english"]:
-        assert not [r for r in read_csv(demo / "asr" / f"{split}.csv") if held(r["speaker"])]
-    for split in ["test_world", "test_english"]:
-        assert all(held(r["speaker"]) for r in read_csv(demo / "asr" / f"{split}.csv"))
-    sft_train_audio = {r["audio"] for r in read_jsonl(demo / "sft" / "train.jsonl") if "audio" in r}
-    sft_val_audio = {r["audio"] for r in read_jsonl(demo / "sft" / "val.jsonl") if "audio" in r}
-    assert sft_train_audio and sft_val_audio and not sft_train_audio & sft_val_audio
+
+def _val_voice(speaker: str) -> bool:
+    engine, name = speaker.split(":")
+    return engine == "espeak" and not _test_voice(speaker) and name.split("+")[1] in VAL_VARIANTS
+
+
+@needs_packages
+def test_held_out_voices_never_in_training(demo):
+    """val_voices and the test voices: never in any training split (ASR, SFT), and never each other."""
+    def speakers(part: str, split: str) -> set[str]:
+        if part == "asr":
+            return {r["speaker"] for r in read_csv(demo / "asr" / f"{split}.csv")}
+        return {r["speaker"] for r in read_jsonl(demo / "sft" / f"{split}.jsonl") if "audio" in r}
+
+    train = speakers("asr", "train") | speakers("sft", "train")
+    assert len(train) > 20 and not [s for s in train if _test_voice(s) or _val_voice(s)]
+    for split in ["val_world", "val_english"]:  # held-out sentences, training voices
+        assert not [s for s in speakers("asr", split) if _test_voice(s) or _val_voice(s)]
+    val = speakers("asr", "val_voices_world") | speakers("asr", "val_voices_english") | speakers("sft", "val")
+    test = speakers("asr", "test_world") | speakers("asr", "test_english") | speakers("sft", "test")
+    assert all(map(_val_voice, val)) and all(map(_test_voice, test))
+    assert len(val) > 5 and len(test) > 5 and not val & test and not (val | test) & train
+    # every accent that trains is heard in validation, in variants that never train (small builds: most accents)
+    val_accents = {s.split(":")[1].split("+")[0] for s in val}
+    train_accents = {s.split(":")[1].split("+")[0] for s in train if s.startswith("espeak:")}
+    assert val_accents <= train_accents and len(val_accents) >= 4
+    audio = {split: {r["audio"] for r in read_jsonl(demo / "sft" / f"{split}.jsonl") if "audio" in r}
+             for split in ["train", "val", "test"]}
+    assert all(audio.values()) and not audio["train"] & audio["val"] and not audio["val"] & audio["test"]
+
+
+@needs_packages
+def test_vision_test_scenes_are_held_out_and_not_val(demo):
+    rows = {split: read_jsonl(demo / "images" / f"{split}.jsonl") for split in ["train", "val_world", "test_world"]}
+    scenes = {split: [json.dumps(r["scene"], sort_keys=True) for r in rs if "scene" in r] for split, rs in rows.items()}
+    assert len(scenes["test_world"]) == len(rows["test_world"]) == len(set(scenes["test_world"]))
+    assert not set(scenes["test_world"]) & (set(scenes["val_world"]) | set(scenes["train"]))
+    images = {split: {r["image"] for r in rs} for split, rs in rows.items()}
+    assert not images["test_world"] & (images["val_world"] | images["train"])
+    train_captions = {r["caption"] for r in rows["train"]}
+    for r in rows["test_world"]:
+        scene = world.Scene.from_dict(r["scene"])
+        assert r["caption"] == world.caption(scene) and world.scene_is_held_out(scene)
+        assert r["caption"] not in train_captions
+
+
+@needs_packages
+def test_sft_val_and_test_share_no_sentence_or_word(demo):
+    def held(split: str) -> set[str]:
+        return {r["answer"] if r["task"] == "transcribe" else r["prompt"]
+                for r in read_jsonl(demo / "sft" / f"{split}.jsonl") if r["task"] in ("transcribe", "define")}
+    val, test = held("val"), held("test")
+    assert val and test and not val & test
 
 
 def _sentences(doc: str) -> set[str]:
@@ -170,10 +211,15 @@ def test_held_out_sentences_never_in_any_training_split(demo):
     for part in ["asr", "tts"]:
         for split in ["val_world", "val_english", "test_world", "test_english"]:
             held |= {r["text"] for r in read_csv(demo / part / f"{split}.csv")}
-    held |= {r["caption"] for r in read_jsonl(demo / "images" / "val_world.jsonl")}
+    for split in ["val_voices_world", "val_voices_english"]:
+        held |= {r["text"] for r in read_csv(demo / "asr" / f"{split}.csv")}
+    for split in ["val_world", "test_world"]:
+        held |= {r["caption"] for r in read_jsonl(demo / "images" / f"{split}.jsonl")}
     world_val = (demo / "text" / "world_val.txt").read_text().splitlines()
     held |= {doc.split(". ")[0] for doc in world_val}  # each held-out document opens with its scene's caption
-    held |= {r["answer"] for r in read_jsonl(demo / "sft" / "val.jsonl") if r["task"] in ("caption", "transcribe")}
+    for split in ["val", "test"]:
+        held |= {r["answer"] for r in read_jsonl(demo / "sft" / f"{split}.jsonl")
+                 if r["task"] in ("caption", "transcribe")}
 
     training = set()
     for part in ["asr", "tts"]:
@@ -210,7 +256,7 @@ def test_every_manifest_row_points_at_a_readable_file(demo):
 @needs_packages
 def test_every_sft_answer_agrees_with_its_scene(demo):
     checked = 0
-    for split in ["train", "val"]:
+    for split in ["train", "val", "test"]:
         for r in read_jsonl(demo / "sft" / f"{split}.jsonl"):
             assert r["prompt"] and r["answer"], r
             if "scene" not in r:
@@ -228,6 +274,6 @@ def test_every_sft_answer_agrees_with_its_scene(demo):
             assert world.answer(scene, question) == r["answer"], r
             checked += 1
     assert checked > 100
-    for r in read_jsonl(demo / "images" / "val_world.jsonl"):
+    for r in read_jsonl(demo / "images" / "val_world.jsonl") + read_jsonl(demo / "images" / "test_world.jsonl"):
         assert r["caption"] == world.caption(world.Scene.from_dict(r["scene"]))
         assert world.scene_is_held_out(world.Scene.from_dict(r["scene"]))

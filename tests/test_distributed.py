@@ -6,9 +6,7 @@ import subprocess
 import sys
 import time
 
-import torch
-
-from conftest import ROOT, final_weights, metrics, script_env, tiny_text_config
+from conftest import ROOT, assert_same_weights, final_weights, metrics, script_env, tiny_text_config
 
 
 def torchrun(cfg, **kw):
@@ -40,5 +38,4 @@ def test_torchrun_two_ranks_train_identically_and_resume(text_data, tmp_path):
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out[-3000:]
     assert "resumed from thinker_step_" in (run / "training.log").read_text()
-    a, b = final_weights(ref), final_weights(run)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(final_weights(ref), final_weights(run))

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from conftest import final_weights, kill_at, metrics, run_script, signal_at, tiny_text_config
+from conftest import assert_same_weights, final_weights, kill_at, metrics, run_script, signal_at, tiny_text_config
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,7 @@ def reference(text_data, tmp_path_factory):
 
 
 def assert_same_run(ref, run):
-    a, b = final_weights(ref), final_weights(run)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"weights differ in {k}"
+    assert_same_weights(final_weights(ref), final_weights(run))
     ref_loss = [(m["step"], m["loss"]) for m in metrics(ref)]
     run_loss = [(m["step"], m["loss"]) for m in metrics(run)]
     assert run_loss == ref_loss
@@ -72,7 +69,7 @@ def test_corrupt_newest_checkpoint_falls_back(text_data, reference, tmp_path):
 
 
 def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    from omni.train import checkpoint as ckpt
+    from omni import artifacts as ckpt
     good = {"model": {"w": torch.ones(3)}, "step": 1}
     path = tmp_path / "m_step_1.pt"
     ckpt.atomic_save(good, path)
@@ -85,7 +82,7 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         ckpt.atomic_save({"model": {}, "step": 2}, path)
     monkeypatch.undo()
-    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert torch.equal(ckpt.read_checkpoint(path)["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["m_step_1.pt"]  # no temp file left behind
 
 

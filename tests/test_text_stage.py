@@ -1,11 +1,15 @@
 """Stage A end to end at toy size: artifacts, evaluation, rerun of a finished run, held-out split."""
 from __future__ import annotations
 
+import itertools
 import json
 
+import numpy as np
 import torch
 
-from conftest import metrics, run_script, tiny_text_config
+from conftest import WORDS, metrics, run_script, tiny_text_config
+from omni.data.text import token_cache
+from omni.tokenizer import EOS, Tokenizer
 
 
 def test_train_evaluate_and_rerun(text_data, tmp_path):
@@ -20,7 +24,7 @@ def test_train_evaluate_and_rerun(text_data, tmp_path):
     assert sorted(p.name for p in save.glob("thinker_step_*.pt")) == \
         ["thinker_step_24.pt", "thinker_step_27.pt", "thinker_step_30.pt"]  # keep_checkpoints 3
     art = torch.load(save / "thinker.pt", weights_only=True)
-    assert "optimizer" not in art and art["model_config"]["d_model"] == 64
+    assert "optimizers" not in art and art["model_config"]["d_model"] == 64
 
     vals = metrics(save, "val")
     assert [v["step"] for v in vals] == [15, 30]
@@ -42,13 +46,61 @@ def test_train_evaluate_and_rerun(text_data, tmp_path):
     assert r.returncode == 0 and "already complete at step 30" in (save / "training.log").read_text()
 
 
+def documents(tokens) -> list[tuple[int, ...]]:
+    """The EOS-terminated documents of a token stream, as tuples of ids."""
+    ids = np.asarray(tokens).tolist()
+    assert ids and ids[-1] == EOS
+    docs, start = [], 0
+    for i, t in enumerate(ids):
+        if t == EOS:
+            docs.append(tuple(ids[start:i]))
+            start = i + 1
+    return docs
+
+
+def occurs_in(doc, tokens) -> bool:
+    """Whether `doc` stands as a whole document (between EOS or at the start) anywhere in `tokens`."""
+    return f",{EOS},{','.join(map(str, doc))},{EOS}," in f",{EOS},{','.join(map(str, np.asarray(tokens).tolist()))},"
+
+
+def test_token_cache_holds_out_every_kth_document(text_data, tmp_path):
+    tok = Tokenizer(text_data / "tokenizer.model")
+    # 40 marker documents, no two alike: three distinct words each, a different triple per line
+    docs = [" ".join(words) for words in itertools.islice(itertools.permutations(WORDS, 3), 0, 4000, 100)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(d + "\n" for d in docs))
+    enc = [tuple(ids) for ids in tok.encode(docs)]
+    assert len(docs) == len(set(enc)) == 40
+    cache = tmp_path / "cache"
+    train = token_cache(corpus, tok, cache, holdout_every=4, held_out=False)
+    held = token_cache(corpus, tok, cache, holdout_every=4, held_out=True)
+    assert documents(held) == enc[0::4]                                       # lines 1, 5, 9, ...
+    assert documents(train) == [e for i, e in enumerate(enc) if i % 4]
+    for doc in documents(held):
+        assert not occurs_in(doc, train), f"held-out {tok.decode(list(doc))!r} is in the training tokens"
+    assert documents(token_cache(corpus, tok, cache)) == enc                 # no hold-out: everything
+    assert len(list(cache.iterdir())) == 3                                    # one cache per part
+
+
 def test_val_split_holds_out_documents(text_data, tmp_path):
     save = tmp_path / "run"
     cfg = tiny_text_config(text_data, save, val_file="", val_split=0.1, max_steps=3)
     r = run_script(["train_text.py", "--config", str(cfg)])
     assert r.returncode == 0, r.stderr[-3000:]
-    log = (save / "training.log").read_text()
-    assert "val" in log and metrics(save, "val")[-1]["n_tokens"] > 0
+    # the stage cached exactly the two parts of every 10th document: asking for them builds nothing new
+    cache = save / "cache"
+    built = sorted(cache.iterdir())
+    tok = Tokenizer(save / "tokenizer.model")
+    train = token_cache(text_data / "train.txt", tok, cache, holdout_every=10, held_out=False)
+    held = token_cache(text_data / "train.txt", tok, cache, holdout_every=10, held_out=True)
+    assert sorted(cache.iterdir()) == built and len(built) == 2
+    docs = [tuple(ids) for ids in tok.encode((text_data / "train.txt").read_text().splitlines())]
+    assert documents(held) == docs[0::10] and len(documents(train)) == 81
+    for doc in documents(held):
+        assert not occurs_in(doc, train), f"held-out {tok.decode(list(doc))!r} is in the training tokens"
+    val = metrics(save, "val")[-1]
+    assert val["n_tokens"] == len(held) - 1                                    # every held-out token scored
+    assert f"{len(train):,} train; {len(held):,} val" in (save / "training.log").read_text()
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(text_data, tmp_path):

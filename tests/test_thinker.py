@@ -4,7 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omni.models.thinker import Thinker, ThinkerConfig, generate, load_thinker, sample_next
+from omni.infer.generate import generate
+from omni.models.decoder import sample_next
+from omni.models.layers import use_sdpa
+from omni.models.thinker import Thinker, ThinkerConfig
 
 
 def tiny(**kw) -> Thinker:
@@ -39,6 +42,21 @@ def test_kv_cached_generation_matches_uncached_logits(kw):
     assert torch.equal(out, generate(m, prompt, max_new_tokens=32, temperature=0, use_cache=False))
 
 
+def test_generation_from_embeddings_equals_generation_from_ids():
+    """SFT and chat prompt with embeddings: the same prompt as ids or as their embeddings gives the same
+    tokens (embeddings return only the new ones), cached and uncached."""
+    m = tiny(tie_embeddings=False)
+    prompt = torch.randint(0, 97, (2, 9))
+    from_ids = generate(m, prompt, max_new_tokens=12, temperature=0)
+    with torch.no_grad():
+        embeds = m.embed(prompt)
+    for use_cache in (True, False):
+        new = generate(m, inputs_embeds=embeds, max_new_tokens=12, temperature=0, use_cache=use_cache)
+        assert torch.equal(new, from_ids[:, 9:])
+    with pytest.raises(ValueError, match="exactly one"):
+        generate(m, prompt, inputs_embeds=embeds)
+
+
 def test_chunked_prefill_with_cache_is_causal():
     m = tiny()
     ids = torch.randint(0, 97, (1, 20))
@@ -51,19 +69,27 @@ def test_chunked_prefill_with_cache_is_causal():
 def test_sdpa_and_explicit_attention_agree():
     ids = torch.randint(0, 97, (2, 16))
     a = tiny()(ids)["logits"]
-    b = tiny(use_flash=False)(ids)["logits"]
+    b = use_sdpa(tiny(), False)(ids)["logits"]
     assert (a - b).abs().max().item() < 1e-5
 
 
 def test_generation_stops_at_eos_and_pads_finished_rows():
-    m = tiny()
+    m = tiny(tie_embeddings=False)  # (tied, the random model only repeats the prompt's last token)
     prompts = torch.tensor([[1, 2, 3], [4, 5, 6]])
     free = generate(m, prompts, max_new_tokens=20, temperature=0)
-    eos = int(free[0, 5])  # row 0 emits this as its third new token; call it EOS
+    # call EOS a token row 0 first emits after two or more new tokens (and before its last) and row 1 never
+    # emits: row 0 ends there and is padded, row 1 runs on
+    new0, new1 = free[0, 3:].tolist(), set(free[1, 3:].tolist())
+    at = next((i for i, t in enumerate(new0[:-1]) if i >= 2 and t not in new1 and t not in new0[:i]), None)
+    assert at is not None, f"no token of row 0's greedy continuation {new0} fits (row 1: {sorted(new1)})"
+    eos, end = new0[at], 3 + at + 1
     out = generate(m, prompts, max_new_tokens=20, temperature=0, eos_id=eos)
-    assert torch.equal(out[0, :6], free[0, :6]) and (out[0, 6:] == eos).all()
-    if not (free[1, 3:] == eos).any():
-        assert out.shape[1] == 23  # row 1 never ends, so generation runs to max_new_tokens
+    assert out.shape == (2, 23)  # row 1 never ends, so generation runs to max_new_tokens
+    assert torch.equal(out[0, :end], free[0, :end]) and (out[0, end:] == eos).all()  # row 0: padded with EOS
+    assert torch.equal(out[1], free[1])
+    # once every row has ended, generation stops
+    alone = generate(m, prompts[:1], max_new_tokens=20, temperature=0, eos_id=eos)
+    assert torch.equal(alone, free[:1, :end])
 
 
 def test_top_k_and_top_p_restrict_the_support():
@@ -83,22 +109,4 @@ def test_moe_balancing_loss_is_part_of_the_loss():
     assert out["aux_loss"].item() >= 0.99  # n_experts * Σ f_i P_i ≥ 1, with equality when balanced
     assert torch.allclose(out["loss"], out["ce"] + 0.01 * out["aux_loss"])
     out["loss"].backward()
-    assert m.blocks[0].mlp.router.weight.grad is not None
-
-
-def test_loading_missing_or_foreign_artifact_names_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        load_thinker(tmp_path / "nope.pt")
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="bad.pt"):
-        load_thinker(bad)
-    m = tiny()
-    art = {"model": m.state_dict(), "tokenizer": torch.zeros(1, dtype=torch.uint8),
-           "model_config": {**vars(m.cfg), "d_ff": 256}}
-    torch.save(art, tmp_path / "mismatch.pt")
-    with pytest.raises(RuntimeError, match="mismatch.pt"):
-        load_thinker(tmp_path / "mismatch.pt")
-    torch.save({"model": {}, "step": 3}, tmp_path / "step.pt")
-    with pytest.raises(ValueError, match="step.pt"):
-        load_thinker(tmp_path / "step.pt")
+    assert m.decoder.blocks[0].mlp.router.weight.grad is not None

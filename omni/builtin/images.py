@@ -2,8 +2,9 @@
 
 data/demo/images/
     train.jsonl       world scenes (training side of the held-out rule) + every emoji, rendered twice
-    val_world.jsonl   held-out scenes (their captions never occur in any training split)
+    val_world.jsonl   held-out scenes (their captions never occur in any training split): to choose configs on
     val_emoji.jsonl   unseen renderings (background, scale, offset) of emoji, one per emoji of a subset
+    test_world.jsonl  other held-out scenes, drawn the same way as val_world: only reported
     world/*.png  emoji/*.png
 Rows: {"image": <path relative to this folder>, "caption": ...} plus "scene" (world.Scene.to_dict(), so a
 later stage can ask exact questions about the picture) or "emoji" (the character).
@@ -34,9 +35,10 @@ class ImageSizes:
     val_world: int
     emoji_renders: int  # training renderings per emoji
     val_emoji: int
+    test_world: int
 
 
-SIZES = {"small": ImageSizes(200, 32, 1, 32), "full": ImageSizes(6000, 500, 2, 300)}
+SIZES = {"small": ImageSizes(200, 32, 1, 32, 32), "full": ImageSizes(6000, 500, 2, 300, 500)}
 
 
 @lru_cache(maxsize=1)
@@ -95,10 +97,12 @@ def build_images(out_dir: Path, size: str, rng: np.random.Generator, image_size:
     (out_dir / "world").mkdir(parents=True, exist_ok=True)
     (out_dir / "emoji").mkdir(parents=True, exist_ok=True)
 
-    def scenes(split: str, n: int, held_out: bool) -> list[dict]:
+    def scenes(split: str, n: int, held_out: bool, avoid: frozenset[world.Scene] = frozenset()) -> list[dict]:
         rows = []
         for i in range(n):
             s = world.sample_split_scene(rng, held_out)
+            while s in avoid:
+                s = world.sample_split_scene(rng, held_out)
             rel = f"world/{split}_{i:05d}.png"
             world.render(s, image_size).save(out_dir / rel)
             rows.append({"image": rel, "caption": world.caption(s), "scene": s.to_dict()})
@@ -123,7 +127,14 @@ def build_images(out_dir: Path, size: str, rng: np.random.Generator, image_size:
         val_emoji.append({"image": rel, "caption": name, "emoji": ch})
 
     train = [train[i] for i in rng.permutation(len(train))]
-    splits = {"train": train, "val_world": val_world, "val_emoji": val_emoji}
+    # Drawn last, so the splits above are what they were before it existed. The world has one held-out pool
+    # (world.is_held_out on the caption), so test scenes come from the same pool as val_world's: every test
+    # row is another scene (another drawing, never one of val's), but captions can repeat between val and
+    # test. Mostly one-object scenes: the held-out pool has only ~50 one-object captions, so val_world's
+    # ~170 one-object scenes already show most of them; two- and three-object captions rarely repeat.
+    val_scenes = frozenset(world.Scene.from_dict(r["scene"]) for r in val_world)
+    test_world = scenes("test", sz.test_world, True, avoid=val_scenes)
+    splits = {"train": train, "val_world": val_world, "val_emoji": val_emoji, "test_world": test_world}
     for name, rows in splits.items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
     return {name: {"items": len(rows), "world": sum("scene" in r for r in rows),

@@ -1,7 +1,8 @@
-"""Paired tasks for multimodal SFT (Stage E): data/demo/sft/{train,val}.jsonl with its own images and audio.
+"""Paired tasks for multimodal SFT (Stage E): data/demo/sft/{train,val,test}.jsonl with its own images and audio.
 
 Rows (SPEC §9): {"prompt", "answer", "task", optional "image", "audio"}; world rows also carry "scene"
-(world.Scene.to_dict()), so any answer can be re-derived from the picture it is about. Tasks:
+(world.Scene.to_dict()), so any answer can be re-derived from the picture it is about, and audio rows the
+"speaker" (as in the ASR manifests). Tasks:
 
     caption                    image -> its caption
     colour count position      image + question -> exact answer (world.questions)
@@ -11,8 +12,10 @@ Rows (SPEC §9): {"prompt", "answer", "task", optional "image", "audio"}; world 
     define                     "what does <word> mean?" -> WordNet definition
     dialogue                   a short conversation about an image, or small talk; answer = the next turn
 
-val.jsonl is held out three ways: unseen scenes (held-out captions), unseen sentences (held-out world and
-English sentences, held-out WordNet entries) and unseen voices (the ASR test voices).
+val.jsonl (to choose configs on) and test.jsonl (only reported) are held out three ways: unseen scenes
+(held-out captions), unseen sentences (held-out world and English sentences, held-out WordNet entries) and
+unseen voices: the ASR val_voices in val, the ASR test voices in test. Val and test share no transcript and no
+defined word; their scenes are different drawings from one held-out pool, so captions can repeat between them.
 """
 from __future__ import annotations
 
@@ -51,8 +54,10 @@ class SFTSizes:
 
 
 SIZES = {
-    "small": {"train": SFTSizes(30, 24, 1, 12, 20, 12), "val": SFTSizes(10, 10, 1, 6, 6, 6)},
-    "full": {"train": SFTSizes(1200, 1500, 2, 600, 1000, 400), "val": SFTSizes(60, 100, 1, 60, 60, 40)},
+    "small": {"train": SFTSizes(30, 24, 1, 12, 20, 12), "val": SFTSizes(10, 10, 1, 6, 6, 6),
+              "test": SFTSizes(10, 10, 1, 6, 6, 6)},
+    "full": {"train": SFTSizes(1200, 1500, 2, 600, 1000, 400), "val": SFTSizes(60, 100, 1, 60, 60, 40),
+             "test": SFTSizes(60, 100, 1, 60, 60, 40)},
 }
 
 
@@ -71,18 +76,19 @@ def _unique_definitions(val: bool) -> list[tuple[str, str]]:
     return out
 
 
-def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, train_voices: list[Voice],
-                test_voices: list[Voice]) -> tuple[list[dict], list[Utterance]]:
-    """Rows of one split and the utterances its audio needs (synthesized by the caller, all at once)."""
-    sz, val = SIZES[size][split], split == "val"
-    voices = test_voices if val else train_voices
+def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, voices: list[Voice],
+                taken: set[str]) -> tuple[list[dict], list[Utterance]]:
+    """Rows of one split and the utterances its audio needs (synthesized by the caller, all at once).
+    `taken`: transcripts and defined words of the held-out splits built before; a held-out split avoids and
+    extends it, so val and test share none."""
+    sz, held = SIZES[size][split], split != "train"
     rows: list[dict] = []
     utts: list[Utterance] = []
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
 
     scenes = []
     for i in range(sz.scenes):
-        s = world.sample_split_scene(rng, held_out=val)
+        s = world.sample_split_scene(rng, held_out=held)
         rel = f"images/{split}_{i:05d}.png"
         world.render(s, 64).save(out_dir / rel)
         scenes.append((s, rel))
@@ -94,32 +100,38 @@ def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, 
 
     # every question is recorded by up to `question_voices` voices, on first use; rows share recordings
     qindex = {q: i for i, q in enumerate(world.all_questions())}
-    recordings: dict[tuple[str, int], str] = {}
+    recordings: dict[tuple[str, int], tuple[str, str]] = {}  # -> (wav, speaker)
     for _ in range(sz.spoken):
         s, rel = scenes[rng.integers(len(scenes))]
         qs = world.questions(s, rng)
         q = qs[rng.integers(len(qs))]
         key = (q.text, int(rng.integers(sz.question_voices)))
         if key not in recordings:
-            recordings[key] = f"wavs/{split}_q{qindex[q.text]:03d}_{key[1]}.wav"
-            utts.append(utterance(q.text, pick_voice(voices, rng), out_dir / recordings[key], rng))
-        rows.append({"prompt": SPOKEN_PROMPT, "answer": q.answer, "image": rel, "audio": recordings[key],
+            wav = f"wavs/{split}_q{qindex[q.text]:03d}_{key[1]}.wav"
+            utts.append(utterance(q.text, pick_voice(voices, rng), out_dir / wav, rng))
+            recordings[key] = (wav, utts[-1].voice.speaker)
+        wav, speaker = recordings[key]
+        rows.append({"prompt": SPOKEN_PROMPT, "answer": q.answer, "image": rel, "audio": wav, "speaker": speaker,
                      "task": "spoken_" + q.task, "question": q.text, "scene": s.to_dict()})
 
     eng = sentences.english_pools()
     n_world = sz.transcribe // 2
-    texts = sentences.sample_world(n_world, val, rng) + sentences.sample_english(
-        eng, sz.transcribe - n_world, "held" if val else "train", rng)
+    texts = sentences.sample_world(n_world, held, rng, exclude=taken) + sentences.sample_english(
+        eng, sz.transcribe - n_world, "held" if held else "train", rng, exclude=taken)
     for i, t in enumerate(texts):
         rel = f"wavs/{split}_t{i:05d}.wav"
         utts.append(utterance(t, pick_voice(voices, rng), out_dir / rel, rng))
         rows.append({"prompt": TRANSCRIBE_PROMPT, "answer": normalize_transcript(t), "audio": rel,
-                     "task": "transcribe"})
+                     "speaker": utts[-1].voice.speaker, "task": "transcribe"})
 
-    defs = _unique_definitions(val)
+    defs = [(w, d) for w, d in _unique_definitions(held) if w not in taken]
     for i in rng.permutation(len(defs))[:sz.define]:
         w, d = defs[i]
         rows.append({"prompt": f"what does {w} mean?", "answer": d + ".", "task": "define"})
+        if held:
+            taken.add(w)
+    if held:
+        taken.update(normalize_transcript(t) for t in texts)
 
     for _ in range(sz.dialogue):
         if rng.random() < 0.3:
@@ -136,10 +148,10 @@ def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, 
 
 
 def build_sft(out_dir: Path, size: str, rng: np.random.Generator, workers: int = 2) -> dict:
-    train_voices, test_voices = voice_split()
-    splits, utts = {}, []
-    for split in ("train", "val"):
-        rows, us = build_split(out_dir, split, size, rng, train_voices, test_voices)
+    voices = voice_split()
+    splits, utts, taken = {}, [], set()
+    for split, pool in (("train", voices.train), ("val", voices.val), ("test", voices.test)):
+        rows, us = build_split(out_dir, split, size, rng, pool, taken)
         splits[split] = rows
         utts += us
     synthesize_all(utts, workers=workers, desc="sft")

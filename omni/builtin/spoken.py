@@ -1,8 +1,10 @@
 """ASR and TTS parts of the built-in dataset: sentences of both layers, spoken, with CSV manifests.
 
 ASR (data/demo/asr): many voices; `train` mixes world and general English about half and half;
-`val_<layer>` = held-out sentences by training voices; `test_<layer>` = other held-out sentences by voices
-never heard in training (a whole espeak accent with all its variants, and one flite voice).
+`val_<layer>` = held-out sentences by training voices; `val_voices_<layer>` = other held-out sentences by
+voices never heard in training nor in the test splits (a few espeak variants, held out in every training
+accent), for choosing configs on; `test_<layer>` = other held-out sentences by voices never heard in training
+(a whole espeak accent with all its variants, and one flite voice), only reported.
 TTS (data/demo/tts): one clean voice (flite slt); `train` is mostly world sentences; held-out splits per layer.
 Manifests: CSV `wav,text,speaker`, wav paths relative to the manifest's folder.
 """
@@ -15,11 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from omni.builtin import sentences
-from omni.builtin.speech import FLITE_VOICES, Utterance, Voice, espeak_accents, espeak_voices, normalize_transcript, \
-    synthesize_all
+from omni.builtin.speech import FLITE_VOICES, Utterance, Voice, espeak_accents, espeak_variants, espeak_voices, \
+    normalize_transcript, synthesize_all
 
 HELD_OUT_ACCENTS = ("en-029",)  # Caribbean English: heard only in the test splits
 HELD_OUT_FLITE = ("rms",)
+# espeak variants (a voice's timbre: pitch, formants, synthesizer) never heard in training in any accent: in
+# the training accents they are the val_voices (espeak-ng 1.51: 6 of 98 variants x 7 accents = 42 of the 686
+# espeak voices; two female, three male, one klatt). They are other voices than the test voices (those speak
+# only the held-out accent, which has these variants too), and easier: their accents are heard in training.
+# val_voices has no flite voice: flite has four 16 kHz voices, three train and `rms` tests; taking another
+# from training would leave it two.
+VAL_VARIANTS = ("Andrea", "female4", "Mario", "male6", "Iven3", "klatt4")
 TTS_VOICE = Voice("flite", "slt")
 
 
@@ -35,16 +44,30 @@ ASR_SIZES = {"small": SpeechSizes(60, 60, 10, 10), "full": SpeechSizes(3200, 320
 TTS_SIZES = {"small": SpeechSizes(30, 10, 4, 4), "full": SpeechSizes(1800, 600, 100, 100)}
 
 
-def voice_split() -> tuple[list[Voice], list[Voice]]:
-    """(training voices, held-out test voices)."""
+@dataclass(frozen=True)
+class VoiceSplit:
+    """Three disjoint sets of voices: `val` (VAL_VARIANTS in the training accents) and `test` (the held-out
+    accents with all their variants, and the held-out flite voices) are never heard in training."""
+    train: list[Voice]
+    val: list[Voice]
+    test: list[Voice]
+
+
+def voice_split() -> VoiceSplit:
     accents = espeak_accents()
     missing = [a for a in HELD_OUT_ACCENTS if a not in accents]
     if missing:
         raise RuntimeError(f"espeak-ng lacks the held-out accent(s) {missing}; it offers {accents}")
-    train = espeak_voices([a for a in accents if a not in HELD_OUT_ACCENTS])
+    variants = espeak_variants()
+    missing = [v for v in VAL_VARIANTS if v not in variants]
+    if missing:
+        raise RuntimeError(f"espeak-ng lacks the held-out variant(s) {missing}; it offers {variants}")
+    seen = espeak_voices([a for a in accents if a not in HELD_OUT_ACCENTS])
+    train = [v for v in seen if v.name.split("+")[1] not in VAL_VARIANTS]
     train += [Voice("flite", v) for v in FLITE_VOICES if v not in HELD_OUT_FLITE]
+    val = [v for v in seen if v.name.split("+")[1] in VAL_VARIANTS]
     test = espeak_voices(list(HELD_OUT_ACCENTS)) + [Voice("flite", v) for v in HELD_OUT_FLITE]
-    return train, test
+    return VoiceSplit(train, val, test)
 
 
 def pick_voice(voices: list[Voice], rng: np.random.Generator, flite_share: float = 0.2) -> Voice:
@@ -89,7 +112,7 @@ def _render_splits(out_dir: Path, splits: dict[str, list[Utterance]], workers: i
 def build_asr(out_dir: Path, size: str, rng: np.random.Generator, workers: int = 2) -> dict:
     sz = ASR_SIZES[size]
     eng = sentences.english_pools()
-    train_voices, test_voices = voice_split()
+    voices = voice_split()
     held_world = sentences.sample_world(sz.val + sz.test, True, rng)
     held_eng = sentences.sample_english(eng, sz.val + sz.test, "held", rng)
     texts = {
@@ -100,12 +123,21 @@ def build_asr(out_dir: Path, size: str, rng: np.random.Generator, workers: int =
     }
     splits = {}
     for name, ts in texts.items():
-        voices = test_voices if name.startswith("test") else train_voices
+        pool = voices.test if name.startswith("test") else voices.train
         if name == "train":
             ts = [ts[i] for i in rng.permutation(len(ts))]  # interleave the layers
-        splits[name] = [utterance(t, pick_voice(voices, rng), out_dir / "wavs" / f"{name}_{i:05d}.wav", rng)
+        splits[name] = [utterance(t, pick_voice(pool, rng), out_dir / "wavs" / f"{name}_{i:05d}.wav", rng)
                         for i, t in enumerate(ts)]
-    return _render_splits(out_dir, splits, workers)
+    # drawn last, so every split above is what it was before val_voices existed; sentences none of them has
+    used = {normalize_transcript(t) for t in held_world + held_eng}
+    later = {"val_voices_world": sentences.sample_world(sz.val, True, rng, exclude=used),
+             "val_voices_english": sentences.sample_english(eng, sz.val, "held", rng, exclude=used)}
+    for name, ts in later.items():
+        splits[name] = [utterance(t, pick_voice(voices.val, rng), out_dir / "wavs" / f"{name}_{i:05d}.wav", rng)
+                        for i, t in enumerate(ts)]
+    order = ["train", "val_world", "val_english", "val_voices_world", "val_voices_english", "test_world",
+             "test_english"]
+    return _render_splits(out_dir, {name: splits[name] for name in order}, workers)
 
 
 def build_tts(out_dir: Path, size: str, rng: np.random.Generator, workers: int = 2) -> dict:

@@ -14,6 +14,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 
+class BadSample(Exception):
+    """Raised by `BatchStream.load` for a sample that cannot be used; its message (naming the file) reaches
+    training.log through the batch's "bad" list, and the sample is skipped and counted."""
+
+
 class BatchStream(IterableDataset):
     def __init__(self, batch_size: int, seed: int = 0, shuffle: bool = True):
         self.batch_size = batch_size
@@ -29,7 +34,7 @@ class BatchStream(IterableDataset):
         raise NotImplementedError
 
     def load(self, index: int, rng: np.random.Generator):
-        """Sample `index`, or None when it is bad (skipped and counted)."""
+        """Sample `index`; raise BadSample (or return None) when it cannot be used: it is skipped and counted."""
         raise NotImplementedError
 
     def collate(self, samples: list) -> dict:
@@ -71,11 +76,22 @@ class BatchStream(IterableDataset):
             if (g - start) % n_workers != worker:
                 continue
             rng = np.random.default_rng([self.seed, self.epoch, g, self.rank])
-            loaded = [self.load(int(i), rng) for i in batches[g][lo:hi]]
-            good = [s for s in loaded if s is not None]
+            good, bad = [], []
+            for i in batches[g][lo:hi]:
+                try:
+                    sample = self.load(int(i), rng)
+                except BadSample as e:
+                    bad.append(str(e))
+                    continue
+                if sample is None:
+                    bad.append(f"sample {int(i)}")
+                else:
+                    good.append(sample)
             batch = self.collate(good) if good else {}
-            batch["n_bad"] = len(loaded) - len(good)
-            batch["n_samples"] = len(loaded)
+            batch["n_bad"] = len(bad)
+            batch["n_samples"] = len(good) + len(bad)
+            if bad:
+                batch["bad"] = bad  # the engine writes them to training.log (a worker cannot)
             yield batch
 
 

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from omni.data.base import BatchStream
-
-BUILD_HINT = "build the built-in images with `python scripts/make_demo_data.py --out data/demo --only images`"
+from omni.data.base import BadSample, BatchStream
+from omni.data.hints import data_hint
 
 
 def read_manifest(path: str | Path) -> list[tuple[Path, str]]:
@@ -28,8 +27,7 @@ def read_manifest(path: str | Path) -> list[tuple[Path, str]]:
     relative to the manifest's folder (SPEC §9). Rows with an empty caption are an error naming the line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"image manifest not found: {path}; {BUILD_HINT}, or convert your own "
-                                f"(scripts/prepare_coco.py)")
+        raise FileNotFoundError(f"image manifest not found: {path}; {data_hint(path, 'images')}")
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -163,10 +161,10 @@ class CaptionedImages(BatchStream):
 
     def load(self, index, rng):
         if self.tokens[index] is None:
-            return None
+            raise BadSample(f"row {index}: caption over the text side's max_len tokens")
         pixels = self.images.get(int(self.image_index[index]))
         if pixels is None:
-            return None
+            raise BadSample(f"row {index}: unreadable image {self.images.paths[int(self.image_index[index])]}")
         img = torch.from_numpy(pixels.astype(np.float32) / 255.0)
         return augment(img, rng, self.augment_cfg), self.tokens[index], int(self.caption_ids[index])
 

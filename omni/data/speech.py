@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +10,8 @@ import torch
 from tqdm import tqdm
 
 from omni.audio import LogMel, MelConfig, audio_info, load_audio, num_frames, pad_frames, resampled_length
-from omni.data.base import LengthBucketed
-
-BUILD_HINT = "build the built-in speech with `python scripts/make_demo_data.py --out data/demo --only asr`"
+from omni.data.base import BadSample, LengthBucketed
+from omni.data.hints import data_hint
 
 
 @dataclass
@@ -28,8 +26,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     """Rows of an ASR/TTS CSV; `wav` paths are resolved against the CSV's folder unless absolute."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"speech manifest not found: {path}; {BUILD_HINT}, or convert a public "
-                                f"dataset (scripts/prepare_librispeech.py)")
+        raise FileNotFoundError(f"speech manifest not found: {path}; {data_hint(path, 'speech')}")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"wav", "text"} - set(reader.fieldnames or [])
@@ -102,18 +99,14 @@ class SpeechBatches(LengthBucketed):
         if self.cache is not None:
             feats = self.cache.get(index)
             if feats is None:
-                print(f"WARNING: skipped {u.wav}: unreadable when the feature cache was built", file=sys.stderr)
-                return None
+                raise BadSample(f"{u.wav}: unreadable when the feature cache was built")
         else:
             try:
                 feats = self.mel(load_audio(u.wav, self.mel.cfg.sample_rate))
             except ValueError as e:
-                print(f"WARNING: skipped {e}", file=sys.stderr)
-                return None
+                raise BadSample(str(e)) from None
         if feats.shape[0] > self.max_frames:  # the header lied; never truncate into a misaligned label
-            print(f"WARNING: skipped {u.wav}: {feats.shape[0]} frames > max_mel_length {self.max_frames}",
-                  file=sys.stderr)
-            return None
+            raise BadSample(f"{u.wav}: {feats.shape[0]} frames > max_mel_length {self.max_frames}")
         if self.augment is not None:
             feats = self.augment(feats, rng)
         return feats, self.labels[index]

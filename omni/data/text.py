@@ -10,17 +10,15 @@ import numpy as np
 import torch
 
 from omni.data.base import BatchStream
+from omni.data.hints import data_hint
 from omni.tokenizer import EOS, Tokenizer
-
-BUILD_HINT = "build the built-in corpus with `python scripts/make_demo_data.py --out data/demo`"
 
 
 def read_documents(path: str | Path) -> list[str]:
     """`.txt`: one document per line; `.jsonl`: one {"text": ...} per line. Empty documents are dropped."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"text corpus not found: {path}; {BUILD_HINT}, or point the config at your own "
-                                f".txt / .jsonl file")
+        raise FileNotFoundError(f"text corpus not found: {path}; {data_hint(path, 'text')}")
     docs = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

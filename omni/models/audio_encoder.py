@@ -121,7 +121,7 @@ class ConvModule(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    def __init__(self, cfg: AudioEncoderConfig, use_flash: bool = True):
+    def __init__(self, cfg: AudioEncoderConfig):
         super().__init__()
         if cfg.vocab_size < 2:
             raise ValueError("AudioEncoderConfig.vocab_size must be set (CTC blank + at least one character)")
@@ -135,7 +135,7 @@ class AudioEncoder(nn.Module):
         else:
             raise ValueError(f"AudioEncoderConfig.frontend must be 'conv1d' or 'conv2d', got {cfg.frontend!r}")
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, use_flash=use_flash)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout)
                                     for _ in range(cfg.n_layers))
         self.convs = nn.ModuleList(ConvModule(cfg.d_model, cfg.conv_kernel, cfg.dropout)
                                    for _ in range(cfg.n_layers if cfg.conv_kernel > 0 else 0))
@@ -169,3 +169,22 @@ class AudioEncoder(nn.Module):
                 x = self.convs[i](x, mask)
         hidden = self.norm(x)
         return {"hidden": hidden, "logits": self.ctc_head(hidden), "lengths": lengths}
+
+
+BLANK = 0  # CTC class 0 (omni.vocab.CharVocab numbers the characters from 1)
+
+
+def ctc_frames_needed(label: list[int]) -> int:
+    """Fewest encoder frames that can emit `label` under CTC: one per character, plus a blank between
+    each pair of equal neighbours ("ll" needs l, blank, l)."""
+    return len(label) + sum(a == b for a, b in zip(label, label[1:]))
+
+
+def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, labels: list[list[int]], reduction: str = "sum"):
+    """CTC negative log-likelihood of `labels` (lists of class ids, no blanks) given logits Tensor[B x T x V]
+    with `lengths` real frames per row; "sum" over utterances, or "mean" per label character."""
+    logp = logits.float().log_softmax(-1).transpose(0, 1)                      # [T x B x V]
+    targets = torch.tensor([c for lab in labels for c in lab], device=logits.device)
+    target_lengths = torch.tensor([len(lab) for lab in labels], device=logits.device)
+    loss = F.ctc_loss(logp, targets, lengths, target_lengths, blank=BLANK, reduction="sum", zero_infinity=True)
+    return loss if reduction == "sum" else loss / target_lengths.sum().clamp_min(1)

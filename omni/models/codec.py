@@ -20,7 +20,18 @@ import torch.distributed as torch_dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from omni.audio import MelConfig
 from omni.models.layers import SeqConv1d
+
+
+@dataclass
+class TalkerFeatures(MelConfig):
+    """The mel front end of speech output, which the codec encodes and decodes: raw log power (the codec
+    normalises per bin itself; Griffin-Lim and the vocoder invert it), 80 bins. (128 bins keep more harmonics,
+    so Griffin-Lim copies of true mels lose less intelligibility, but the codec reconstructs them far worse:
+    MSE 0.088 against 0.052 in one test.)"""
+    n_mels: int = 80
+    normalize: str = "none"
 
 
 @dataclass

@@ -83,7 +83,7 @@ class Attention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, dropout: float = 0.0,
-                 use_flash: bool = True, causal: bool = True, bias: bool = False):
+                 causal: bool = True, bias: bool = False):
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
         assert d_model % n_heads == 0 and n_heads % n_kv_heads == 0, "heads must divide d_model and kv groups"
@@ -92,7 +92,7 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=bias)
         self.out = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
-        self.use_flash = use_flash
+        self.use_flash = True  # SDPA; False = explicit math (the config's use_flash, set by `use_sdpa`)
         self.causal = causal
 
     def forward(self, x, cos=None, sin=None, cache: KVCache | None = None, layer: int = 0,
@@ -134,6 +134,15 @@ class Attention(nn.Module):
                 att = att.masked_fill(~mask, float("-inf"))
             y = F.dropout(att.softmax(-1), p) @ v
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def use_sdpa(model: nn.Module, on: bool = True) -> nn.Module:
+    """Every attention layer of `model` through scaled_dot_product_attention (flash / memory-efficient
+    kernels), or with `on=False` through explicit math (for checking). The config's `use_flash`."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.use_flash = on
+    return model
 
 
 class SwiGLU(nn.Module):
@@ -180,11 +189,10 @@ class EncoderBlock(nn.Module):
     Positions come from the caller (learned or sinusoidal), not RoPE. attn_dropout > 0 on CPU sends SDPA to
     its slow math path, so the audio encoder keeps it at 0 and drops out on the residuals only."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, attn_dropout: float = 0.0,
-                 use_flash: bool = True):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, attn_dropout: float = 0.0):
         super().__init__()
         self.attn_norm = RMSNorm(d_model)
-        self.attn = Attention(d_model, n_heads, dropout=attn_dropout, use_flash=use_flash, causal=False)
+        self.attn = Attention(d_model, n_heads, dropout=attn_dropout, causal=False)
         self.mlp_norm = RMSNorm(d_model)
         self.mlp = SwiGLU(d_model, d_ff)
         self.drop = nn.Dropout(dropout)

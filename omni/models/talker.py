@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omni.models.audio_encoder import padding_mask, sinusoids
-from omni.models.layers import EncoderBlock, KVCache, RMSNorm, SeqConv1d, rope_tables
-from omni.models.thinker import Block, ThinkerConfig, sample_next
+from omni.models.decoder import CausalDecoder, sample_next
+from omni.models.layers import EncoderBlock, KVCache, RMSNorm, SeqConv1d
 
 
 @dataclass
@@ -95,7 +95,7 @@ def durations_to_path(durations: torch.Tensor, frames: int | None = None) -> tor
 
 
 class Talker(nn.Module):
-    def __init__(self, cfg: TalkerConfig, use_flash: bool = True):
+    def __init__(self, cfg: TalkerConfig):
         super().__init__()
         if cfg.vocab_size < 3:
             raise ValueError(f"TalkerConfig.vocab_size must be set (characters + 2), got {cfg.vocab_size}")
@@ -104,7 +104,7 @@ class Talker(nn.Module):
         # text encoder, aligner and duration predictor
         self.text_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
         self.thinker_proj = nn.Linear(cfg.thinker_dim, d) if cfg.thinker_dim > 0 else None
-        self.text_blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout, use_flash=use_flash)
+        self.text_blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout)
                                          for _ in range(cfg.text_layers))
         self.text_norm = RMSNorm(d)
         self.to_mel = nn.Linear(d, cfg.n_mels)
@@ -119,18 +119,11 @@ class Talker(nn.Module):
         self.end_cond = nn.Parameter(torch.randn(d) * 0.02)
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
         self.code_embed = nn.ModuleList(nn.Embedding(cfg.codebook_size, d) for _ in range(K))
-        dec = ThinkerConfig(vocab_size=1, n_layers=cfg.n_layers, d_model=d, n_heads=cfg.n_heads,
-                            n_kv_heads=cfg.n_heads, d_ff=cfg.d_ff, ctx_len=cfg.max_frames + 1,
-                            rope_theta=cfg.rope_theta, dropout=cfg.dropout, use_flash=use_flash)
-        self.dec_cfg = dec
-        self.blocks = nn.ModuleList(Block(dec) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(d)
+        self.decoder = CausalDecoder(cfg.n_layers, d, cfg.n_heads, cfg.n_heads, cfg.d_ff, cfg.max_frames + 1,
+                                     cfg.rope_theta, cfg.dropout)
         self.depth_embed = nn.ModuleList(nn.Embedding(cfg.codebook_size, d) for _ in range(K - 1))
         self.heads = nn.ModuleList(nn.Linear(d, cfg.codebook_size) for _ in range(K))
         self.end_head = nn.Linear(d, 1)
-        cos, sin = rope_tables(d // cfg.n_heads, cfg.max_frames + 1, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
 
     # ---- text side --------------------------------------------------------------------------------
     def encode_text(self, text_ids: torch.Tensor | None, text_lens: torch.Tensor,
@@ -195,16 +188,8 @@ class Talker(nn.Module):
         return sum(self.code_embed[k](codes[..., k]) for k in range(self.cfg.codebooks))
 
     def decode(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        start = cache.pos if cache is not None else 0
-        T = x.shape[1]
-        if start + T > self.cfg.max_frames + 1:
-            raise ValueError(f"{start + T} decoder steps exceed max_frames + 1 = {self.cfg.max_frames + 1}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, cos, sin, cache, i)
-        if cache is not None:
-            cache.pos += T
-        return self.norm(x)
+        """Decoder inputs Tensor[B x S x d] (the next S steps after the cached ones) -> states [B x S x d]."""
+        return self.decoder(x, cache)
 
     def code_logits(self, h: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
         """Teacher-forced logits of every codebook: head j sees h plus the frame's codes 0..j-1."""
@@ -274,8 +259,7 @@ class Talker(nn.Module):
         guard = n_cond + torch.clamp(n_cond // 4, min=8)
         codes = torch.zeros(B, 0, K, dtype=torch.long, device=h.device)
         lengths = torch.full((B,), -1, dtype=torch.long, device=h.device)
-        cache = KVCache(self.cfg.n_layers, B, self.cfg.n_heads, limit + 1, self.cfg.d_model // self.cfg.n_heads,
-                        h.device, h.dtype) if use_cache else None
+        cache = self.decoder.new_cache(B, limit + 1, like=h) if use_cache else None
         for k in range(limit + 1):
             if use_cache:  # one new step: its condition and the codes of the frame before it
                 hk = self.decode(self._decoder_input(cond[:, k:k + 1], n_cond, codes[:, k - 1:k], start=k),

@@ -2,7 +2,8 @@
 
     enc = VisionEncoder(ViTConfig())                 # images: Tensor[B x 3 x S x S] in [0, 1]
     cls, patches = enc(images)                       # Tensor[B x d], Tensor[B x N x d], N = (S / patch)²
-    clip, tok = load_vision("runs/demo/vision/vision.pt")
+    a = load_artifact("runs/demo/vision/vision.pt")  # omni.artifacts: a.model is the ClipModel, a.tokenizer
+    clip = a.model
     clip.encode_image(images), clip.encode_text(ids, mask)   # unit vectors in the shared embed_dim space
 
 The text side is either the frozen Thinker (its hidden states, standardised, SPEC §6's default) or a
@@ -57,7 +58,6 @@ class ClipConfig:
     embed_dim: int = 128                 # the shared space both towers project into
     init_temperature: float = 0.07       # CLIP: logit scale starts at 1/0.07 ...
     max_logit_scale: float = 100.0       # ... and is clamped here, or it runs away and training goes unstable
-    use_flash: bool = True               # SDPA; False = explicit attention (for checking)
 
 
 def _init_weights(module: nn.Module, n_layers: int) -> None:
@@ -70,7 +70,7 @@ def _init_weights(module: nn.Module, n_layers: int) -> None:
 class VisionEncoder(nn.Module):
     """ViT: non-overlapping patches → linear embedding, a CLS token, learned positions, pre-norm blocks."""
 
-    def __init__(self, cfg: ViTConfig, use_flash: bool = True):
+    def __init__(self, cfg: ViTConfig):
         super().__init__()
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
@@ -79,7 +79,7 @@ class VisionEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(3, cfg.d_model, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.n_patches, cfg.d_model))
-        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.dropout, use_flash)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.dropout)
                                     for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
         _init_weights(self, cfg.n_layers)
@@ -110,7 +110,7 @@ class TextTower(nn.Module):
     """Caption tokens → one vector [B x d]: token features (frozen Thinker hidden states, standardised, through
     a linear map; or a trainable embedding plus learned positions) → non-causal blocks → mean over real tokens."""
 
-    def __init__(self, cfg: TextSideConfig, thinker: Thinker | None, use_flash: bool = True):
+    def __init__(self, cfg: TextSideConfig, thinker: Thinker | None):
         super().__init__()
         self.cfg = cfg
         self.thinker = thinker
@@ -128,7 +128,7 @@ class TextTower(nn.Module):
                 raise ValueError("text.vocab_size must be set for the trainable embedding text side")
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_len, cfg.d_model))
-        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, 0.0, 0.0, use_flash)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, 0.0, 0.0)
                                     for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
         for name, p in self.named_parameters():
@@ -180,8 +180,8 @@ class ClipModel(nn.Module):
     def __init__(self, cfg: ClipConfig, thinker: Thinker | None = None):
         super().__init__()
         self.cfg = cfg
-        self.vision = VisionEncoder(cfg.vision, cfg.use_flash)
-        self.text = TextTower(cfg.text, thinker, cfg.use_flash)
+        self.vision = VisionEncoder(cfg.vision)
+        self.text = TextTower(cfg.text, thinker)
         self.image_proj = nn.Linear(cfg.vision.d_model, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(cfg.text.d_model, cfg.embed_dim, bias=False)
         nn.init.normal_(self.image_proj.weight, std=cfg.vision.d_model ** -0.5)
@@ -219,22 +219,3 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torc
     logits = scale * img.float() @ txt.float().t()
     target = torch.arange(len(img), device=img.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-
-
-def load_vision(path, device="cpu"):
-    """(ClipModel, Tokenizer) from a final `vision.pt`; `model.vision` is the image encoder on its own.
-    A missing, corrupt or mismatched file is an error that names it."""
-    from omni.config import from_dict
-    from omni.models.thinker import ThinkerConfig
-    from omni.tokenizer import Tokenizer
-    from omni.train.checkpoint import load_artifact, load_weights
-
-    state = load_artifact(path, "vision", "vision.pt", ("model", "model_config", "tokenizer"))
-    cfg = from_dict(ClipConfig, state["model_config"], where=str(path))
-    thinker = None
-    if state.get("thinker_config") is not None:
-        thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=str(path)))
-    model = ClipModel(cfg, thinker)
-    load_weights(model, state["model"], path)
-    tok = Tokenizer(model_proto=state["tokenizer"].numpy().tobytes())
-    return model.to(device).eval(), tok

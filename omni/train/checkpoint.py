@@ -1,11 +1,11 @@
-"""Atomic checkpoints, newest-valid discovery, pruning, and RNG state capture (SPEC §5).
+"""Step checkpoints: newest-valid discovery, pruning, and RNG state capture (SPEC §5); atomic writes come
+from omni.artifacts.
 
 A step checkpoint is `<name>_step_<N>.pt` and loads with `torch.load(weights_only=True)`: every field is a
 tensor, number, string or container of them (numpy's RNG state is stored as a tensor for that reason).
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -13,25 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def atomic_save(obj, path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves a torn file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from omni.artifacts import atomic_save, read_checkpoint  # noqa: F401  (the engine saves through this module)
 
 
 def step_checkpoints(save_dir: str | Path, name: str) -> list[tuple[int, Path]]:
@@ -45,27 +27,24 @@ def step_checkpoints(save_dir: str | Path, name: str) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint or raise an error that names the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torn, truncated or foreign file
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {type(e).__name__}: {e}") from None
-
-
 def load_newest_valid(save_dir: str | Path, name: str, log=print) -> tuple[dict | None, Path | None]:
-    """The newest checkpoint that loads; unreadable newer ones are reported and passed over."""
-    for step, path in step_checkpoints(save_dir, name):
+    """The newest checkpoint that loads; unreadable newer ones are reported and passed over. (None, None) when
+    there is none; when there are some and none of them loads, an error: starting again at step 0 would
+    silently throw the run away."""
+    found = step_checkpoints(save_dir, name)
+    for step, path in found:
         try:
-            state = load_checkpoint(path)
-            if "model" not in state or "step" not in state:
-                raise RuntimeError(f"checkpoint {path} lacks model/step entries")
+            state = read_checkpoint(path)
+            missing = [k for k in ("model", "step", "optimizers", "schedulers", "rng") if k not in state]
+            if missing:
+                raise RuntimeError(f"checkpoint {path} lacks the entries {missing} (written by another version?)")
             return state, path
         except Exception as e:
             log(f"WARNING: {e}; falling back to an older checkpoint")
+    if found:
+        raise RuntimeError(f"none of the {len(found)} step checkpoints in {save_dir} could be read "
+                           f"({', '.join(p.name for _, p in found)}); move them away to keep them, or rerun "
+                           f"with --fresh to start over")
     return None, None
 
 
@@ -98,22 +77,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_artifact(path: str | Path, kind: str, final_name: str, keys: tuple[str, ...]) -> dict:
-    """A stage's final artifact (e.g. kind "Thinker", final_name "thinker.pt") holding `keys`, or an error
-    naming the file."""
-    state = load_checkpoint(path)
-    for key in keys:
-        if key not in state:
-            raise ValueError(f"{path} is not a {kind} artifact (no '{key}' entry); step checkpoints hold "
-                             f"training state, the final {final_name} is what loads here")
-    return state
-
-
-def load_weights(model: torch.nn.Module, weights: dict, path: str | Path) -> None:
-    """Strict load: weights that do not fit the model rebuilt from the stored config are an error naming the file."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None

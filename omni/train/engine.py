@@ -4,6 +4,12 @@ A stage script defines a `Stage` (model, data, batch → loss, validation metric
 `run(MyStage)`. Everything else lives here, written once: config loading, distributed set-up, AMP and
 compile, AdamW + warmup/cosine, gradient accumulation, clipping, non-finite handling, logging, validation,
 atomic checkpoints, exact resume, and clean exit on Ctrl-C / SIGTERM.
+
+A run goes through named phases (`Trainer._run`): set up, build the model, plan the steps, build the
+optimizers, resume, wrap (compile, DDP), train, finish. A stage trains with one AdamW by default; it can
+declare several (`Stage.optimizers`: a GAN's generator and discriminators, each with its own parameter
+groups, learning rates, schedule and scaler) and say which of them step, in what order, at each step
+(`Stage.steps`); every one is saved in the step checkpoints and resumed exactly.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +34,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from omni.artifacts import FORMAT, check_entries
 from omni.config import ConfigError, TrainConfig, load_config, to_dict
 from omni.data.base import BatchStream, to_device
+from omni.models.layers import use_sdpa
 from omni.train import checkpoint as ckpt
 from omni.train import dist
 from omni.train.log import RunLogger, format_metrics
-from omni.train.optim import build_optimizer, build_scheduler
+from omni.train.optim import OptimizerSpec, build_from_spec, build_scheduler
 
 
 class Stage:
@@ -43,6 +52,8 @@ class Stage:
     unit = "samples"                 # throughput unit, e.g. "tok"
     dynamic_shapes = False           # batches vary in length: torch.compile with dynamic shapes from the start
                                      # (one compile, not a static one and then a dynamic one)
+    unused_parameters = False        # some parameters get no gradient in some batches (SFT rows without audio,
+                                     # a GAN's generator in the discriminator's step): DDP must look for them
 
     def __init__(self, cfg, info: dist.DistInfo, log: RunLogger, fresh: bool = False):
         self.cfg, self.dist, self.log = cfg, info, log
@@ -63,9 +74,24 @@ class Stage:
     def train_data(self) -> BatchStream:
         raise NotImplementedError
 
+    def optimizers(self, model) -> dict[str, OptimizerSpec]:
+        """The optimizers, by name; the first is the primary (its loss and lr are logged as `loss`, `lr`).
+        Default: one AdamW over every trainable parameter at the config's lr."""
+        return {"main": OptimizerSpec([(model, self.cfg.lr)])}
+
+    def steps(self, step: int) -> list[str]:
+        """The optimizers that step at optimizer step `step` (0-based), in order. Default: all, as declared."""
+        return list(self.optimizer_names)
+
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict, float]:
         """(scalar loss, extra metrics as floats or 0-d tensors, throughput units in this batch)."""
         raise NotImplementedError
+
+    def optimizer_loss(self, name: str, model, batch: dict) -> tuple[torch.Tensor, dict, float]:
+        """The loss whose gradient optimizer `name` steps on (every parameter's gradient is zeroed before each
+        optimizer's turn). A stage with one optimizer writes `loss` only. A batch dict is shared by the
+        optimizers of one step, so a stage may leave in it what a later one reuses (a generator's output)."""
+        return self.loss(model, batch)
 
     @torch.no_grad()
     def validate(self, model) -> dict:
@@ -123,6 +149,17 @@ def _worker_init(_):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@dataclass
+class Optim:
+    """One optimizer as the engine runs it: AdamW, its schedule, its fp16 scaler (None under bf16 / fp32), the
+    parameters it clips, and the clipping norm."""
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    params: list
+    max_grad_norm: float
+
+
 class Trainer:
     def __init__(self, stage_cls, argv=None):
         args = parse_args(stage_cls, argv)
@@ -139,8 +176,304 @@ class Trainer:
         self.stage = stage_cls(cfg, self.dist, self.log, fresh=self.fresh)
         self.name = self.stage.name
         self.stop_signal = None
+        self.final_path = self.save_dir / f"{self.name}.pt"
 
-    # ---------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        exit_code = None
+        try:
+            self._run()
+        except SystemExit as e:  # stopped by a signal: let go of _run's frame, and its DDP wrapper, first
+            exit_code = e.code
+        finally:
+            for sig, old in getattr(self, "_old_handlers", {}).items():
+                signal.signal(sig, old)
+            self.log.close()
+            # DDP's reducer holds the process group; free it while the interpreter is alive, or gloo's worker
+            # threads may be torn down during interpreter finalisation (SIGABRT "terminate called without an
+            # active exception" after a finished run, seen once in 2 ranks on CPU)
+            self.fwd_model = None
+            gc.collect()
+            dist.cleanup()
+        if exit_code is not None:
+            sys.exit(exit_code)
+
+    def _run(self) -> None:
+        self._set_up()
+        self._build_model()
+        self._plan()
+        self._build_optimizers()
+        self.step = self._resume()
+        if self._finished() and self.final_path.exists():
+            self.log.info(f"already complete at step {self.step} ({self.final_path}); use --set max_steps=N to "
+                          f"train on or --fresh to start over")
+            return
+        self._wrap_model()
+        self._train()
+        self._finish()
+
+    # --- phases ----------------------------------------------------------------------------------
+    def _set_up(self) -> None:
+        """save_dir, the resolved config.json, TF32, the seeds; the run's first lines in training.log."""
+        cfg, log = self.cfg, self.log
+        if self.dist.is_main:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            (self.save_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        self._seed()
+        log.info(f"=== {self.name}: {' '.join(sys.argv)} | device {self.device} | world {self.dist.world_size}")
+        if cfg.use_amp and cfg.cpu_amp and self.device.type == "cpu":
+            log.info("cpu_amp: bf16 autocast on this CPU" if cpu_has_native_bf16() else
+                     "WARNING: cpu_amp is set but this CPU has no native bf16 (AVX512-BF16 or AMX): training in fp32")
+
+    def _build_model(self) -> None:
+        """The stage's one-time preparation, then its model, from the same RNG state whatever prepare() drew;
+        attention through SDPA unless the config's use_flash is off."""
+        self.stage.prepare()
+        self._seed()
+        self.model = use_sdpa(self.stage.build_model(), self.cfg.use_flash).to(self.device)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.log.info(f"model: {n_params / 1e6:.2f}M parameters" +
+                      (f", {n_train / 1e6:.2f}M trained" if n_train != n_params else "") +
+                      ("" if self.cfg.use_flash else "; explicit attention (use_flash false)"))
+
+    def _plan(self) -> None:
+        """The training stream and the number of optimizer steps."""
+        cfg = self.cfg
+        self.ds = ds = self.stage.train_data()
+        ds.set_distributed(self.dist.rank, self.dist.world_size)
+        self.per_epoch = ds.batches_per_epoch()
+        if self.per_epoch == 0:
+            raise RuntimeError(f"training data has {len(ds)} samples, fewer than one global batch "
+                               f"({ds.global_batch}); lower batch_size or add data")
+        self.total = cfg.max_steps or (cfg.max_epochs * self.per_epoch) // cfg.gradient_accumulation_steps
+        if self.total <= 0:
+            raise ConfigError("set max_steps or max_epochs")
+        self.log.info(f"data: {len(ds)} samples, {self.per_epoch} batches of {ds.global_batch} per epoch; "
+                      f"{self.total} optimizer steps x {cfg.gradient_accumulation_steps} accumulation")
+
+    def _build_optimizers(self) -> None:
+        """The stage's optimizers, each with its schedule and (fp16 only) its gradient scaler."""
+        cfg, device = self.cfg, self.device
+        specs = self.stage.optimizers(self.model)
+        if not specs:
+            raise ValueError(f"stage {self.name} declared no optimizer")
+        fp16 = cfg.use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.optims, seen = {}, set()
+        for name, spec in specs.items():
+            opt = build_from_spec(spec, cfg.wd if spec.wd is None else spec.wd, device, seen)
+            sched = build_scheduler(opt, cfg.warmup_steps if spec.warmup_steps is None else spec.warmup_steps,
+                                    spec.total_steps or self.total,
+                                    cfg.min_lr_ratio if spec.min_lr_ratio is None else spec.min_lr_ratio)
+            clip = cfg.max_grad_norm if spec.max_grad_norm is None else spec.max_grad_norm
+            self.optims[name] = Optim(opt, sched, torch.amp.GradScaler("cuda") if fp16 else None,
+                                      [p for g in opt.param_groups for p in g["params"]], clip)
+        self.primary = next(iter(self.optims))
+        self.stage.optimizer_names = list(self.optims)
+        if len(self.optims) > 1:
+            self.log.info("optimizers: " + ", ".join(
+                f"{n} ({sum(p.numel() for p in o.params) / 1e6:.2f}M)" for n, o in self.optims.items()))
+
+    def _resume(self) -> int:
+        """--fresh clears the folder's step checkpoints; else the newest readable one restores everything."""
+        self.epoch, self.batch_in_epoch, self.samples_seen = 0, 0, 0
+        if self.fresh:
+            if self.dist.is_main:
+                for _, p in ckpt.step_checkpoints(self.save_dir, self.name):
+                    p.unlink()
+                self.log.truncate_metrics_after(-1)
+                self.log.info("--fresh: removed earlier step checkpoints and metrics")
+            dist.barrier(self.dist)
+            return 0
+        state, path = ckpt.load_newest_valid(self.save_dir, self.name, log=self.log.info)
+        if state is None:
+            return 0
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise RuntimeError(f"checkpoint {path} does not match this config's model: {e}\n"
+                               f"use --fresh to start over, or a different save_dir") from None
+        if set(state["optimizers"]) != set(self.optims):
+            raise RuntimeError(f"checkpoint {path} holds optimizers {sorted(state['optimizers'])}, this stage "
+                               f"trains {sorted(self.optims)}; use --fresh to start over")
+        for name, o in self.optims.items():
+            o.opt.load_state_dict(state["optimizers"][name])
+            o.sched.load_state_dict(state["schedulers"][name])
+            if o.scaler is not None and state["scalers"].get(name):
+                o.scaler.load_state_dict(state["scalers"][name])
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.samples_seen = state["samples_seen"]
+        rngs = state["rng"]
+        if state["world_size"] != self.dist.world_size:
+            self.log.info(f"WARNING: checkpoint was written with {state['world_size']} ranks, now "
+                          f"{self.dist.world_size}: batches will differ from an uninterrupted run")
+        ckpt.set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        step = state["step"]
+        self.log.truncate_metrics_after(step)
+        self.log.info(f"resumed from {path.name}: step {step}, epoch {self.epoch}, "
+                      f"batch {self.batch_in_epoch} of the epoch, {self.samples_seen} samples seen")
+        return step
+
+    def _wrap_model(self) -> None:
+        """torch.compile (CUDA) and DDP around the model the stage's loss is called with."""
+        cfg, device = self.cfg, self.device
+        self.fwd_model = self.model
+        if cfg.use_compile and device.type == "cuda":
+            self.fwd_model = torch.compile(self.fwd_model, dynamic=True if self.stage.dynamic_shapes else None)
+            self.log.info("torch.compile on")
+        if self.dist.enabled:
+            self.fwd_model = DDP(self.fwd_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                 find_unused_parameters=self.stage.unused_parameters)
+
+    def _train(self) -> None:
+        """Optimizer steps until max_steps / max_epochs: fetch the step's micro-batches, step each optimizer the
+        stage names, log, validate, checkpoint, and stop cleanly on a signal."""
+        cfg = self.cfg
+        self._install_signals()
+        self.loader = None
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not self.dist.is_main, desc=self.name,
+                        dynamic_ncols=True, mininterval=2.0)
+        self.nonfinite = 0
+        self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time()}
+        self.model.train()
+        while not self._finished():
+            batches, epoch_done = self._fetch()
+            record = {}
+            for i, name in enumerate(self.stage.steps(self.step)):
+                record.update(self._optimizer_step(name, batches, count_units=i == 0))
+            self.step += 1
+            self.bar.update(1)
+            if self.step % cfg.print_freq == 0 or self.step == self.total:
+                self._log_step(record)
+            if self.step % cfg.val_freq == 0 and self.step < self.total:
+                self._validate()
+            saved = self.step % cfg.checkpoint_freq == 0 or epoch_done or self._finished()
+            if saved:
+                self.save_step()
+            if dist.all_reduce_max(float(self.stop_signal is not None), self.dist) > 0:
+                self._stop(saved)
+        self.bar.close()
+
+    def _finish(self) -> None:
+        """Final validation, the ranks' agreement, and the final artifact (with its kind and format)."""
+        self._validate()
+        self._check_ranks_in_sync()
+        if self.dist.is_main:
+            artifact = {"kind": self.name, "format": FORMAT, **self.stage.artifact(self.model)}
+            check_entries(artifact, self.final_path)  # a stage that forgets an entry fails here, not at loading
+            ckpt.atomic_save(artifact, self.final_path)
+            self.log.info(f"wrote {self.final_path}")
+        dist.barrier(self.dist)
+
+    # --- one step --------------------------------------------------------------------------------
+    def _fetch(self) -> tuple[list[dict], bool]:
+        """The step's gradient_accumulation_steps micro-batches on the device (all-bad ones left out), and
+        whether the epoch ended with them."""
+        batches, epoch_done = [], False
+        for _ in range(self.cfg.gradient_accumulation_steps):
+            if self.loader is None:
+                self.loader = self._make_loader(self.ds, self.epoch, self.batch_in_epoch)
+            batch = next(self.loader)
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch == self.per_epoch:  # epoch ends: next batch starts the next pass
+                self.epoch, self.batch_in_epoch, self.loader, epoch_done = self.epoch + 1, 0, None, True
+            n_bad, n_samples = batch.pop("n_bad"), batch.pop("n_samples")
+            self.window["reasons"] += batch.pop("bad", [])
+            self.window["bad"] += n_bad
+            self.window["seen"] += n_samples
+            self.samples_seen += n_samples * self.dist.world_size
+            if not batch:  # every sample of this micro-batch was bad: nothing to learn from
+                if self.dist.enabled:  # the other ranks would wait forever in the gradient all-reduce
+                    raise RuntimeError(f"rank {self.dist.rank}: every sample of a micro-batch was bad "
+                                       f"at epoch {self.epoch}; see the skipped-sample warnings")
+                continue
+            batches.append(to_device(batch, self.device))
+        return batches, epoch_done
+
+    def _optimizer_step(self, name: str, batches: list[dict], count_units: bool) -> dict:
+        """Accumulate optimizer `name`'s loss over the micro-batches, clip, and step it, or skip the step when
+        the loss or gradient is not finite. Returns its log entries."""
+        cfg, o, accum = self.cfg, self.optims[name], self.cfg.gradient_accumulation_steps
+        self.model.zero_grad(set_to_none=True)  # also what another optimizer's loss left on these parameters
+        loss_sum, extra_sum = torch.zeros((), device=self.device), {}
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            no_sync = self.fwd_model.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
+            with no_sync:
+                with autocast_context(self.device, cfg.use_amp, cfg.cpu_amp):
+                    loss, extra, n_units = self.stage.optimizer_loss(name, self.fwd_model, batch)
+                scaled = loss / accum
+                (o.scaler.scale(scaled) if o.scaler else scaled).backward()
+            loss_sum += loss.detach()
+            if count_units:
+                self.window["units"] += float(n_units)
+            for k, v in extra.items():
+                extra_sum[k] = extra_sum.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
+        if o.scaler is not None:
+            o.scaler.unscale_(o.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(o.params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf"))
+        loss_val = loss_sum.item() / accum
+        bad = dist.all_reduce_max(float(not (math.isfinite(loss_val) and torch.isfinite(grad_norm))), self.dist) > 0
+        if bad and o.scaler is None:
+            self.nonfinite += 1
+            self.log.info(f"WARNING: non-finite loss or gradient at step {self.step + 1} ({name}: loss "
+                          f"{loss_val:.4g}, grad norm {float(grad_norm):.4g}); step skipped ({self.nonfinite} in a row)")
+            if self.nonfinite >= cfg.max_nonfinite_steps:
+                raise RuntimeError(f"{self.nonfinite} non-finite steps in a row at step {self.step + 1}: "
+                                   f"lower lr, check the data, or enable clipping")
+        else:
+            self.nonfinite = 0
+            if o.scaler is not None:  # fp16: the scaler skips inf steps and lowers its scale itself
+                o.scaler.step(o.opt)
+                o.scaler.update()
+            else:
+                o.opt.step()
+        o.opt.zero_grad(set_to_none=True)
+        o.sched.step()
+        prefix = "" if name == self.primary else f"{name}/"
+        return {f"{prefix}loss": loss_val, f"{prefix}lr": o.sched.get_last_lr()[0],
+                f"{prefix}grad_norm": float(grad_norm), **{k: float(v) / accum for k, v in extra_sum.items()}}
+
+    def _log_step(self, record: dict) -> None:
+        w = self.window
+        dt = time.time() - w["t"]
+        rate = dist.all_reduce_mean(w["units"] / max(dt, 1e-9), self.dist) * self.dist.world_size
+        rec = {"step": self.step, "epoch": self.epoch, **record, f"{self.stage.unit}/s": rate}
+        if self.device.type == "cuda":  # peak since the start, so a later long batch shows too
+            rec["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.log.info(f"step {self.step}/{self.total} | {format_metrics({k: v for k, v in rec.items() if k != 'step'})}")
+        self.log.metrics(rec)
+        if "loss" in record:
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if w["bad"]:
+            self._report_bad(w["bad"], w["seen"], w["reasons"])
+        self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time()}
+
+    def _report_bad(self, bad: int, seen: int, reasons: list[str]) -> None:
+        """Skipped samples into training.log (the first few by name), and a stop past max_bad_fraction."""
+        for r in reasons[:5]:
+            self.log.info(f"WARNING: skipped {r}")
+        if len(reasons) > 5:
+            self.log.info(f"... and {len(reasons) - 5} more")
+        frac = bad / max(seen, 1)
+        self.log.info(f"skipped {bad} bad samples of {seen} in the last window ({frac:.1%})")
+        if frac > self.cfg.max_bad_fraction:
+            raise RuntimeError(f"{frac:.1%} of samples were bad, over max_bad_fraction "
+                               f"{self.cfg.max_bad_fraction:.1%}; see the warnings above for the files")
+
+    def _stop(self, saved: bool) -> None:
+        if not saved:
+            self.save_step()
+        self.bar.close()
+        sig = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal on another rank"
+        self.log.info(f"stopped by {sig} at step {self.step}; checkpoint saved; rerun the same command to resume")
+        sys.exit(130 if self.stop_signal == signal.SIGINT else 143)
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _finished(self) -> bool:
+        return self.step >= self.total or bool(self.cfg.max_epochs and self.epoch >= self.cfg.max_epochs)
+
     def _seed(self):
         random.seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
@@ -167,75 +500,41 @@ class Trainer:
                                # or a resumed run (which creates one at a different moment) would diverge
                                generator=torch.Generator()))
 
-    def _state(self, step: int) -> dict:
+    def _state(self) -> dict:
         rngs = [ckpt.rng_state()]
         if self.dist.enabled:
             rngs = [None] * self.dist.world_size
             torch_dist.all_gather_object(rngs, ckpt.rng_state())
         return {
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "step": step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "model": self.model.state_dict(),
+            "optimizers": {n: o.opt.state_dict() for n, o in self.optims.items()},
+            "schedulers": {n: o.sched.state_dict() for n, o in self.optims.items()},
+            "scalers": {n: o.scaler.state_dict() if o.scaler is not None else {} for n, o in self.optims.items()},
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "samples_seen": self.samples_seen, "world_size": self.dist.world_size,
             "rng": rngs, "config": to_dict(self.cfg),
         }
 
-    def save_step(self, step: int) -> None:
-        state = self._state(step)  # collective under DDP: every rank takes part
+    def save_step(self) -> None:
+        state = self._state()  # collective under DDP: every rank takes part
         if self.dist.is_main:
-            path = self.save_dir / f"{self.name}_step_{step}.pt"
+            path = self.save_dir / f"{self.name}_step_{self.step}.pt"
             ckpt.atomic_save(state, path)
             ckpt.prune(self.save_dir, self.name, self.cfg.keep_checkpoints)
             self.log.info(f"saved checkpoint {path.name}")
         dist.barrier(self.dist)
 
-    def _resume(self) -> int:
-        if self.fresh:
-            if self.dist.is_main:
-                for _, p in ckpt.step_checkpoints(self.save_dir, self.name):
-                    p.unlink()
-                self.log.truncate_metrics_after(-1)
-                self.log.info("--fresh: removed earlier step checkpoints and metrics")
-            dist.barrier(self.dist)
-            return 0
-        state, path = ckpt.load_newest_valid(self.save_dir, self.name, log=self.log.info)
-        if state is None:
-            return 0
-        try:
-            self.raw_model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise RuntimeError(f"checkpoint {path} does not match this config's model: {e}\n"
-                               f"use --fresh to start over, or a different save_dir") from None
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self.samples_seen = state["samples_seen"]
-        rngs = state["rng"]
-        if state["world_size"] != self.dist.world_size:
-            self.log.info(f"WARNING: checkpoint was written with {state['world_size']} ranks, now "
-                          f"{self.dist.world_size}: batches will differ from an uninterrupted run")
-        ckpt.set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
-        step = state["step"]
-        self.log.truncate_metrics_after(step)
-        self.log.info(f"resumed from {path.name}: step {step}, epoch {self.epoch}, "
-                      f"batch {self.batch_in_epoch} of the epoch, {self.samples_seen} samples seen")
-        return step
-
-    def _validate(self, step: int) -> dict:
+    def _validate(self) -> dict:
         metrics = {}
         if self.dist.is_main:
-            self.raw_model.eval()
+            self.model.eval()
             t0 = time.time()
             with preserved_rng(), torch.no_grad(), autocast_context(self.device, self.cfg.use_amp):
-                metrics = self.stage.validate(self.raw_model)
-            self.raw_model.train()
+                metrics = self.stage.validate(self.model)
+            self.model.train()
             if metrics:
-                self.log.info(f"val step {step} | {format_metrics(metrics)} | {time.time() - t0:.1f}s")
-                self.log.metrics({"step": step, "split": "val", **metrics})
+                self.log.info(f"val step {self.step} | {format_metrics(metrics)} | {time.time() - t0:.1f}s")
+                self.log.metrics({"step": self.step, "split": "val", **metrics})
         dist.barrier(self.dist)
         return metrics
 
@@ -244,194 +543,13 @@ class Trainer:
         if not self.dist.enabled:
             return
         h = hashlib.sha256()
-        for t in self.raw_model.state_dict().values():
+        for t in self.model.state_dict().values():
             h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())  # 0-d too
         digests = [None] * self.dist.world_size
         torch_dist.all_gather_object(digests, h.hexdigest())
         if len(set(digests)) != 1:
             raise RuntimeError(f"ranks ended with different weights: {digests}")
         self.log.info(f"weights identical across {self.dist.world_size} ranks (sha256 {digests[0][:16]})")
-
-    # ---------------------------------------------------------------------------------------------
-    def run(self) -> None:
-        exit_code = None
-        try:
-            self._run()
-        except SystemExit as e:  # stopped by a signal: let go of _run's frame, and its DDP wrapper, first
-            exit_code = e.code
-        finally:
-            for sig, old in getattr(self, "_old_handlers", {}).items():
-                signal.signal(sig, old)
-            self.log.close()
-            # DDP's reducer holds the process group; free it while the interpreter is alive, or gloo's worker
-            # threads may be torn down during interpreter finalisation (SIGABRT "terminate called without an
-            # active exception" after a finished run, seen once in 2 ranks on CPU)
-            gc.collect()
-            dist.cleanup()
-        if exit_code is not None:
-            sys.exit(exit_code)
-
-    def _run(self) -> None:
-        cfg, log, device = self.cfg, self.log, self.device
-        if self.dist.is_main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            (self.save_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        self._seed()
-        log.info(f"=== {self.name}: {' '.join(sys.argv)} | device {device} | world {self.dist.world_size}")
-        if cfg.use_amp and cfg.cpu_amp and device.type == "cpu":
-            log.info("cpu_amp: bf16 autocast on this CPU" if cpu_has_native_bf16() else
-                     "WARNING: cpu_amp is set but this CPU has no native bf16 (AVX512-BF16 or AMX): training in fp32")
-        self.stage.prepare()
-        self._seed()  # whatever prepare() drew, the model starts from the same RNG state
-        model = self.stage.build_model().to(device)
-        self.raw_model = model
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info(f"model: {n_params / 1e6:.2f}M parameters")
-        ds = self.stage.train_data()
-        ds.set_distributed(self.dist.rank, self.dist.world_size)
-        accum = cfg.gradient_accumulation_steps
-        per_epoch = ds.batches_per_epoch()
-        if per_epoch == 0:
-            raise RuntimeError(f"training data has {len(ds)} samples, fewer than one global batch "
-                               f"({ds.global_batch}); lower batch_size or add data")
-        total = cfg.max_steps or (cfg.max_epochs * per_epoch) // accum
-        if total <= 0:
-            raise ConfigError("set max_steps or max_epochs")
-        log.info(f"data: {len(ds)} samples, {per_epoch} batches of {ds.global_batch} per epoch; "
-                 f"{total} optimizer steps x {accum} accumulation")
-
-        self.opt = build_optimizer(model, cfg.lr, cfg.wd, device)
-        self.sched = build_scheduler(self.opt, cfg.warmup_steps, total, cfg.min_lr_ratio)
-        amp_on = cfg.use_amp and device.type == "cuda"
-        fp16 = amp_on and not torch.cuda.is_bf16_supported()
-        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
-        self.epoch, self.batch_in_epoch, self.samples_seen = 0, 0, 0
-        step = self._resume()
-
-        final_path = self.save_dir / f"{self.name}.pt"
-        finished = lambda: step >= total or (cfg.max_epochs and self.epoch >= cfg.max_epochs)
-        if finished() and final_path.exists():
-            log.info(f"already complete at step {step} ({final_path}); use --set max_steps=N to train on "
-                     f"or --fresh to start over")
-            return
-
-        fwd_model = model
-        if cfg.use_compile and device.type == "cuda":
-            fwd_model = torch.compile(fwd_model, dynamic=True if self.stage.dynamic_shapes else None)
-            log.info("torch.compile on")
-        if self.dist.enabled:
-            fwd_model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
-
-        self._install_signals()
-        loader = None
-        bar = tqdm(total=total, initial=step, disable=not self.dist.is_main, desc=self.name,
-                   dynamic_ncols=True, mininterval=2.0)
-        nonfinite, units, bad, seen_in_window = 0, 0.0, 0, 0
-        t_window = time.time()
-        model.train()
-        while not finished():
-            epoch_done = False
-            loss_sum, extra_sum = torch.zeros((), device=device), {}
-            for micro in range(accum):
-                if loader is None:
-                    loader = self._make_loader(ds, self.epoch, self.batch_in_epoch)
-                batch = next(loader)
-                self.batch_in_epoch += 1
-                if self.batch_in_epoch == per_epoch:  # epoch ends: next batch starts the next pass
-                    self.epoch, self.batch_in_epoch, loader, epoch_done = self.epoch + 1, 0, None, True
-                n_bad, n_samples = batch.pop("n_bad"), batch.pop("n_samples")
-                bad += n_bad
-                seen_in_window += n_samples
-                self.samples_seen += n_samples * self.dist.world_size
-                if not batch:  # every sample of this micro-batch was bad: nothing to learn from
-                    if self.dist.enabled:  # the other ranks would wait forever in the gradient all-reduce
-                        raise RuntimeError(f"rank {self.dist.rank}: every sample of a micro-batch was bad "
-                                           f"at epoch {self.epoch}; see the skipped-sample warnings")
-                    continue
-                batch = to_device(batch, device)
-                sync = micro == accum - 1
-                no_sync = fwd_model.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
-                with no_sync:
-                    with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
-                        loss, extra, n_units = self.stage.loss(fwd_model, batch)
-                    scaled = loss / accum
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                loss_sum += loss.detach()
-                units += float(n_units)
-                for k, v in extra.items():
-                    extra_sum[k] = extra_sum.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)
-
-            if self.scaler is not None:
-                self.scaler.unscale_(self.opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-            loss_val = loss_sum.item() / accum
-            bad_step = dist.all_reduce_max(float(not (math.isfinite(loss_val) and torch.isfinite(grad_norm))),
-                                           self.dist) > 0
-            if bad_step and self.scaler is None:
-                nonfinite += 1
-                log.info(f"WARNING: non-finite loss or gradient at step {step + 1} (loss {loss_val:.4g}, "
-                         f"grad norm {float(grad_norm):.4g}); step skipped ({nonfinite} in a row)")
-                if nonfinite >= cfg.max_nonfinite_steps:
-                    raise RuntimeError(f"{nonfinite} non-finite steps in a row at step {step + 1}: "
-                                       f"lower lr, check the data, or enable clipping")
-            else:
-                nonfinite = 0
-                if self.scaler is not None:  # fp16: the scaler skips inf steps and lowers its scale itself
-                    self.scaler.step(self.opt)
-                    self.scaler.update()
-                else:
-                    self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.sched.step()
-            step += 1
-            bar.update(1)
-
-            if step % cfg.print_freq == 0 or step == total:
-                dt = time.time() - t_window
-                rate = dist.all_reduce_mean(units / max(dt, 1e-9), self.dist) * self.dist.world_size
-                rec = {"step": step, "epoch": self.epoch, "loss": loss_val,
-                       "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       f"{self.stage.unit}/s": rate}
-                rec.update({k: float(v) / accum for k, v in extra_sum.items()})
-                if device.type == "cuda":  # peak since the start, so a later long batch shows too
-                    rec["mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                log.info(f"step {step}/{total} | {format_metrics({k: v for k, v in rec.items() if k != 'step'})}")
-                log.metrics(rec)
-                bar.set_postfix(loss=f"{loss_val:.3f}")
-                if bad:
-                    self._report_bad(bad, seen_in_window)
-                units, bad, seen_in_window, t_window = 0.0, 0, 0, time.time()
-
-            if step % cfg.val_freq == 0 and step < total:
-                self._validate(step)
-            saved = step % cfg.checkpoint_freq == 0 or epoch_done or finished()
-            if saved:
-                self.save_step(step)
-            if dist.all_reduce_max(float(self.stop_signal is not None), self.dist) > 0:
-                if not saved:
-                    self.save_step(step)
-                bar.close()
-                sig = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal on another rank"
-                log.info(f"stopped by {sig} at step {step}; checkpoint saved; rerun the same command to resume")
-                sys.exit(130 if self.stop_signal == signal.SIGINT else 143)
-        bar.close()
-
-        self._validate(step)
-        self._check_ranks_in_sync()
-        if self.dist.is_main:
-            ckpt.atomic_save(self.stage.artifact(model), final_path)
-            log.info(f"wrote {final_path}")
-        dist.barrier(self.dist)
-
-    def _report_bad(self, bad: int, seen: int) -> None:
-        frac = bad / max(seen, 1)
-        self.log.info(f"skipped {bad} bad samples of {seen} in the last window ({frac:.1%})")
-        if frac > self.cfg.max_bad_fraction:
-            raise RuntimeError(f"{frac:.1%} of samples were bad, over max_bad_fraction "
-                               f"{self.cfg.max_bad_fraction:.1%}; see the warnings above for the files")
 
 
 def run(stage_cls, argv=None) -> None:

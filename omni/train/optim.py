@@ -1,33 +1,63 @@
-"""AdamW with parameter groups and the warmup + cosine schedule."""
+"""AdamW with parameter groups, the warmup + cosine schedule, and `OptimizerSpec`, the way a stage declares
+each of its optimizers (one for most stages; a GAN's generator and discriminators; SFT's projectors at their
+own learning rate beside the backbone)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 
-def param_groups(model: torch.nn.Module, wd: float) -> list[dict]:
+@dataclass
+class OptimizerSpec:
+    """One optimizer of a stage. `params`: (module, learning rate) pairs, each module's trainable parameters a
+    parameter group at its own rate (a parameter may appear under one module only). Unset fields take the
+    config's value (warmup_steps, min_lr_ratio, max_grad_norm, wd) or the run's optimizer steps (total_steps)."""
+    params: list[tuple[torch.nn.Module, float]]
+    warmup_steps: int | None = None
+    total_steps: int | None = None
+    min_lr_ratio: float | None = None
+    max_grad_norm: float | None = None
+    wd: float | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+def param_groups(model: torch.nn.Module, wd: float, lr: float | None = None, seen: set | None = None) -> list[dict]:
     """Decay only matrices of Linear/Conv layers. Biases, norms, embeddings and temperatures
-    (anything 0/1-D, or registered under an Embedding) are not regularised toward zero."""
+    (anything 0/1-D, or registered under an Embedding) are not regularised toward zero. Frozen parameters
+    are left out; `seen` (ids) guards against a parameter in two groups."""
     no_decay_ids = set()
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
     decay, no_decay = [], []
+    seen = set() if seen is None else seen
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        if id(p) in seen:
+            raise ValueError(f"parameter {name} is in two parameter groups of one optimizer or in two optimizers")
+        seen.add(id(p))
         if p.ndim < 2 or id(p) in no_decay_ids or "temperature" in name or "logit_scale" in name:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {} if lr is None else {"lr": lr}
+    return [g for g in ({"params": decay, "weight_decay": wd, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra})
+            if g["params"]]
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, wd: float, device: torch.device,
                     betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(param_groups(model, wd), lr=lr, betas=betas, fused=fused)
+    return torch.optim.AdamW(param_groups(model, wd), lr=lr, betas=betas, fused=device.type == "cuda")
+
+
+def build_from_spec(spec: OptimizerSpec, wd: float, device: torch.device, seen: set) -> torch.optim.AdamW:
+    groups = [g for module, lr in spec.params for g in param_groups(module, wd, lr, seen)]
+    if not groups:
+        raise ValueError("an optimizer was declared over modules with no trainable parameters")
+    return torch.optim.AdamW(groups, lr=spec.params[0][1], betas=spec.betas, fused=device.type == "cuda")
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):

@@ -1,0 +1,183 @@
+"""Final artifacts: the file a stage writes when it finishes, and the one loader that turns any of them into a
+ready model (SPEC §2, §6).
+
+An artifact is a dict saved with torch.save that loads with `weights_only=True`:
+    {"kind": "thinker", "format": 1, "model": state_dict, "model_config": {...}, "config": {...}, ...}
+`kind` names what it holds (the stage's name, which is also its file's stem: thinker.pt, audio_enc.pt,
+vision.pt, rvq_codec.pt, talker.pt) and `format` the layout of this file. `KINDS` lists, per kind, the entries
+it must hold and how it becomes a model. Loading is strict: an unknown kind or format, a missing entry or
+weights that do not fit the stored config is an error naming the file, never a silently random model.
+
+    a = load_artifact("runs/demo/thinker/thinker.pt")            # any kind; kind="thinker" to insist
+    a.model, a.tokenizer                                          # Thinker in eval mode, its Tokenizer
+
+Nothing here imports the training engine: inference, export and chat load through this module alone.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from omni.config import from_dict
+
+FORMAT = 1  # layout of every artifact written by this code; bump when an entry changes meaning
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint or artifact file as a dict, or an error that names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torn, truncated or foreign file
+        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict):
+        raise RuntimeError(f"checkpoint {path} holds a {type(state).__name__}, not a μOmni checkpoint")
+    return state
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: its model (on the requested device, in eval mode) and what using it needs."""
+    kind: str
+    path: Path
+    model: torch.nn.Module
+    config: dict = field(repr=False)   # the training config it was written with
+    tokenizer: object = None           # thinker, vision: omni.tokenizer.Tokenizer
+    vocab: object = None               # audio_enc: CharVocab; talker: TextVocab
+    features: object = None            # audio_enc, rvq_codec, talker: the MelConfig of their input / output
+
+
+@dataclass
+class Kind:
+    """One kind of artifact: its final file name, the entries beyond COMMON it must hold, and `build(state,
+    where) -> (model, extras)`, which makes the model (weights not yet loaded) and the Artifact's other fields."""
+    filename: str
+    entries: tuple[str, ...]
+    build: Callable
+
+
+COMMON = ("kind", "format", "model", "model_config", "config")
+
+
+def _tokenizer(state):
+    from omni.tokenizer import Tokenizer
+    return Tokenizer(model_proto=state["tokenizer"].numpy().tobytes())
+
+
+def _mel(state, where):
+    from omni.audio import MelConfig
+    return from_dict(MelConfig, state["features"], where=where)
+
+
+def _thinker(state, where):
+    from omni.models.thinker import Thinker, ThinkerConfig
+    return Thinker(from_dict(ThinkerConfig, state["model_config"], where=where)), {"tokenizer": _tokenizer(state)}
+
+
+def _audio_enc(state, where):
+    from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+    from omni.vocab import CharVocab
+    model = AudioEncoder(from_dict(AudioEncoderConfig, state["model_config"], where=where))
+    return model, {"vocab": CharVocab(state["vocab"]), "features": _mel(state, where)}
+
+
+def _vision(state, where):
+    from omni.models.thinker import Thinker, ThinkerConfig
+    from omni.models.vision import ClipConfig, ClipModel
+    thinker = None
+    if state["thinker_config"] is not None:  # the frozen Thinker of the text side, saved inside the weights
+        thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=where))
+    model = ClipModel(from_dict(ClipConfig, state["model_config"], where=where), thinker)
+    return model, {"tokenizer": _tokenizer(state)}
+
+
+def _codec(state, where):
+    from omni.models.codec import CodecConfig, MelCodec
+    return MelCodec(from_dict(CodecConfig, state["model_config"], where=where)), {"features": _mel(state, where)}
+
+
+def _talker(state, where):
+    from omni.models.talker import Talker, TalkerConfig
+    from omni.vocab import TextVocab
+    model = Talker(from_dict(TalkerConfig, state["model_config"], where=where))
+    return model, {"vocab": TextVocab(state["vocab"]), "features": _mel(state, where)}
+
+
+KINDS: dict[str, Kind] = {
+    "thinker": Kind("thinker.pt", ("tokenizer",), _thinker),
+    "audio_enc": Kind("audio_enc.pt", ("vocab", "features"), _audio_enc),
+    "vision": Kind("vision.pt", ("thinker_config", "tokenizer"), _vision),
+    "rvq_codec": Kind("rvq_codec.pt", ("features",), _codec),
+    "talker": Kind("talker.pt", ("vocab", "features"), _talker),
+}
+
+
+def check_entries(state: dict, path: str | Path) -> Kind:
+    """The Kind of an artifact dict, or an error naming the file and what is wrong with it."""
+    if "optimizer" in state or "optimizers" in state:
+        raise ValueError(f"{path} is a step checkpoint (training state), not a final artifact; the stage writes "
+                         f"its final artifact ({', '.join(k.filename for k in KINDS.values())}) when it "
+                         f"finishes, and that is what loads here")
+    if "kind" not in state:
+        raise ValueError(f"{path} has no 'kind' entry: not a μOmni artifact of format {FORMAT} (artifacts "
+                         f"written before kinds existed must be trained again: rerun the stage with --fresh)")
+    kind = KINDS.get(state["kind"])
+    if kind is None:
+        raise ValueError(f"{path}: unknown artifact kind {state['kind']!r}; this code loads {', '.join(KINDS)}")
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path}: artifact format {state.get('format')!r}, but this code reads format {FORMAT}; "
+                         f"use the μOmni version that wrote it, or train the stage again")
+    missing = [k for k in COMMON + kind.entries if k not in state]
+    if missing:
+        raise ValueError(f"{path}: {state['kind']} artifact lacks the entries {missing}")
+    return kind
+
+
+def load_artifact(path: str | Path, kind: str | None = None, device="cpu") -> Artifact:
+    """Any final artifact as a ready model in eval mode on `device`. `kind` insists on one kind (an artifact
+    of another kind is an error naming the file)."""
+    path = Path(path)
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}; known: {', '.join(KINDS)}")
+    if kind is not None and path.is_dir():
+        path = path / KINDS[kind].filename
+    state = read_checkpoint(path)
+    spec = check_entries(state, path)
+    if kind is not None and state["kind"] != kind:
+        raise ValueError(f"{path} is a {state['kind']} artifact, but a {kind} ({KINDS[kind].filename}) is "
+                         f"needed here")
+    try:
+        model, extras = spec.build(state, str(path))
+    except ValueError as e:  # a stored config this code does not know (ConfigError), a broken vocabulary
+        raise ValueError(f"{path}: cannot rebuild its {state['kind']} model: {e}") from None
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None
+    return Artifact(state["kind"], path, model.to(device).eval(), state["config"], **extras)

@@ -1,0 +1,46 @@
+"""Text generation with the Thinker: KV-cached sampling from token ids or from input embeddings.
+
+    out = generate(thinker, ids, max_new_tokens=64, temperature=0.8, top_k=50, eos_id=tok.eos_id)
+    new = generate(thinker, inputs_embeds=embeds, max_new_tokens=64, eos_id=tok.eos_id)   # SFT, chat
+
+Embeddings are how SFT and chat prompt the Thinker with images and speech: the prompt's token embeddings
+with projected media embeddings spliced in; they are prefilled in one forward, then tokens follow.
+"""
+from __future__ import annotations
+
+import torch
+
+from omni.models.decoder import sample_next
+from omni.models.thinker import Thinker
+
+
+@torch.no_grad()
+def generate(model: Thinker, prompt: torch.Tensor | None = None, max_new_tokens: int = 64,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+             use_cache: bool = True, generator: torch.Generator | None = None,
+             inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """prompt: Long[B x T] → Long[B x T'] (the prompt followed by the new tokens); or inputs_embeds:
+    Tensor[B x T x d_model] → Long[B x N] (the new tokens only). Stops when every row has emitted eos_id
+    (rows that finished early are padded with eos_id) or at max_new_tokens / ctx_len. Rows of a batch share
+    one prompt length (no padding inside a prompt)."""
+    if (prompt is None) == (inputs_embeds is None):
+        raise ValueError("give exactly one of prompt (token ids) and inputs_embeds")
+    x = model.embed(prompt) if inputs_embeds is None else inputs_embeds
+    B, T = x.shape[:2]
+    limit = min(max_new_tokens, model.cfg.ctx_len - T)
+    cache = model.new_cache(B, T + limit) if use_cache else None
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    new = torch.zeros(B, 0, dtype=torch.long, device=x.device)
+    step_input = x
+    for _ in range(limit):
+        logits = model(inputs_embeds=step_input, cache=cache)["logits"][:, -1]
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            done |= nxt == eos_id
+        new = torch.cat([new, nxt[:, None]], dim=1)
+        emb = model.embed(nxt[:, None]).to(x.dtype)
+        step_input = emb if use_cache else torch.cat([step_input, emb], dim=1)
+        if eos_id is not None and bool(done.all()):
+            break
+    return new if prompt is None else torch.cat([prompt, new], dim=1)

@@ -1,0 +1,121 @@
+"""Speech output: text -> Talker codes -> codec mel -> waveform (Griffin-Lim, or a trained vocoder later).
+
+    python -m omni.tts --ckpt_dir runs/demo/talker --text "the red circle is on the left" --out x.wav
+    python -m omni.tts --ckpt_dir runs/demo/talker --texts lines.txt --out_dir wavs/
+
+`load_speaker(dir)` reads `talker.pt` and `rvq_codec.pt` from one folder (what train_talker.py writes) and
+returns a `Speaker`; infer_chat and the evaluation use the same object. A missing or mismatched file is an
+error naming it; a failure never produces placeholder audio.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+from omni.artifacts import load_artifact
+from omni.audio import GriffinLim, MelConfig
+from omni.data.tts import pad_ids
+from omni.models.codec import MelCodec
+from omni.models.talker import Talker
+from omni.vocab import TextVocab
+
+
+@dataclass
+class Speaker:
+    talker: Talker
+    codec: MelCodec
+    vocab: TextVocab
+    features: MelConfig
+    device: torch.device
+
+    @property
+    def sample_rate(self) -> int:
+        return self.features.sample_rate
+
+    @torch.no_grad()
+    def speak_codes(self, texts: list[str], temperature: float = 0.0, top_k: int = 20, batch_size: int = 16,
+                    seed: int = 0) -> list[torch.Tensor]:
+        """Code frames Long[N_i x K] for each text (generated in batches of similar length)."""
+        ids = [self.vocab.encode(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out: list = [None] * len(texts)
+        for s in range(0, len(order), batch_size):
+            part = order[s:s + batch_size]
+            x, lens = pad_ids([ids[i] for i in part])
+            codes, lengths = self.talker.generate(x.to(self.device), lens.to(self.device), temperature=temperature,
+                                                  top_k=top_k, generator=gen)
+            for j, i in enumerate(part):
+                out[i] = codes[j, :int(lengths[j])].cpu()
+        return out
+
+    @torch.no_grad()
+    def codes_to_logmel(self, codes: torch.Tensor) -> torch.Tensor:
+        """Long[N x K] -> raw log-mel Tensor[N*block x n_mels]."""
+        if codes.shape[0] == 0:
+            raise RuntimeError("the Talker produced no speech frames (it stopped at once)")
+        return self.codec.denormalize(self.codec.decode(codes[None].to(self.device)))[0].cpu()
+
+    def speak(self, texts: list[str], **kw) -> list[torch.Tensor]:
+        """Waveforms Tensor[T] at self.sample_rate, one per text."""
+        gl = GriffinLim(self.features)
+        return [gl(self.codes_to_logmel(c)) for c in self.speak_codes(texts, **kw)]
+
+
+def load_speaker(ckpt_dir, device="cpu") -> Speaker:
+    """The Speaker from train_talker.py's folder: talker.pt and rvq_codec.pt, which must fit each other."""
+    d = Path(ckpt_dir)
+    talker = load_artifact(d / "talker.pt", "talker", device)
+    codec = load_artifact(d / "rvq_codec.pt", "rvq_codec", device)
+    tc, cc = talker.model.cfg, codec.model.cfg
+    if (tc.codebooks, tc.codebook_size, tc.n_mels, tc.block) != (cc.codebooks, cc.codebook_size, cc.n_mels, cc.block):
+        raise ValueError(f"{talker.path} was trained for {tc.codebooks} x {tc.codebook_size} codes of {tc.block} x "
+                         f"{tc.n_mels} mel frames, but {codec.path} has {cc.codebooks} x "
+                         f"{cc.codebook_size} of {cc.block} x {cc.n_mels}")
+    return Speaker(talker.model, codec.model, talker.vocab, codec.features, torch.device(device))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Speak text with a trained Talker (train_talker.py's folder).")
+    p.add_argument("--ckpt_dir", required=True, help="folder holding talker.pt and rvq_codec.pt")
+    p.add_argument("--text", help="one sentence to speak")
+    p.add_argument("--out", help="output WAV for --text")
+    p.add_argument("--texts", help="a file of sentences, one per line")
+    p.add_argument("--out_dir", help="output folder for --texts (0000.wav, 0001.wav, ...)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy, the most intelligible; higher samples more varied speech")
+    p.add_argument("--top_k", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if bool(args.text) == bool(args.texts):
+        p.error("give --text (with --out) or --texts (with --out_dir)")
+    if args.text:
+        if not args.out:
+            p.error("--text needs --out")
+        texts, outs = [args.text], [Path(args.out)]
+    else:
+        if not args.out_dir:
+            p.error("--texts needs --out_dir")
+        texts = [line.strip() for line in Path(args.texts).read_text(encoding="utf-8").splitlines() if line.strip()]
+        outs = [Path(args.out_dir) / f"{i:04d}.wav" for i in range(len(texts))]
+    try:
+        speaker = load_speaker(args.ckpt_dir, args.device)
+        wavs = speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for text, out, wav in zip(texts, outs, wavs):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(out), wav.numpy(), speaker.sample_rate)
+        print(f"{out}\t{wav.numel() / speaker.sample_rate:.2f}s\t{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Character vocabularies stored in the speech artifacts: the audio encoder's CTC classes and the Talker's
+input characters."""
+from __future__ import annotations
+
+from omni.builtin.speech import normalize_transcript
+from omni.models.talker import PAD, SIL  # noqa: F401  (the Talker's reserved ids)
+
+BLANK = 0  # CTC blank
+
+
+class CharVocab:
+    """CTC classes: 0 is the blank, 1..n the characters of the training transcripts in sorted order."""
+
+    def __init__(self, chars: str):
+        if len(set(chars)) != len(chars):
+            raise ValueError("vocabulary characters must be distinct")
+        self.chars = chars
+        self.index = {c: i + 1 for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_texts(cls, texts) -> "CharVocab":
+        return cls("".join(sorted(set("".join(texts)))))
+
+    def __len__(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> list[int]:
+        """Characters outside the vocabulary are dropped (they cannot be predicted anyway)."""
+        return [self.index[c] for c in text if c in self.index]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i - 1] for i in ids if 0 < i <= len(self.chars))
+
+
+class TextVocab:
+    """The Talker's characters (of the normalised training transcripts); ids 0 and 1 are padding and the
+    silence that opens and closes every utterance."""
+
+    def __init__(self, chars: str):
+        self.chars = chars
+        self.index = {c: i + 2 for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_texts(cls, texts) -> "TextVocab":
+        return cls("".join(sorted({c for t in texts for c in normalize_transcript(t)})))
+
+    def __len__(self) -> int:
+        return len(self.chars) + 2
+
+    def unknown(self, text: str) -> str:
+        return "".join(sorted({c for c in normalize_transcript(text) if c not in self.index}))
+
+    def encode(self, text: str) -> list[int]:
+        """[SIL] + characters + [SIL]; a character the Talker never saw is an error naming it."""
+        bad = self.unknown(text)
+        if bad:
+            raise ValueError(f"cannot speak {bad!r} in {text!r}: the Talker knows only {self.chars!r}")
+        return [SIL] + [self.index[c] for c in normalize_transcript(text)] + [SIL]
