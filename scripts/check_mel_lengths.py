@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from omni.asr import CharVocab, ctc_frames_needed  # noqa: E402
+from omni.vocab import CharVocab  # noqa: E402
 from omni.audio import MelConfig  # noqa: E402
 from omni.data.speech import measure, read_manifest  # noqa: E402
-from omni.models.audio_encoder import encoder_frames  # noqa: E402
+from omni.models.audio_encoder import ctc_frames_needed, encoder_frames  # noqa: E402
 
 
 STAGES = {"audio_enc": "train_audio_enc.py", "talker": "train_talker.py"}

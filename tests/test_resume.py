@@ -98,3 +98,14 @@ def test_gradient_accumulation_matches_larger_batch(text_data, tmp_path):
     assert len(runs["accum"]) == 8
     assert runs["accum"] == pytest.approx(runs["big"], rel=1e-5, abs=1e-6)
     assert runs["accum"][-1] < runs["accum"][0]  # and it learns
+
+
+def test_assert_same_weights_names_the_first_difference():
+    a = {"w": torch.ones(3), "b": torch.zeros(2), "n": torch.tensor(4)}
+    assert_same_weights(a, {k: v.clone() for k, v in a.items()})
+    with pytest.raises(AssertionError, match=r"differ in b \(largest difference 0.5\)"):
+        assert_same_weights(a, {**a, "b": torch.tensor([0.0, 0.5])})
+    with pytest.raises(AssertionError, match="differ in w: .*torch.float32 vs .*torch.float64"):
+        assert_same_weights(a, {**a, "w": torch.ones(3, dtype=torch.float64)})
+    with pytest.raises(AssertionError, match=r"keys differ: only in the first \['n'\], only in the second \[\]"):
+        assert_same_weights(a, {"w": a["w"], "b": a["b"]})

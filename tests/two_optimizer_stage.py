@@ -62,6 +62,7 @@ class Points(BatchStream):
 class ToyStage(Stage):
     name = "toy"
     config_cls = ToyConfig
+    unused_parameters = True  # the critic's step leaves the generator without gradients (DDP must know)
 
     def build_model(self):
         return Toy()
