@@ -267,8 +267,11 @@ class Trainer:
                                     spec.total_steps or self.total,
                                     cfg.min_lr_ratio if spec.min_lr_ratio is None else spec.min_lr_ratio)
             clip = cfg.max_grad_norm if spec.max_grad_norm is None else spec.max_grad_norm
+            # clipped in the model's parameter order: the total norm sums per-tensor norms, and another order
+            # rounds differently (a changed clipping factor in the last bit breaks bitwise reproducibility)
+            mine = {id(p) for g in opt.param_groups for p in g["params"]}
             self.optims[name] = Optim(opt, sched, torch.amp.GradScaler("cuda") if fp16 else None,
-                                      [p for g in opt.param_groups for p in g["params"]], clip)
+                                      [p for p in self.model.parameters() if id(p) in mine], clip)
         self.primary = next(iter(self.optims))
         self.stage.optimizer_names = list(self.optims)
         if len(self.optims) > 1:
