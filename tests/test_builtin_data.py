@@ -243,14 +243,18 @@ def test_every_manifest_row_points_at_a_readable_file(demo):
                 info = sf.info(csv_path.parent / r["wav"])
                 assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
                 assert info.frames > 1600, r
+    checked = {"image": 0, "audio": 0}
     for folder in ["images", "sft"]:
         for jl in (demo / folder).glob("*.jsonl"):
             for r in read_jsonl(jl):
                 if "image" in r:
                     with Image.open(jl.parent / r["image"]) as im:
                         assert im.convert("RGB").size == (64, 64)
+                    checked["image"] += 1
                 if "audio" in r:
                     assert sf.info(jl.parent / r["audio"]).frames > 0
+                    checked["audio"] += 1
+    assert checked["image"] > 100 and checked["audio"] > 10, checked  # both kinds of row were really read
 
 
 @needs_packages
