@@ -72,3 +72,18 @@ def test_sigkill_then_rerun_resumes_both_optimizers_bitwise(reference, tmp_path,
     assert_same_weights(final_weights(reference, "toy"), final_weights(save, "toy"))
     keys = ("step", "loss", "generator/loss", "lr", "generator/lr")
     assert [[m.get(k) for k in keys] for m in metrics(save)] == [[m.get(k) for k in keys] for m in metrics(reference)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_samples_are_named_in_the_training_log_and_stop_the_run_past_the_limit(tmp_path, workers):
+    save = tmp_path / "bad"
+    cfg = toy_config(save, max_steps=6, sleep=0.0, bad_every=10, max_bad_fraction=0.5, num_workers=workers)
+    r = run_script(["tests/two_optimizer_stage.py", "--config", cfg])
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (save / "training.log").read_text()
+    assert "WARNING: skipped point 0: unusable (bad_every 10)" in log  # found in a data worker too
+    assert "bad samples of 8 in the last window" in log
+    over = tmp_path / "over"
+    r = run_script(["tests/two_optimizer_stage.py", "--config",
+                    toy_config(over, max_steps=6, sleep=0.0, bad_every=2, num_workers=workers)])
+    assert r.returncode != 0 and "over max_bad_fraction" in r.stderr

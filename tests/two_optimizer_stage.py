@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omni.artifacts import KINDS, Kind  # noqa: E402
 from omni.config import TrainConfig  # noqa: E402
-from omni.data.base import BatchStream  # noqa: E402
+from omni.data.base import BadSample, BatchStream  # noqa: E402
 from omni.train.engine import Stage, run  # noqa: E402
 from omni.train.optim import OptimizerSpec  # noqa: E402
 
@@ -29,6 +29,7 @@ class ToyConfig(TrainConfig):
     n_samples: int = 96
     sleep: float = 0.0   # seconds per loss call
     gen_lr_ratio: float = 0.5   # the generator's second module trains at this fraction of its first's lr
+    bad_every: int = 0          # > 0: every bad_every-th sample is unusable (BadSample), for the skip reports
 
 
 class Toy(nn.Module):
@@ -45,14 +46,17 @@ class Toy(nn.Module):
 
 
 class Points(BatchStream):
-    def __init__(self, n, batch_size, seed):
+    def __init__(self, n, batch_size, seed, bad_every=0):
         super().__init__(batch_size, seed)
         self.x = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+        self.bad_every = bad_every
 
     def __len__(self):
         return len(self.x)
 
     def load(self, index, rng):
+        if self.bad_every and index % self.bad_every == 0:
+            raise BadSample(f"point {index}: unusable (bad_every {self.bad_every})")
         return self.x[index] + rng.normal(scale=0.1, size=8).astype(np.float32)
 
     def collate(self, samples):
@@ -68,7 +72,7 @@ class ToyStage(Stage):
         return Toy()
 
     def train_data(self):
-        return Points(self.cfg.n_samples, self.cfg.batch_size, self.cfg.seed)
+        return Points(self.cfg.n_samples, self.cfg.batch_size, self.cfg.seed, self.cfg.bad_every)
 
     def optimizers(self, model):
         lr = self.cfg.lr
