@@ -87,3 +87,18 @@ def test_bad_samples_are_named_in_the_training_log_and_stop_the_run_past_the_lim
     r = run_script(["tests/two_optimizer_stage.py", "--config",
                     toy_config(over, max_steps=6, sleep=0.0, bad_every=2, num_workers=workers)])
     assert r.returncode != 0 and "over max_bad_fraction" in r.stderr
+
+
+def test_a_folder_of_only_unreadable_checkpoints_is_an_error_not_a_fresh_start(tmp_path):
+    save = tmp_path / "torn"
+    save.mkdir()
+    (save / "toy_step_5.pt").write_bytes(b"torn")
+    (save / "toy_step_10.pt").write_bytes(b"")
+    cmd = ["tests/two_optimizer_stage.py", "--config", toy_config(save, max_steps=12, sleep=0.0)]
+    r = run_script(cmd)
+    assert r.returncode != 0 and "error: none of the 2 step checkpoints" in r.stderr and "--fresh" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (save / "toy.pt").exists() and (save / "toy_step_5.pt").read_bytes() == b"torn"  # nothing lost
+    r = run_script(cmd + ["--fresh"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (save / "toy.pt").exists()

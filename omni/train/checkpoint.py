@@ -16,6 +16,10 @@ import torch
 from omni.artifacts import atomic_save, read_checkpoint  # noqa: F401  (the engine saves through this module)
 
 
+class CheckpointError(RuntimeError):
+    """A save_dir whose checkpoints cannot be used: the run stops with this one line, not a traceback."""
+
+
 def step_checkpoints(save_dir: str | Path, name: str) -> list[tuple[int, Path]]:
     """(step, path) of `<name>_step_<N>.pt` in save_dir, newest first."""
     pattern = re.compile(rf"^{re.escape(name)}_step_(\d+)\.pt$")
@@ -42,7 +46,7 @@ def load_newest_valid(save_dir: str | Path, name: str, log=print) -> tuple[dict 
         except Exception as e:
             log(f"WARNING: {e}; falling back to an older checkpoint")
     if found:
-        raise RuntimeError(f"none of the {len(found)} step checkpoints in {save_dir} could be read "
+        raise CheckpointError(f"none of the {len(found)} step checkpoints in {save_dir} could be read "
                            f"({', '.join(p.name for _, p in found)}); move them away to keep them, or rerun "
                            f"with --fresh to start over")
     return None, None

@@ -295,10 +295,10 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
-            raise RuntimeError(f"checkpoint {path} does not match this config's model: {e}\n"
+            raise ckpt.CheckpointError(f"checkpoint {path} does not match this config's model: {e}\n"
                                f"use --fresh to start over, or a different save_dir") from None
         if set(state["optimizers"]) != set(self.optims):
-            raise RuntimeError(f"checkpoint {path} holds optimizers {sorted(state['optimizers'])}, this stage "
+            raise ckpt.CheckpointError(f"checkpoint {path} holds optimizers {sorted(state['optimizers'])}, this stage "
                                f"trains {sorted(self.optims)}; use --fresh to start over")
         for name, o in self.optims.items():
             o.opt.load_state_dict(state["optimizers"][name])
@@ -560,5 +560,5 @@ def run(stage_cls, argv=None) -> None:
     end the run with one clear line instead of a traceback."""
     try:
         Trainer(stage_cls, argv).run()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ckpt.CheckpointError) as e:
         sys.exit(f"error: {e}")
