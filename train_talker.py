@@ -17,7 +17,6 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 
@@ -289,7 +288,7 @@ class TalkerStage(SpeechOutStage):
 
     @torch.no_grad()
     def validate(self, model):
-        cfg, device = self.cfg, next(model.parameters()).device
+        cfg = self.cfg
         metrics = {}
         for name, samples in self.val_samples.items():
             ce = code_cross_entropy(model, samples, cfg.val_batch_size)

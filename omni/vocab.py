@@ -3,7 +3,7 @@ input characters."""
 from __future__ import annotations
 
 from omni.builtin.speech import normalize_transcript
-from omni.models.talker import PAD, SIL  # noqa: F401  (the Talker's reserved ids)
+from omni.models.talker import SIL  # the Talker's reserved ids: 0 padding, 1 silence
 
 BLANK = 0  # CTC blank
 

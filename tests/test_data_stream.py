@@ -1,7 +1,6 @@
 """BatchStream: the resumable, sharded data mechanism every stage uses."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 

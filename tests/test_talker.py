@@ -3,7 +3,6 @@ train_talker.py — on the tone alphabet built here, offline."""
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pytest
