@@ -98,8 +98,7 @@ def eval_tts(args) -> dict:
 
     device = resolve_device(args.device)
     speaker = load_speaker(args.ckpt, device)
-    talker_cfg = load_artifact(Path(args.ckpt) / "talker.pt", "talker").config
-    asr_path = args.asr_ckpt or talker_cfg.get("audio_enc_ckpt", "")
+    asr_path = args.asr_ckpt or speaker.config.get("audio_enc_ckpt", "")
     utts = read_manifest(args.data)
     mel = LogMel(speaker.features)
     texts, mels, wavs, skipped = [], [], [], 0

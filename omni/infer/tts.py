@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
@@ -32,6 +32,7 @@ class Speaker:
     vocab: TextVocab
     features: MelConfig
     device: torch.device
+    config: dict = field(default_factory=dict)  # the Talker's training config (its audio_enc_ckpt, ...)
 
     @property
     def sample_rate(self) -> int:
@@ -77,7 +78,7 @@ def load_speaker(ckpt_dir, device="cpu") -> Speaker:
         raise ValueError(f"{talker.path} was trained for {tc.codebooks} x {tc.codebook_size} codes of {tc.block} x "
                          f"{tc.n_mels} mel frames, but {codec.path} has {cc.codebooks} x "
                          f"{cc.codebook_size} of {cc.block} x {cc.n_mels}")
-    return Speaker(talker.model, codec.model, talker.vocab, codec.features, torch.device(device))
+    return Speaker(talker.model, codec.model, talker.vocab, codec.features, torch.device(device), talker.config)
 
 
 def main(argv=None) -> int:

@@ -79,9 +79,9 @@ class Stage:
         Default: one AdamW over every trainable parameter at the config's lr."""
         return {"main": OptimizerSpec([(model, self.cfg.lr)])}
 
-    def steps(self, step: int) -> list[str]:
-        """The optimizers that step at optimizer step `step` (0-based), in order. Default: all, as declared."""
-        return list(self.optimizer_names)
+    def steps(self, step: int) -> list[str] | None:
+        """The optimizers that step at optimizer step `step` (0-based), in order. None: all, as declared."""
+        return None
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict, float]:
         """(scalar loss, extra metrics as floats or 0-d tensors, throughput units in this batch)."""
@@ -273,7 +273,6 @@ class Trainer:
             self.optims[name] = Optim(opt, sched, torch.amp.GradScaler("cuda") if fp16 else None,
                                       [p for p in self.model.parameters() if id(p) in mine], clip)
         self.primary = next(iter(self.optims))
-        self.stage.optimizer_names = list(self.optims)
         if len(self.optims) > 1:
             self.log.info("optimizers: " + ", ".join(
                 f"{n} ({sum(p.numel() for p in o.params) / 1e6:.2f}M)" for n, o in self.optims.items()))
@@ -343,7 +342,7 @@ class Trainer:
         while not self._finished():
             batches, epoch_done = self._fetch()
             record = {}
-            for i, name in enumerate(self.stage.steps(self.step)):
+            for i, name in enumerate(self.stage.steps(self.step) or self.optims):
                 record.update(self._optimizer_step(name, batches, count_units=i == 0))
             self.step += 1
             self.bar.update(1)
@@ -445,7 +444,8 @@ class Trainer:
         rec = {"step": self.step, "epoch": self.epoch, **record, f"{self.stage.unit}/s": rate}
         if self.device.type == "cuda":  # peak since the start, so a later long batch shows too
             rec["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        self.log.info(f"step {self.step}/{self.total} | {format_metrics({k: v for k, v in rec.items() if k != 'step'})}")
+        shown = {k: v for k, v in rec.items() if k != "step"}
+        self.log.info(f"step {self.step}/{self.total} | {format_metrics(shown)}")
         self.log.metrics(rec)
         if "loss" in record:
             self.bar.set_postfix(loss=f"{record['loss']:.3f}")

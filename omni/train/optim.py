@@ -44,16 +44,20 @@ def param_groups(model: torch.nn.Module, wd: float, lr: float | None = None, see
         else:
             decay.append(p)
     extra = {} if lr is None else {"lr": lr}
-    return [g for g in ({"params": decay, "weight_decay": wd, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra})
-            if g["params"]]
+    groups = ({"params": decay, "weight_decay": wd, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra})
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, wd: float, device: torch.device,
                     betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, wd), lr=lr, betas=betas, fused=device.type == "cuda")
+    """One AdamW over every trainable parameter of `model` (the benchmark's; stages declare OptimizerSpecs)."""
+    return build_from_spec(OptimizerSpec([(model, lr)], betas=betas), wd, device)
 
 
-def build_from_spec(spec: OptimizerSpec, wd: float, device: torch.device, seen: set) -> torch.optim.AdamW:
+def build_from_spec(spec: OptimizerSpec, wd: float, device: torch.device,
+                    seen: set | None = None) -> torch.optim.AdamW:
+    """`seen` (parameter ids) is shared by the optimizers of one stage: a parameter in two of them is an error."""
+    seen = set() if seen is None else seen
     groups = [g for module, lr in spec.params for g in param_groups(module, wd, lr, seen)]
     if not groups:
         raise ValueError("an optimizer was declared over modules with no trainable parameters")
