@@ -4,7 +4,7 @@ ready model (SPEC §2, §6).
 An artifact is a dict saved with torch.save that loads with `weights_only=True`:
     {"kind": "thinker", "format": 1, "model": state_dict, "model_config": {...}, "config": {...}, ...}
 `kind` names what it holds (the stage's name, which is also its file's stem: thinker.pt, audio_enc.pt,
-vision.pt, rvq_codec.pt, talker.pt) and `format` the layout of this file. `KINDS` lists, per kind, the entries
+vision.pt, rvq_codec.pt, talker.pt; Stage E's omni writes omni_final.pt) and `format` the layout of this file. `KINDS` lists, per kind, the entries
 it must hold and how it becomes a model. Loading is strict: an unknown kind or format, a missing entry or
 weights that do not fit the stored config is an error naming the file, never a silently random model.
 
@@ -68,9 +68,9 @@ class Artifact:
     path: Path
     model: torch.nn.Module
     config: dict = field(repr=False)   # the training config it was written with
-    tokenizer: object = None           # thinker, vision: omni.tokenizer.Tokenizer
+    tokenizer: object = None           # thinker, vision, omni: omni.tokenizer.Tokenizer
     vocab: object = None               # audio_enc: CharVocab; talker: TextVocab
-    features: object = None            # audio_enc, rvq_codec, talker: the MelConfig of their input / output
+    features: object = None            # audio_enc, rvq_codec, talker, omni: the MelConfig of their audio
 
 
 @dataclass
@@ -129,12 +129,21 @@ def _talker(state, where):
     return model, {"vocab": TextVocab(state["vocab"]), "features": _mel(state, where)}
 
 
+def _omni(state, where):
+    from omni.models.omni import OmniConfig, OmniModel
+    model = OmniModel(from_dict(OmniConfig, state["model_config"], where=where))
+    model.freeze(thinker=True, vision=True, audio=True)   # loaded to be used: nothing trains
+    features = _mel(state, where) if state["features"] is not None else None
+    return model, {"tokenizer": _tokenizer(state), "features": features}
+
+
 KINDS: dict[str, Kind] = {
     "thinker": Kind("thinker.pt", ("tokenizer",), _thinker),
     "audio_enc": Kind("audio_enc.pt", ("vocab", "features"), _audio_enc),
     "vision": Kind("vision.pt", ("thinker_config", "tokenizer"), _vision),
     "rvq_codec": Kind("rvq_codec.pt", ("features",), _codec),
     "talker": Kind("talker.pt", ("vocab", "features"), _talker),
+    "omni": Kind("omni_final.pt", ("tokenizer", "features", "sources"), _omni),
 }
 
 

@@ -16,6 +16,7 @@ SPECIAL_TOKENS = [
     "<|audio|>", "<|audio_start|>", "<|audio_end|>",
     "<|speech|>", "<|ocr|>",
 ]
+SPECIAL_IDS = {t: 4 + i for i, t in enumerate(SPECIAL_TOKENS)}  # fixed: every μOmni tokenizer has them here
 
 
 class Tokenizer:
@@ -36,7 +37,7 @@ class Tokenizer:
         self.vocab_size = self.sp.get_piece_size()
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = PAD, UNK, BOS, EOS
         self.special = {t: self.sp.piece_to_id(t) for t in SPECIAL_TOKENS}
-        if self.sp.eos_id() != EOS or self.special["<|im_start|>"] != 4:
+        if self.sp.eos_id() != EOS or self.special != SPECIAL_IDS:
             raise ValueError(f"{path} is not a μOmni tokenizer (special token ids differ)")
 
     def encode(self, text: str | list[str]) -> list[int] | list[list[int]]:

@@ -3,6 +3,7 @@
 
     python scripts/evaluate.py text --ckpt runs/demo/thinker/thinker.pt --data data/demo/text/val.txt
     python scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv
+    python scripts/evaluate.py sft --ckpt runs/demo/omni_sft --data data/demo/sft/test.jsonl
 """
 from __future__ import annotations
 
@@ -145,20 +146,43 @@ def eval_tts(args) -> dict:
     return {**result, "ckpt_dir": str(args.ckpt), "data": str(args.data)}
 
 
-STAGES = {"text": eval_text, "vision": eval_vision, "asr": eval_asr, "tts": eval_tts}
+def eval_sft(args) -> dict:
+    """Stage E on an SFT JSONL: per-task accuracy / word F1 / WER / perplexity, overall question accuracy,
+    and the same questions with images and audio shuffled among rows (the grounding check)."""
+    import time
+
+    from omni.data.sft import load_media, read_sft
+    from omni.infer.omni import load_omni
+    from omni.infer.sft_eval import evaluate_sft
+
+    device = resolve_device(args.device)
+    omni = load_omni(args.ckpt, device)
+    examples = read_sft(args.data, omni.system)
+    media = load_media(examples, omni.model, omni.mel, device, True, True, progress=False)
+    t0 = time.time()
+    with torch.no_grad():
+        r = evaluate_sft(omni.model, omni.template, examples, media, device, args.batch_size,
+                         args.max_new_tokens, samples=args.samples)
+    return {**r, "seconds": round(time.time() - t0, 1), "ckpt": str(args.ckpt), "data": str(args.data)}
+
+
+STAGES = {"text": eval_text, "vision": eval_vision, "asr": eval_asr, "tts": eval_tts, "sft": eval_sft}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=sorted(STAGES))
     p.add_argument("--ckpt", "--ckpt_dir", required=True,
-                   help="final artifact of the stage (tts: the folder holding talker.pt and rvq_codec.pt)")
+                   help="final artifact of the stage (tts: the folder holding talker.pt and rvq_codec.pt; "
+                        "sft: omni_final.pt or its folder)")
     p.add_argument("--data", required=True, help="held-out data in the stage's format")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--asr_ckpt", default="", help="tts: Stage B's audio_enc.pt (default: the Talker config's)")
     p.add_argument("--temperature", type=float, default=0.0, help="tts: sampling temperature (0 = greedy)")
     p.add_argument("--top_k", type=int, default=20, help="tts: sample among the k likeliest codes")
+    p.add_argument("--max_new_tokens", type=int, default=48, help="sft: longest reply")
+    p.add_argument("--samples", type=int, default=0, help="sft: also print the first N replies beside the answers")
     args = p.parse_args(argv)
     try:
         result = STAGES[args.stage](args)

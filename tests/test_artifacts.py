@@ -108,6 +108,15 @@ def build_models(path: Path) -> list[torch.nn.Module]:
     if name == "talker":
         cfg = train_talker.TalkerStage.configure(load_config(train_talker.TalkerTrainConfig, path))
         return [MelCodec(cfg.codec.model), Talker(dataclasses.replace(cfg.model, vocab_size=30))]
+    if name == "omni_sft":  # the parts' sizes come from their artifacts: stubbed here
+        import sft_omni
+        from omni.models.audio_encoder import AudioEncoderConfig
+        from omni.models.omni import OmniConfig, OmniModel
+        from omni.models.vision import ViTConfig
+        cfg = load_config(sft_omni.SFTConfig, path)
+        thinker = ThinkerConfig(vocab_size=64, n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64)
+        return [OmniModel(OmniConfig(thinker, ViTConfig(image_size=64, patch_size=16),
+                                     AudioEncoderConfig(vocab_size=30), cfg.projector))]
     raise AssertionError(f"no model builder for {path}: add one here")
 
 

@@ -226,7 +226,8 @@ def test_held_out_sentences_never_in_any_training_split(demo):
         training |= {r["text"] for r in read_csv(demo / part / "train.csv")}
     training |= {r["caption"] for r in read_jsonl(demo / "images" / "train.jsonl")}
     for r in read_jsonl(demo / "sft" / "train.jsonl"):
-        training |= {r["prompt"].rstrip("?"), r["answer"].rstrip("."), r.get("question", "")}
+        texts = [m["content"] for m in r["messages"]] if "messages" in r else [r["prompt"], r["answer"]]
+        training |= {t.rstrip("?").rstrip(".") for t in texts} | {r.get("question", "")}
     text_lines = (demo / "text" / "train.txt").read_text().splitlines()
     for line in text_lines:
         training |= _sentences(line.lower())

@@ -1,6 +1,6 @@
 """Paired tasks for multimodal SFT (Stage E): data/demo/sft/{train,val,test}.jsonl with its own images and audio.
 
-Rows (SPEC §9): {"prompt", "answer", "task", optional "image", "audio"}; world rows also carry "scene"
+Rows (SPEC §9): {"prompt", "answer", "task", optional "image", "audio"}, or {"messages": [...], "task"}; world rows also carry "scene"
 (world.Scene.to_dict()), so any answer can be re-derived from the picture it is about, and audio rows the
 "speaker" (as in the ASR manifests). Tasks:
 
@@ -8,9 +8,10 @@ Rows (SPEC §9): {"prompt", "answer", "task", optional "image", "audio"}; world 
     colour count position      image + question -> exact answer (world.questions)
     shape yesno
     spoken_<task>              image + spoken question (audio; its text in "question") -> exact answer
-    transcribe                 audio -> transcript (world and general English)
+    transcribe                 audio -> transcript (world and general English: "source" says which)
     define                     "what does <word> mean?" -> WordNet definition
-    dialogue                   a short conversation about an image, or small talk; answer = the next turn
+    dialogue                   multi-turn ("messages"): two questions about one image, answered in turn; or
+                               one turn of small talk
 
 val.jsonl (to choose configs on) and test.jsonl (only reported) are held out three ways: unseen scenes
 (held-out captions), unseen sentences (held-out world and English sentences, held-out WordNet entries) and
@@ -122,7 +123,8 @@ def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, 
         rel = f"wavs/{split}_t{i:05d}.wav"
         utts.append(utterance(t, pick_voice(voices, rng), out_dir / rel, rng))
         rows.append({"prompt": TRANSCRIBE_PROMPT, "answer": normalize_transcript(t), "audio": rel,
-                     "speaker": utts[-1].voice.speaker, "task": "transcribe"})
+                     "speaker": utts[-1].voice.speaker, "task": "transcribe",
+                     "source": "world" if i < n_world else "english"})
 
     defs = [(w, d) for w, d in _unique_definitions(held) if w not in taken]
     for i in rng.permutation(len(defs))[:sz.define]:
@@ -136,13 +138,17 @@ def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, 
     for _ in range(sz.dialogue):
         if rng.random() < 0.3:
             a, b = SMALL_TALK[rng.integers(len(SMALL_TALK))]
-            rows.append({"prompt": f"user: {a}", "answer": b, "task": "dialogue"})
+            rows.append({"messages": [{"role": "user", "content": a}, {"role": "assistant", "content": b}],
+                         "task": "dialogue"})
             continue
         s, rel = scenes[rng.integers(len(scenes))]
         qs = world.questions(s, rng)
         q1, q2 = (qs[j] for j in rng.choice(len(qs), size=2, replace=False))
-        rows.append({"prompt": f"user: {q1.text}?\nassistant: {q1.answer}.\nuser: and {q2.text}?",
-                     "answer": q2.answer, "image": rel, "task": "dialogue", "scene": s.to_dict()})
+        rows.append({"messages": [{"role": "user", "content": q1.text + "?", "image": rel},
+                                  {"role": "assistant", "content": q1.answer + "."},
+                                  {"role": "user", "content": f"and {q2.text}?"},
+                                  {"role": "assistant", "content": q2.answer + "."}],
+                     "task": "dialogue", "scene": s.to_dict()})
 
     return [rows[i] for i in rng.permutation(len(rows))], utts
 

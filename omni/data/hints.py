@@ -41,6 +41,8 @@ GENERIC = {
     "text": ("text", "scripts/prepare_text.py"),
     "speech": ("asr", "scripts/prepare_librispeech.py (ASR) or scripts/prepare_ljspeech.py (TTS)"),
     "images": ("images", "scripts/prepare_coco.py"),
+    "sft": ("sft", "scripts/prepare_sft.py (caption and transcription rows from prepared manifests) or "
+                   "scripts/prepare_llava.py (LLaVA-Instruct)"),
 }
 CONVERTERS = ("scripts/prepare_text.py (text), scripts/prepare_librispeech.py (ASR), "
               "scripts/prepare_ljspeech.py (TTS) or scripts/prepare_coco.py (images)")

@@ -8,10 +8,42 @@ with projected media embeddings spliced in; they are prefilled in one forward, t
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from omni.models.decoder import sample_next
 from omni.models.thinker import Thinker
+
+
+def generate_stream(model: Thinker, inputs_embeds: torch.Tensor, max_new_tokens: int = 64,
+                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    stop_ids: tuple[int, ...] = (), use_cache: bool = True,
+                    generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Yields each step's new tokens Long[B] for the prompt inputs_embeds: Tensor[B x T x d_model] (rows share
+    one prompt length), until every row has produced one of `stop_ids` (a finished row repeats its stop id)
+    or max_new_tokens / ctx_len. The prompt is prefilled in one forward; with the KV cache each later step
+    feeds one token."""
+    x = inputs_embeds
+    B, T = x.shape[:2]
+    limit = min(max_new_tokens, model.cfg.ctx_len - T)
+    cache = model.new_cache(B, T + limit) if use_cache else None
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=x.device)
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    last = torch.zeros(B, dtype=torch.long, device=x.device)
+    step_input = x
+    with torch.no_grad():
+        for _ in range(limit):
+            logits = model(inputs_embeds=step_input, cache=cache)["logits"][:, -1]
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            nxt = torch.where(done, last, nxt)
+            done |= torch.isin(nxt, stops)
+            last = nxt
+            yield nxt
+            if bool(done.all()):
+                break
+            emb = model.embed(nxt[:, None]).to(x.dtype)
+            step_input = emb if use_cache else torch.cat([step_input, emb], dim=1)
 
 
 @torch.no_grad()
@@ -26,21 +58,7 @@ def generate(model: Thinker, prompt: torch.Tensor | None = None, max_new_tokens:
     if (prompt is None) == (inputs_embeds is None):
         raise ValueError("give exactly one of prompt (token ids) and inputs_embeds")
     x = model.embed(prompt) if inputs_embeds is None else inputs_embeds
-    B, T = x.shape[:2]
-    limit = min(max_new_tokens, model.cfg.ctx_len - T)
-    cache = model.new_cache(B, T + limit) if use_cache else None
-    done = torch.zeros(B, dtype=torch.bool, device=x.device)
-    new = torch.zeros(B, 0, dtype=torch.long, device=x.device)
-    step_input = x
-    for _ in range(limit):
-        logits = model(inputs_embeds=step_input, cache=cache)["logits"][:, -1]
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)
-        if eos_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-            done |= nxt == eos_id
-        new = torch.cat([new, nxt[:, None]], dim=1)
-        emb = model.embed(nxt[:, None]).to(x.dtype)
-        step_input = emb if use_cache else torch.cat([step_input, emb], dim=1)
-        if eos_id is not None and bool(done.all()):
-            break
+    steps = list(generate_stream(model, x, max_new_tokens, temperature, top_k, top_p,
+                                 () if eos_id is None else (eos_id,), use_cache, generator))
+    new = torch.stack(steps, dim=1) if steps else torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device)
     return new if prompt is None else torch.cat([prompt, new], dim=1)

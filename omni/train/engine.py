@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from omni.artifacts import FORMAT, check_entries
+from omni.artifacts import FORMAT, KINDS, check_entries
 from omni.config import ConfigError, TrainConfig, load_config, to_dict
 from omni.data.base import BatchStream, to_device
 from omni.models.layers import use_sdpa
@@ -176,7 +176,7 @@ class Trainer:
         self.stage = stage_cls(cfg, self.dist, self.log, fresh=self.fresh)
         self.name = self.stage.name
         self.stop_signal = None
-        self.final_path = self.save_dir / f"{self.name}.pt"
+        self.final_path = self.save_dir / (KINDS[self.name].filename if self.name in KINDS else f"{self.name}.pt")
 
     def run(self) -> None:
         exit_code = None

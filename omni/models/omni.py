@@ -1,0 +1,174 @@
+"""The omni model of Stage E: the Thinker reading images and speech through projectors (SPEC §6).
+
+    model = OmniModel(OmniConfig(thinker=..., vision=..., audio=..., projector=ProjectorConfig()))
+    out = model(ids, targets, image_feats=..., audio_feats=..., audio_counts=...)   # or pixels=, mels=
+
+Image: the ViT's patch tokens average-pooled to a `image_tokens` grid (plus its CLS), then a 2-layer MLP into
+the Thinker's width. Audio: the encoder's real frames of each clip (padding removed by length), `audio_stack`
+neighbouring frames concatenated into one token (the last group zero-filled), then a 2-layer MLP. The
+projected tokens replace the chat template's `<|image|>` / `<|audio|>` placeholders in order; RoPE positions
+run on across media and text. The encoder-side reductions (`image_features`, `audio_features`) have no
+parameters of their own, so frozen encoders' outputs can be computed once and cached by the caller.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, padding_mask
+from omni.models.thinker import Thinker, ThinkerConfig
+from omni.models.vision import ViTConfig, VisionEncoder
+from omni.tokenizer import SPECIAL_IDS
+
+IMAGE_ID, AUDIO_ID = SPECIAL_IDS["<|image|>"], SPECIAL_IDS["<|audio|>"]  # the chat template's placeholders
+
+
+@dataclass
+class ProjectorConfig:
+    image_tokens: int = 16       # patch tokens after average pooling to a square grid (0: CLS only)
+    image_cls: bool = True       # the CLS token too (Stage C trained it against captions)
+    audio_stack: int = 4         # encoder frames per audio token (25 fps / 4: 6.25 tokens a second)
+    hidden: int = 0              # MLP width; 0: the Thinker's d_model
+
+
+@dataclass
+class OmniConfig:
+    """Everything that rebuilds the model; the parts' sizes come from the Stage A/B/C artifacts."""
+    thinker: ThinkerConfig = field(default_factory=ThinkerConfig)
+    vision: ViTConfig | None = None
+    audio: AudioEncoderConfig | None = None
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+
+def image_features(vision: VisionEncoder, pixels: torch.Tensor, n_tokens: int, cls: bool) -> torch.Tensor:
+    """pixels: Tensor[N x 3 x S x S] in [0, 1] → Tensor[N x (cls + n_tokens) x d_vision]."""
+    c, patches = vision(pixels)
+    grid, side = int(round(math.sqrt(patches.shape[1]))), int(round(math.sqrt(n_tokens)))
+    parts = [c[:, None]] if cls else []
+    if n_tokens:
+        x = patches.transpose(1, 2).reshape(len(pixels), -1, grid, grid)
+        parts.append(F.adaptive_avg_pool2d(x, side).flatten(2).transpose(1, 2))
+    return torch.cat(parts, dim=1)
+
+
+def audio_features(audio: AudioEncoder, mels: torch.Tensor, lengths: torch.Tensor,
+                   stack: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """mels: Tensor[N x T x n_mels] zero-padded past `lengths` → (Tensor[N x S x stack·d_audio], tokens per
+    clip Long[N]); a clip's tokens depend on its own frames only, whatever it is batched with."""
+    out = audio(mels, lengths)
+    h, n = out["hidden"], out["lengths"]
+    h = h * padding_mask(n, h.shape[1])[..., None]
+    pad = -h.shape[1] % stack
+    h = F.pad(h, (0, 0, 0, pad))
+    return h.reshape(h.shape[0], -1, stack * h.shape[-1]), (n + stack - 1) // stack
+
+
+def audio_token_count(audio_cfg: AudioEncoderConfig, stack: int, mel_frames: int) -> int:
+    from omni.models.audio_encoder import encoder_frames
+    return -(-encoder_frames(mel_frames, audio_cfg.downsample) // stack)
+
+
+class Projector(nn.Module):
+    """LLaVA-1.5's 2-layer MLP: Linear → GELU → Linear."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int):
+        super().__init__()
+        self.inp = nn.Linear(d_in, hidden)
+        self.out = nn.Linear(hidden, d_out)
+
+    def forward(self, x):
+        return self.out(F.gelu(self.inp(x)))
+
+
+class OmniModel(nn.Module):
+    def __init__(self, cfg: OmniConfig):
+        super().__init__()
+        self.cfg = cfg
+        p, d = cfg.projector, cfg.thinker.d_model
+        if p.image_tokens and round(math.sqrt(p.image_tokens)) ** 2 != p.image_tokens:
+            raise ValueError(f"projector.image_tokens must be a square (1, 4, 9, 16, ...), got {p.image_tokens}")
+        if cfg.vision is not None and p.image_tokens > (cfg.vision.image_size // cfg.vision.patch_size) ** 2:
+            raise ValueError(f"projector.image_tokens {p.image_tokens} is more than the ViT's patches")
+        if p.audio_stack < 1:
+            raise ValueError(f"projector.audio_stack must be >= 1, got {p.audio_stack}")
+        self.thinker = Thinker(cfg.thinker)
+        self.vision = VisionEncoder(cfg.vision) if cfg.vision is not None else None
+        self.audio = AudioEncoder(cfg.audio) if cfg.audio is not None else None
+        hidden = p.hidden or d
+        self.image_proj = Projector(cfg.vision.d_model, hidden, d) if self.vision is not None else None
+        self.audio_proj = Projector(cfg.audio.d_model * p.audio_stack, hidden, d) if self.audio is not None else None
+        self.frozen: set[str] = set()
+
+    @property
+    def image_token_count(self) -> int:
+        return self.cfg.projector.image_tokens + int(self.cfg.projector.image_cls)
+
+    def audio_token_count(self, mel_frames: int) -> int:
+        return audio_token_count(self.cfg.audio, self.cfg.projector.audio_stack, mel_frames)
+
+    def freeze(self, thinker: bool = False, vision: bool = True, audio: bool = True) -> "OmniModel":
+        """Frozen parts get no gradients, are never computed with autograd, and stay in eval mode."""
+        for name, on in (("thinker", thinker), ("vision", vision), ("audio", audio)):
+            part = getattr(self, name)
+            if part is not None:
+                part.requires_grad_(not on)
+                (self.frozen.add if on else self.frozen.discard)(name)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
+
+    def _encode(self, name: str, fn, *args):
+        with torch.no_grad() if name in self.frozen else torch.enable_grad():
+            return fn(getattr(self, name), *args)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        p = self.cfg.projector
+        return self._encode("vision", image_features, pixels, p.image_tokens, p.image_cls)
+
+    def audio_features(self, mels: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._encode("audio", audio_features, mels, lengths, self.cfg.projector.audio_stack)
+
+    def embed(self, ids: torch.Tensor, image_feats: torch.Tensor | None = None,
+              audio_feats: torch.Tensor | None = None, audio_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings of ids: Long[B x T] with the projected media in place of the placeholder ids, in
+        order (row by row, then along the sequence). image_feats: Tensor[N_img x n x d_vision];
+        audio_feats: Tensor[N_aud x S x stack·d_audio] with `audio_counts` real tokens each."""
+        x = self.thinker.embed(ids)
+        for feats, proj, pid, name in ((image_feats, self.image_proj, IMAGE_ID, "image"),
+                                       (audio_feats, self.audio_proj, AUDIO_ID, "audio")):
+            mask = ids == pid
+            n_slots = int(mask.sum())
+            if feats is None or len(feats) == 0:
+                if n_slots:
+                    raise ValueError(f"the sequence has {n_slots} {name} placeholders but no {name} was given")
+                continue
+            if proj is None:
+                raise ValueError(f"this model has no {name} encoder")
+            tokens = proj(feats)
+            if name == "audio":
+                keep = padding_mask(audio_counts.to(tokens.device), tokens.shape[1])
+                tokens = tokens[keep]
+            else:
+                tokens = tokens.flatten(0, 1)
+            if len(tokens) != n_slots:
+                raise ValueError(f"{len(tokens)} {name} tokens for {n_slots} placeholders")
+            x = x.masked_scatter(mask[..., None], tokens.to(x.dtype))
+        return x
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, image_feats=None, audio_feats=None, audio_counts=None, pixels=None, mels=None,
+                mel_lengths=None, return_logits: bool = True) -> dict:
+        """Raw media (pixels, mels) go through the encoders here; cached features skip them."""
+        if pixels is not None:
+            image_feats = self.image_features(pixels)
+        if mels is not None:
+            audio_feats, audio_counts = self.audio_features(mels, mel_lengths)
+        x = self.embed(ids, image_feats, audio_feats, audio_counts)
+        return self.thinker(inputs_embeds=x, targets=targets, return_logits=return_logits)

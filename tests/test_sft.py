@@ -1,0 +1,304 @@
+"""Stage E (sft_omni.py): chat template, answer-only loss, media splicing, frozen encoders, resume, strict
+loading, evaluation and the generation entry point — on tiny artifacts and data built here."""
+from __future__ import annotations
+
+import json
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from conftest import SR, assert_same_weights, final_weights, kill_at, metrics, run_script, tone_speech
+from omni.artifacts import FORMAT, load_artifact
+from omni.audio import MelConfig
+from omni.chat import ChatTemplate, Turn
+from omni.config import to_dict
+from omni.data.sft import Media, collate, load_media, read_sft, render
+from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from omni.models.omni import AUDIO_ID, IMAGE_ID, OmniConfig, OmniModel, ProjectorConfig
+from omni.models.thinker import Thinker, ThinkerConfig
+from omni.models.vision import ClipConfig, ClipModel, TextSideConfig, ViTConfig
+from omni.tokenizer import Tokenizer
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def _save(obj, path):
+    torch.save(obj, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def parts(text_data, tmp_path_factory):
+    """Stage A/B/C artifacts of random tiny models (what SFT loads), and the tokenizer."""
+    d = tmp_path_factory.mktemp("parts")
+    tok_bytes = (text_data / "tokenizer.model").read_bytes()
+    tok_t = torch.frombuffer(bytearray(tok_bytes), dtype=torch.uint8)
+    torch.manual_seed(0)
+    tcfg = ThinkerConfig(vocab_size=320, n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64, ctx_len=96)
+    _save({"kind": "thinker", "format": FORMAT, "model": Thinker(tcfg).state_dict(), "model_config": to_dict(tcfg),
+           "config": {}, "tokenizer": tok_t}, d / "thinker.pt")
+    ccfg = ClipConfig(ViTConfig(image_size=16, patch_size=4, d_model=24, n_layers=1, n_heads=2, d_ff=48),
+                      TextSideConfig(d_model=16, n_layers=0, n_heads=2, d_ff=32, vocab_size=320), embed_dim=16)
+    _save({"kind": "vision", "format": FORMAT, "model": ClipModel(ccfg).state_dict(), "model_config": to_dict(ccfg),
+           "thinker_config": None, "config": {}, "tokenizer": tok_t}, d / "vision.pt")
+    acfg = AudioEncoderConfig(n_mels=16, d_model=24, n_layers=1, n_heads=2, d_ff=48, vocab_size=6, dropout=0.0)
+    _save({"kind": "audio_enc", "format": FORMAT, "model": AudioEncoder(acfg).state_dict(),
+           "model_config": to_dict(acfg), "config": {}, "vocab": "abcd ",
+           "features": to_dict(MelConfig(n_mels=16))}, d / "audio_enc.pt")
+    return d
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    """Coloured squares asked about in text and in tone 'speech'; transcription; a multi-turn row."""
+    d = tmp_path_factory.mktemp("sft")
+    (d / "img").mkdir()
+    (d / "wav").mkdir()
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (16, 16), rgb).save(d / "img" / f"{name}.png")
+    texts = ["ab", "cad", "bbd a", "dc"]
+    for i, t in enumerate(texts):
+        sf.write(d / "wav" / f"{i}.wav", tone_speech(t), SR)
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            c = list(COLOURS)[rng.integers(3)]
+            k = rng.integers(4)
+            out.append({"prompt": "what colour is it?", "answer": c, "image": f"img/{c}.png", "task": "colour"})
+            out.append({"prompt": "transcribe the audio.", "answer": texts[k], "audio": f"wav/{k}.wav",
+                        "task": "transcribe"})
+            out.append({"prompt": "answer the spoken question.", "answer": c, "image": f"img/{c}.png",
+                        "audio": f"wav/{k}.wav", "task": "spoken_colour"})
+            out.append({"messages": [{"role": "user", "content": "what colour is it?", "image": f"img/{c}.png"},
+                                     {"role": "assistant", "content": c + "."},
+                                     {"role": "user", "content": "thank you"},
+                                     {"role": "assistant", "content": "you are welcome."}], "task": "dialogue"})
+        return out
+    for split, n in (("train", 12), ("val", 3)):
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n)))
+    return d
+
+
+def sft_config(parts, data, save_dir, **over) -> str:
+    cfg = {"save_dir": str(save_dir), "train_files": [str(data / "train.jsonl")], "val_file": str(data / "val.jsonl"),
+           "thinker_ckpt": str(parts / "thinker.pt"), "vision_ckpt": str(parts / "vision.pt"),
+           "audio_enc_ckpt": str(parts / "audio_enc.pt"), "projector": {"image_tokens": 4, "audio_stack": 2},
+           "batch_size": 4, "lr": 3e-3, "projector_lr": 3e-3, "warmup_steps": 2, "max_steps": 16, "print_freq": 1,
+           "val_freq": 100, "checkpoint_freq": 3, "val_batch_size": 8, "val_max_new_tokens": 6}
+    cfg.update(over)
+    path = save_dir.parent / f"{save_dir.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def tiny_model(parts, **freeze) -> tuple[OmniModel, Tokenizer]:
+    t, v, a = (load_artifact(parts / f) for f in ("thinker.pt", "vision.pt", "audio_enc.pt"))
+    model = OmniModel(OmniConfig(t.model.cfg, v.model.cfg.vision, a.model.cfg, ProjectorConfig(4, True, 2)))
+    model.thinker.load_state_dict(t.model.state_dict())
+    model.vision.load_state_dict(v.model.vision.state_dict())
+    model.audio.load_state_dict(a.model.state_dict())
+    return model.freeze(**freeze), t.tokenizer
+
+
+# --- the template and the loss mask ----------------------------------------------------------------------------
+
+def test_loss_covers_only_the_answers_and_their_end_marker(parts, sft_data):
+    model, tok = tiny_model(parts)
+    tpl = ChatTemplate(tok)
+    ex = next(e for e in read_sft(sft_data / "train.jsonl") if e.task == "dialogue")
+    media = load_media([ex], model, MelConfig(n_mels=16), "cpu", True, True, progress=False)
+    r = render(ex, tpl, model, media)
+    b = collate([(ex, r)], media)
+    learned = b["targets"][0][b["targets"][0] != -100].tolist()
+    want = tok.encode("red.") if "red" in ex.turns[1].content else None
+    answers = [tok.encode(t.content) + [tpl.im_end] for t in ex.turns if t.role == "assistant"]
+    assert learned == answers[0] + answers[1], (learned, answers, want)
+    # every learned target is preceded (in the input) by the assistant's marker or its own previous token
+    assert b["ids"][0].tolist().count(IMAGE_ID) == model.image_token_count
+
+
+def test_training_and_generation_render_the_same_prefix(parts, sft_data):
+    model, tok = tiny_model(parts)
+    tpl = ChatTemplate(tok)
+    examples = read_sft(sft_data / "val.jsonl")
+    media = load_media(examples, model, MelConfig(n_mels=16), "cpu", True, True, progress=False)
+    for ex in examples:
+        full, prompt = render(ex, tpl, model, media), render(ex, tpl, model, media, for_generation=True)
+        assert full.ids[:len(prompt.ids)] == prompt.ids
+        assert prompt.ids[-2:] == [tpl.im_start, tpl.role["assistant"]]
+        assert not any(prompt.trained[:-2]) or ex.task == "dialogue"
+
+
+def test_system_prompt_and_bad_rows(tmp_path, sft_data):
+    ex = read_sft(sft_data / "val.jsonl", system="be brief.")[0]
+    assert ex.turns[0].role == "system" and ex.turns[0].content == "be brief."
+    bad = tmp_path / "bad.jsonl"
+    for line, msg in (('{"prompt": "hi"}', "missing string key"), ("{not json", "invalid JSON"),
+                      ('{"messages": [{"role": "assistant", "content": "x"}]}', "alternate"),
+                      ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", '
+                       '"image": "a.png"}]}', "only user turns")):
+        bad.write_text('{"prompt": "a", "answer": "b"}\n' + line + "\n")
+        with pytest.raises(ValueError, match=rf"bad.jsonl:2: .*{msg}"):
+            read_sft(bad)
+
+
+# --- media ---------------------------------------------------------------------------------------------------
+
+def test_padding_never_changes_a_rows_projected_tokens(parts, sft_data):
+    """A row's embeddings are the same alone and beside a longer clip and other images (padding is removed)."""
+    model, tok = tiny_model(parts)
+    tpl = ChatTemplate(tok)
+    exs = [e for e in read_sft(sft_data / "train.jsonl") if e.task == "spoken_colour"]
+    media = load_media(exs, model, MelConfig(n_mels=16), "cpu", False, False, progress=False)  # raw: encoders run
+    lengths = [media.audio[e.audio[0]].shape[0] for e in exs]
+    short, long_ = exs[int(np.argmin(lengths))], exs[int(np.argmax(lengths))]
+    assert min(lengths) < max(lengths)
+    with torch.no_grad():
+        def embeds(rows):
+            b = collate([(e, render(e, tpl, model, media)) for e in rows], media)
+            feats, counts = model.audio_features(b["mels"], b["mel_lengths"])
+            return model.embed(b["ids"], model.image_features(b["pixels"]), feats, counts), b["ids"]
+        alone, ids = embeds([short])
+        both, _ = embeds([long_, short])
+    n = ids.shape[1]
+    assert torch.allclose(alone[0], both[1, :n], atol=1e-5)
+
+
+def test_frozen_encoders_get_no_gradient_and_stay_in_eval(parts, sft_data):
+    model, tok = tiny_model(parts)
+    model.train()
+    assert not model.vision.training and not model.audio.training and model.thinker.training
+    tpl = ChatTemplate(tok)
+    exs = [e for e in read_sft(sft_data / "train.jsonl") if e.task == "spoken_colour"][:3]
+    media = load_media(exs, model, MelConfig(n_mels=16), "cpu", False, False, progress=False)
+    b = collate([(e, render(e, tpl, model, media)) for e in exs], media)
+    out = model(b["ids"], b["targets"], pixels=b["pixels"], mels=b["mels"], mel_lengths=b["mel_lengths"])
+    out["loss"].backward()
+    assert all(p.grad is None for p in [*model.vision.parameters(), *model.audio.parameters()])
+    assert all(p.grad is not None for p in model.image_proj.parameters())
+    assert all(p.grad is not None for p in model.audio_proj.parameters())
+    unfrozen, _ = tiny_model(parts, vision=False)
+    unfrozen(b["ids"], b["targets"], pixels=b["pixels"], mels=b["mels"],
+             mel_lengths=b["mel_lengths"])["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in unfrozen.vision.parameters())
+
+
+def test_placeholders_and_media_must_agree(parts):
+    model, _ = tiny_model(parts)
+    ids = torch.tensor([[4, IMAGE_ID, IMAGE_ID, 5]])
+    with pytest.raises(ValueError, match="no image was given"):
+        model.embed(ids)
+    with pytest.raises(ValueError, match="5 image tokens for 2 placeholders"):
+        model.embed(ids, image_feats=torch.zeros(1, 5, 24))
+    assert AUDIO_ID != IMAGE_ID
+
+
+# --- the stage -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(parts, sft_data, tmp_path_factory):
+    save = tmp_path_factory.mktemp("sft_ref") / "run"
+    r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, save)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return save
+
+
+def test_trains_logs_validates_and_writes_a_loadable_omni_model(reference, sft_data):
+    log = (reference / "training.log").read_text()
+    assert "real" in log and "omni_step_" in log
+    val = metrics(reference, "val")[-1]
+    for k in ("overall", "colour", "spoken_colour", "transcribe_wer", "dialogue_perplexity", "shuffled_images"):
+        assert k in val, (k, val)
+    train = metrics(reference)
+    assert train[-1]["loss"] < train[0]["loss"]
+    from omni.infer.omni import load_omni
+    omni = load_omni(reference)
+    assert set(omni.model.frozen) == {"thinker", "vision", "audio"}
+    art = torch.load(reference / "omni_final.pt", weights_only=True)
+    assert set(art["sources"]) == {"thinker", "vision", "audio_enc"} and len(art["sources"]["thinker"]["sha256"]) == 64
+    turns = [Turn("user", "answer the spoken question.", images=[str(sft_data / "img" / "red.png")],
+                  audio=[str(sft_data / "wav" / "0.wav")])]
+    pieces = list(omni.stream(turns, max_new_tokens=5))
+    assert "".join(pieces).strip() == omni.reply(turns, max_new_tokens=5)
+
+
+def test_sigkill_then_rerun_is_bitwise_identical(parts, sft_data, reference, tmp_path):
+    save = tmp_path / "run"
+    cmd = ["sft_omni.py", "--config", sft_config(parts, sft_data, save)]
+    assert kill_at(cmd, save, 7) < 16
+    r = run_script(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from omni_step_" in (save / "training.log").read_text()
+    assert_same_weights(final_weights(reference, "omni_final"), final_weights(save, "omni_final"))
+    assert [m["loss"] for m in metrics(save)] == [m["loss"] for m in metrics(reference)]
+
+
+def test_align_steps_keep_the_thinker_still(parts, sft_data, tmp_path):
+    save = tmp_path / "align"
+    r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, save, max_steps=3, align_steps=3,
+                                                          checkpoint_freq=1)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    start = torch.load(parts / "thinker.pt", weights_only=True)["model"]
+    end = final_weights(save, "omni_final")
+    assert_same_weights(start, {k.removeprefix("thinker."): v for k, v in end.items() if k.startswith("thinker.")})
+    first = torch.load(save / "omni_step_1.pt", weights_only=True)["model"]
+    assert not torch.equal(end["image_proj.inp.weight"], first["image_proj.inp.weight"])
+    assert [m["lr"] > 0 for m in metrics(save)] == [True] * 3  # the log's lr is the projectors'
+
+
+def test_unreadable_media_are_skipped_and_counted(parts, sft_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.loads(l) for l in (sft_data / "train.jsonl").read_text().splitlines()]
+    for r in rows:  # absolute paths, so the copy can live elsewhere
+        for k in ("image", "audio"):
+            if k in r:
+                r[k] = str(sft_data / r[k])
+        for m in r.get("messages", []):
+            if "image" in m:
+                m["image"] = str(sft_data / m["image"])
+    (data / "broken.png").write_bytes(b"not a png")
+    rows[0] = {"prompt": "what colour is it?", "answer": "red", "image": "broken.png", "task": "colour"}
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save = tmp_path / "run"
+    cfg = sft_config(parts, sft_data, save, train_files=[str(data / "train.jsonl")], max_steps=12,
+                     max_bad_fraction=0.5)
+    r = run_script(["sft_omni.py", "--config", cfg])
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (save / "training.log").read_text()
+    assert "1 with unreadable media" in log and "unreadable image" in log and "broken.png" in log
+    r = run_script(["sft_omni.py", "--config", cfg, "--set", "max_bad_fraction=0.0", "--fresh"])
+    assert r.returncode != 0 and "max_bad_fraction" in r.stderr
+
+
+def test_missing_or_wrong_artifacts_are_errors_naming_the_file(parts, sft_data, tmp_path):
+    cfg = sft_config(parts, sft_data, tmp_path / "a", thinker_ckpt=str(tmp_path / "nope.pt"))
+    r = run_script(["sft_omni.py", "--config", cfg])
+    assert r.returncode != 0 and "nope.pt not found" in r.stderr and "train_text.py" in r.stderr
+    cfg = sft_config(parts, sft_data, tmp_path / "b", audio_enc_ckpt=str(parts / "vision.pt"))
+    r = run_script(["sft_omni.py", "--config", cfg])
+    assert r.returncode != 0 and "vision.pt is a vision artifact, but a audio_enc" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_mismatched_omni_artifact_is_an_error(reference, tmp_path):
+    art = torch.load(reference / "omni_final.pt", weights_only=True)
+    art["model_config"]["projector"]["hidden"] = 7
+    torch.save(art, tmp_path / "omni_final.pt")
+    with pytest.raises(RuntimeError, match="omni_final.pt: weights do not match"):
+        load_artifact(tmp_path / "omni_final.pt")
+
+
+def test_evaluate_script_prints_every_task(reference, sft_data):
+    r = run_script(["scripts/evaluate.py", "sft", "--ckpt", str(reference), "--data", str(sft_data / "val.jsonl")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert set(out["tasks"]) >= {"colour", "spoken_colour", "transcribe", "dialogue"}
+    assert out["tasks"]["colour"]["n"] == 3 and "accuracy" in out["tasks"]["colour"]
+    assert "perplexity" in out["tasks"]["dialogue"] and "wer" in out["tasks"]["transcribe"]
+    assert 0 <= out["overall"] <= 1 and "shuffled_images" in out and "prior" in out
