@@ -59,9 +59,8 @@ class SFTConfig(TrainConfig):
     val_shuffled: bool = True          # the grounding check (images / audio shuffled among rows) in validation
 
 
-MAKES = {"thinker_ckpt": "python train_text.py --config configs/demo/thinker.json",
-         "audio_enc_ckpt": "python train_audio_enc.py --config configs/demo/audio_enc.json",
-         "vision_ckpt": "python train_vision.py --config configs/demo/vision.json"}
+MAKES = {"thinker_ckpt": ("train_text.py", "thinker"), "audio_enc_ckpt": ("train_audio_enc.py", "audio_enc"),
+         "vision_ckpt": ("train_vision.py", "vision")}
 KIND = {"thinker_ckpt": "thinker", "audio_enc_ckpt": "audio_enc", "vision_ckpt": "vision"}
 
 
@@ -89,8 +88,10 @@ class OmniStage(Stage):
         try:
             a = load_artifact(path, KIND[key], "cpu")
         except FileNotFoundError:
-            raise FileNotFoundError(f"{key} {path} not found: make it with `{MAKES[key]}` (for the demo) or "
-                                    f"point {key} at your own") from None
+            script, name = MAKES[key]
+            raise FileNotFoundError(f"{key} {path} not found: train that stage first (`python {script} --config "
+                                    f"configs/demo/{name}.json` for the demo, configs/{name}_tiny.json at the "
+                                    f"seed's sizes) or point {key} at your own") from None
         except (ValueError, RuntimeError) as e:
             raise ConfigError(f"{key}: {e}") from None
         self.sources[KIND[key]] = {"path": str(path), "sha256": sha256(a.path)}
@@ -113,7 +114,10 @@ class OmniStage(Stage):
                  f"{', '.join(k for k in ('thinker', 'vision', 'audio') if getattr(cfg.freeze, k)) or 'nothing'}")
 
     def build_model(self):
-        model = OmniModel(self.model_cfg)
+        try:
+            model = OmniModel(self.model_cfg)
+        except ValueError as e:  # projector settings that do not fit the parts
+            raise ConfigError(str(e)) from None
         model.thinker.load_state_dict(self.parts["thinker_ckpt"].model.state_dict())
         if model.vision is not None:
             model.vision.load_state_dict(self.parts["vision_ckpt"].model.vision.state_dict())

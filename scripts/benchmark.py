@@ -229,6 +229,71 @@ def talker_speak(config: str, device, chars: int = 45) -> dict:
             "frames/s cached": frames / cached, "frames/s uncached": frames / uncached, "audio_s": audio_s}
 
 
+def _omni(config: str, device):
+    """An OmniModel at the sizes of the configs a Stage E config names (random weights), frozen encoders."""
+    import sft_omni
+    from omni.models.omni import OmniConfig, OmniModel
+    from train_audio_enc import AudioEncConfig
+    from train_vision import VisionConfig
+    cfg = load_config(sft_omni.SFTConfig, config)
+    tiny = "tiny" in config
+    part = (lambda n: f"configs/{n}_tiny.json") if tiny else (lambda n: f"configs/demo/{n}.json")
+    thinker = load_config(TextConfig, part("thinker")).model
+    vision = load_config(VisionConfig, part("vision")).model.vision
+    audio = replace(load_config(AudioEncConfig, part("audio_enc")).model, vocab_size=30)
+    model = OmniModel(OmniConfig(thinker, vision, audio, cfg.projector)).to(device)
+    return cfg, model.freeze(thinker=cfg.freeze.thinker, vision=cfg.freeze.vision, audio=cfg.freeze.audio)
+
+
+def omni_train(config: str, device, batch_size: int | None = None, text_tokens: int = 24, steps: int = 3) -> dict:
+    """Stage E optimizer steps on image-question rows: cached (frozen) image features, one image per row."""
+    from omni.models.omni import IMAGE_ID
+    cfg, model = _omni(config, device)
+    B, n_img = batch_size or cfg.batch_size, model.image_token_count
+    T = n_img + text_tokens
+    ids = torch.randint(20, model.cfg.thinker.vocab_size, (B, T), device=device)
+    ids[:, 4:4 + n_img] = IMAGE_ID
+    feats = torch.randn(B, n_img, model.cfg.vision.d_model, device=device)
+    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
+    fwd = torch.compile(model, dynamic=True) if cfg.use_compile and device.type == "cuda" else model
+
+    def step():
+        with autocast_context(device, cfg.use_amp):
+            loss = fwd(ids, ids, image_feats=feats, return_logits=False)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    dt = timed(step, device, 2 if device.type == "cuda" else 1, steps)
+    return {"tok/s": B * T / dt, "rows/s": B / dt, "batch": B, "seq": T,
+            "trained_params_M": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
+
+
+def omni_answer(config: str, device, question_tokens: int = 10, answer_tokens: int = 8) -> dict:
+    """Latency of one answer about one picture: the ViT and the projector on the image, the prompt prefilled,
+    then `answer_tokens` greedy tokens with the KV cache (an untrained model: no early stop)."""
+    from omni.infer.generate import generate_stream
+    from omni.models.omni import IMAGE_ID
+    _, model = _omni(config, device)
+    model.eval()
+    S = model.cfg.vision.image_size
+    n_img = model.image_token_count
+    ids = torch.randint(20, model.cfg.thinker.vocab_size, (1, n_img + question_tokens + 6), device=device)
+    ids[:, 4:4 + n_img] = IMAGE_ID
+    pixels = torch.rand(1, 3, S, S, device=device)
+
+    def first():
+        with torch.no_grad():
+            x = model.embed(ids, model.image_features(pixels))
+            return next(generate_stream(model.thinker, x, 1, temperature=0.0))
+
+    def full():
+        with torch.no_grad():
+            x = model.embed(ids, model.image_features(pixels))
+            return list(generate_stream(model.thinker, x, answer_tokens, temperature=0.0))
+    return {"ms first token": timed(first, device, 2, 10) * 1000,
+            f"ms answer ({answer_tokens} tok)": timed(full, device, 2, 10) * 1000, "prompt_tokens": ids.shape[1]}
+
+
 ROWS = {
     "thinker train (demo)": lambda d: thinker_train("configs/demo/thinker.json", d),
     "thinker train (tiny)": lambda d: thinker_train("configs/thinker_tiny.json", d,
@@ -248,6 +313,11 @@ ROWS = {
                                                         batch_size=None if d.type == "cuda" else 8),
     "talker speak (demo)": lambda d: talker_speak("configs/demo/talker.json", d),
     "talker speak (tiny)": lambda d: talker_speak("configs/talker_tiny.json", d),
+    "omni sft train (demo)": lambda d: omni_train("configs/demo/omni_sft.json", d),
+    "omni sft train (tiny)": lambda d: omni_train("configs/omni_sft_tiny.json", d,
+                                                  batch_size=None if d.type == "cuda" else 8),
+    "omni answer (demo)": lambda d: omni_answer("configs/demo/omni_sft.json", d),
+    "omni answer (tiny)": lambda d: omni_answer("configs/omni_sft_tiny.json", d),
 }
 
 

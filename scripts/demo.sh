@@ -48,4 +48,9 @@ for split in test_world test_english; do
   evaluate "tts_$split" tts runs/demo/talker "data/demo/tts/$split.csv"
 done
 
+stage omni_sft sft_omni.py configs/demo/omni_sft.json runs/demo/omni_sft/omni_final.pt  # needs A, B and C
+for split in val test; do  # chosen on val (val_voices); the targets are on test (test voices, unseen scenes)
+  evaluate "sft_$split" sft runs/demo/omni_sft "data/demo/sft/$split.jsonl"
+done
+
 $PY scripts/report.py --runs runs/demo

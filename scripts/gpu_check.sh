@@ -5,10 +5,11 @@
 #
 #   bash scripts/gpu_check.sh [DATA=data/demo] [OUT=runs/gpu_check] [STEPS=300]
 #   TOKENIZER=runs/demo/thinker/tokenizer.model VOCAB=4096 bash scripts/gpu_check.sh   # reuse a tokenizer
-#   STAGES="audio_enc talker" bash scripts/gpu_check.sh   # some stages only (vision needs thinker's output)
+#   STAGES="audio_enc talker" bash scripts/gpu_check.sh   # some stages only (vision needs thinker's output,
+#                                                          # omni_sft thinker's, audio_enc's and vision's)
 #
 # DATA needs text/{train,val}.txt, asr/{train,val_world}.csv, images/{train,val_world}.jsonl and
-# tts/{train,val_world}.csv (`make data` writes them). A stage that fails is reported and the rest still run.
+# tts/{train,val_world}.csv, sft/{train,val}.jsonl (`make data` writes them). A stage that fails is reported and the rest still run.
 set -uo pipefail
 DATA=${1:-data/demo}
 OUT=${2:-runs/gpu_check}
@@ -19,7 +20,7 @@ common=(--fresh --set max_steps="$STEPS" warmup_steps=50 print_freq=50 val_freq=
 tok=()
 if [ -n "${TOKENIZER:-}" ]; then tok=(tokenizer="$TOKENIZER" model.vocab_size="${VOCAB:?set VOCAB to the tokenizer size}"); fi
 
-STAGES=${STAGES:-thinker audio_enc vision talker}
+STAGES=${STAGES:-thinker audio_enc vision talker omni_sft}
 
 stage() {  # KEY SCRIPT CONFIG [--set overrides...]
   local key=$1 script=$2 config=$3; shift 3
@@ -44,4 +45,7 @@ stage talker train_talker.py configs/talker_tiny.json \
   train_csv="$DATA/tts/train.csv" "val_csvs=[\"$DATA/tts/val_world.csv\"]" max_mel_length=1024 \
   codec.max_steps="$STEPS" codec.warmup_steps=50 codec.val_freq="$STEPS" roundtrip=16 \
   audio_enc_ckpt="$OUT/audio_enc/audio_enc.pt"
+stage omni_sft sft_omni.py configs/omni_sft_tiny.json \
+  "train_files=[\"$DATA/sft/train.jsonl\"]" val_file="$DATA/sft/val.jsonl" thinker_ckpt="$OUT/thinker/thinker.pt" \
+  vision_ckpt="$OUT/vision/vision.pt" audio_enc_ckpt="$OUT/audio_enc/audio_enc.pt" align_steps=100
 $PY scripts/gpu_check_summary.py "$OUT" | tee "$OUT/summary.md"

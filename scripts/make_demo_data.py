@@ -42,8 +42,9 @@ WORKERS = 2  # speech synthesis processes: both cores of the demo machine
 # asr/sft 6: val_voices (espeak variants held out of training in every accent): asr val_voices_{world,english};
 #   sft val spoken by them and a new sft test by the test voices.
 # sft 7: dialogue rows in the multi-turn "messages" form; transcribe rows say their "source" (world / english).
+# sft 8: training transcribes 2000 sentences (3/4 world, was 600, 1/2) and every question recording.
 # images 4: test_world, other held-out scenes (Stage C now reports on them, and chooses on val_world).
-PART_VERSIONS = {"text": 3, "asr": 6, "tts": 3, "images": 4, "sft": 7, "ocr": 1}
+PART_VERSIONS = {"text": 3, "asr": 6, "tts": 3, "images": 4, "sft": 8, "ocr": 1}
 
 
 def part_rng(seed: int, part: str) -> np.random.Generator:

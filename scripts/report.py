@@ -31,8 +31,32 @@ TARGETS = [
      "<", 15.0),
     ("D", "round-trip WER: Talker speech of held-out world sentences, transcribed by Stage B", "tts_test_world",
      "roundtrip_wer", "<", 0.30),
+    ("E", "accuracy, held-out image and spoken questions (test.jsonl: unseen scenes and voices)", "sft_test",
+     "overall", ">", 0.60),
+    *[("E", f"accuracy, image question: {t}", "sft_test", f"tasks.{t}.accuracy", ">=", 0.60)
+      for t in ("colour", "count", "position", "shape", "yesno")],
+    *[("E", f"accuracy, spoken question: {t}", "sft_test", f"tasks.spoken_{t}.accuracy", ">=", 0.40)
+      for t in ("colour", "count", "position", "shape", "yesno")],
+    ("E", "transcription WER, held-out world sentences by held-out voices", "sft_test",
+     "tasks.transcribe_world.wer", "<", 0.30),
+    ("E", "image questions with the images shuffled among rows: share of the accuracy's margin over the "
+     "answer prior lost", "sft_test", "grounding.images.lost", ">=", 0.5),
 ]
-MINUTES = {"A": ("thinker", 5), "B": ("audio_enc", 8), "C": ("vision", 5), "D": ("talker", 10)}  # stage -> (times.json key, CPU-minute budget)
+MINUTES = {"A": ("thinker", 5), "B": ("audio_enc", 8), "C": ("vision", 5), "D": ("talker", 10),
+           "E": ("omni_sft", 6)}  # stage -> (times.json key, CPU-minute budget)
+
+
+def lookup(result: dict, key: str):
+    """result["a"]["b"] for key "a.b"; None when absent."""
+    for part in key.split("."):
+        if not isinstance(result, dict) or part not in result:
+            return None
+        result = result[part]
+    return result
+
+
+def meets(value: float, op: str, target: float) -> bool:
+    return {"<": value < target, ">": value > target, ">=": value >= target}[op]
 
 
 def curves(runs: Path, out: Path) -> list[Path]:
@@ -65,6 +89,29 @@ def curves(runs: Path, out: Path) -> list[Path]:
     return written
 
 
+def sft_details(path: Path) -> list[str]:
+    """Stage E, every task of test.jsonl: its figure, with the images (and audio) shuffled, and the prior."""
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    img, aud, prior = r.get("shuffled_images", {}), r.get("shuffled_audio", {}), r.get("prior", {})
+    out = ["", "## Stage E on test.jsonl, every task", "",
+           "| task | n | metric | value | images shuffled | audio shuffled | answer prior |", "|---|---|---|---|---|---|---|"]
+
+    def f(x):
+        return "" if x is None else f"{x:.3g}"
+    for task, m in r["tasks"].items():
+        key = next(k for k in ("accuracy", "wer", "perplexity") if k in m)
+        out.append(f"| {task} | {m['n']} | {key} | {f(m[key])} | {f(img.get(task))} | {f(aud.get(task))} | "
+                   f"{f(prior.get(task))} |")
+    out.append(f"| overall | | accuracy | {f(r['overall'])} | {f(img.get('overall'))} | | {f(prior.get('overall'))} |")
+    for what, g in r.get("grounding", {}).items():
+        out.append(f"| {what} questions | {g['n']} | accuracy | {f(g['accuracy'])} | "
+                   f"{f(g['shuffled']) if what == 'images' else ''} | {f(g['shuffled']) if what == 'audio' else ''} "
+                   f"| {f(g['prior'])} |")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/demo")
@@ -78,17 +125,18 @@ def main(argv=None) -> int:
         if not f.exists():
             lines.append(f"| {stage} | {what} | not run | {op} {target} | |")
             continue
-        value = json.loads(f.read_text()).get(key)
+        value = lookup(json.loads(f.read_text()), key)
         if value is None:
             lines.append(f"| {stage} | {what} | not measured | {op} {target} | |")
             continue
-        met = value < target if op == "<" else value > target
+        met = meets(value, op, target)
         lines.append(f"| {stage} | {what} | {value:.4g} | {op} {target} | {'yes' if met else 'NO'} |")
     for stage, (key, budget) in MINUTES.items():
         if key in times:
             minutes = times[key] / 60
             lines.append(f"| {stage} | training minutes | {minutes:.1f} | ≤ {budget} | "
                          f"{'yes' if minutes <= budget else 'NO'} |")
+    lines += sft_details(evals / "sft_test.json")
     lines += ["", "## Loss curves", ""]
     for png in curves(runs, runs):
         lines.append(f"![{png.stem}]({png.name})")

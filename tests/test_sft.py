@@ -9,12 +9,12 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from conftest import SR, assert_same_weights, final_weights, kill_at, metrics, run_script, tone_speech
+from conftest import ROOT, SR, assert_same_weights, final_weights, kill_at, metrics, run_script, tone_speech
 from omni.artifacts import FORMAT, load_artifact
 from omni.audio import MelConfig
 from omni.chat import ChatTemplate, Turn
 from omni.config import to_dict
-from omni.data.sft import Media, collate, load_media, read_sft, render
+from omni.data.sft import collate, load_media, read_sft, render
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig
 from omni.models.omni import AUDIO_ID, IMAGE_ID, OmniConfig, OmniModel, ProjectorConfig
 from omni.models.thinker import Thinker, ThinkerConfig
@@ -284,6 +284,9 @@ def test_missing_or_wrong_artifacts_are_errors_naming_the_file(parts, sft_data, 
     r = run_script(["sft_omni.py", "--config", cfg])
     assert r.returncode != 0 and "vision.pt is a vision artifact, but a audio_enc" in r.stderr
     assert "Traceback" not in r.stderr
+    r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, tmp_path / "c"), "--set",
+                    "projector.image_tokens=5"])
+    assert r.returncode != 0 and "image_tokens must be a square" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_mismatched_omni_artifact_is_an_error(reference, tmp_path):
@@ -302,3 +305,20 @@ def test_evaluate_script_prints_every_task(reference, sft_data):
     assert out["tasks"]["colour"]["n"] == 3 and "accuracy" in out["tasks"]["colour"]
     assert "perplexity" in out["tasks"]["dialogue"] and "wer" in out["tasks"]["transcribe"]
     assert 0 <= out["overall"] <= 1 and "shuffled_images" in out and "prior" in out
+    g = out["grounding"]["images"]
+    assert g["n"] == 3 and set(g) == {"accuracy", "shuffled", "prior", "lost", "n"}
+
+
+def test_scores_normalise_answers_and_measure_grounding():
+    from omni.infer.sft_eval import grounding, normalize, word_f1
+    assert normalize(" At the Top. ") == "at the top" and normalize("yes!") == "yes"
+    assert word_f1("a red star", "a red circle") == pytest.approx(2 / 3) and word_f1("x", "") == 0.0
+    rows = [read_row(a) for a in ["yes", "yes", "yes", "no"]]   # prior: 3 of 4 say "yes"
+    g = grounding(rows, ["yes", "yes", "yes", "no"], ["yes", "yes", "yes", "yes"])
+    assert (g["accuracy"], g["shuffled"], g["prior"]) == (1.0, 0.75, 0.75) and g["lost"] == pytest.approx(1.0)
+    assert grounding(rows, ["yes"] * 4, ["no"] * 4)["lost"] is None   # no margin over the prior
+
+
+def read_row(answer: str):
+    from omni.data.sft import parse_row
+    return parse_row({"prompt": "is there a star?", "answer": answer, "task": "yesno"}, ROOT, "row")

@@ -8,7 +8,8 @@ Rows (SPEC §9): {"prompt", "answer", "task", optional "image", "audio"}, or {"m
     colour count position      image + question -> exact answer (world.questions)
     shape yesno
     spoken_<task>              image + spoken question (audio; its text in "question") -> exact answer
-    transcribe                 audio -> transcript (world and general English: "source" says which)
+    transcribe                 audio -> transcript (world and general English: "source" says which); in
+                               training also the question recordings' own transcripts
     define                     "what does <word> mean?" -> WordNet definition
     dialogue                   multi-turn ("messages"): two questions about one image, answered in turn; or
                                one turn of small talk
@@ -52,13 +53,15 @@ class SFTSizes:
     transcribe: int
     define: int
     dialogue: int
+    world_share: float = 0.5     # of the transcribe rows, world sentences (the rest general English)
+    transcribe_questions: bool = False  # also a transcribe row per question recording (training only)
 
 
 SIZES = {
-    "small": {"train": SFTSizes(30, 24, 1, 12, 20, 12), "val": SFTSizes(10, 10, 1, 6, 6, 6),
+    "small": {"train": SFTSizes(30, 24, 1, 12, 20, 12, 0.75, True), "val": SFTSizes(10, 10, 1, 6, 6, 6),
               "test": SFTSizes(10, 10, 1, 6, 6, 6)},
-    "full": {"train": SFTSizes(1200, 1500, 2, 600, 1000, 400), "val": SFTSizes(60, 100, 1, 60, 60, 40),
-             "test": SFTSizes(60, 100, 1, 60, 60, 40)},
+    "full": {"train": SFTSizes(1200, 1500, 2, 2000, 1000, 400, 0.75, True),
+             "val": SFTSizes(60, 100, 1, 60, 60, 40), "test": SFTSizes(60, 100, 1, 60, 60, 40)},
 }
 
 
@@ -115,8 +118,13 @@ def build_split(out_dir: Path, split: str, size: str, rng: np.random.Generator, 
         rows.append({"prompt": SPOKEN_PROMPT, "answer": q.answer, "image": rel, "audio": wav, "speaker": speaker,
                      "task": "spoken_" + q.task, "question": q.text, "scene": s.to_dict()})
 
+    if sz.transcribe_questions:  # reading speech is one skill: the question recordings teach it too
+        for (text, _), (wav, speaker) in recordings.items():
+            rows.append({"prompt": TRANSCRIBE_PROMPT, "answer": normalize_transcript(text), "audio": wav,
+                         "speaker": speaker, "task": "transcribe", "source": "world"})
+
     eng = sentences.english_pools()
-    n_world = sz.transcribe // 2
+    n_world = round(sz.transcribe * sz.world_share)
     texts = sentences.sample_world(n_world, held, rng, exclude=taken) + sentences.sample_english(
         eng, sz.transcribe - n_world, "held" if held else "train", rng, exclude=taken)
     for i, t in enumerate(texts):

@@ -101,11 +101,23 @@ def answer_nll(model, template: ChatTemplate, examples: list[Example], media: Me
 
 
 def prior(examples: list[Example]) -> dict[str, float]:
-    """Per question task: the share of rows whose answer is the task's most common answer."""
+    """Per question task, and "overall" (pooled): the share of rows whose answer is their task's most common
+    answer — the accuracy of answering without looking or listening."""
     by_task = defaultdict(list)
     for ex in examples:
         by_task[ex.task].append(normalize(ex.answer))
-    return {t: Counter(a).most_common(1)[0][1] / len(a) for t, a in by_task.items()}
+    top = {t: Counter(a).most_common(1)[0][1] for t, a in by_task.items()}
+    return {"overall": sum(top.values()) / len(examples), **{t: top[t] / len(a) for t, a in by_task.items()}}
+
+
+def grounding(rows: list[Example], hyps: list[str], shuffled_hyps: list[str]) -> dict:
+    """Accuracy on `rows`, with their media shuffled, the answer prior, and `lost`: the share of the accuracy's
+    margin over the prior that the shuffling takes away (1: all of it, 0: none; None without a margin)."""
+    acc, shuf = (float(np.mean([normalize(h) == normalize(ex.answer) for ex, h in zip(rows, hs)]))
+                 for hs in (hyps, shuffled_hyps))
+    p = prior(rows)["overall"]
+    return {"accuracy": acc, "shuffled": shuf, "prior": p, "lost": (acc - shuf) / (acc - p) if acc > p else None,
+            "n": len(rows)}
 
 
 def _accuracy(examples, hyps) -> tuple[dict, float | None]:
@@ -120,8 +132,10 @@ def _accuracy(examples, hyps) -> tuple[dict, float | None]:
 def evaluate_sft(model, template: ChatTemplate, examples: list[Example], media: Media, device,
                  batch_size: int = 64, max_new_tokens: int = 48, shuffled: bool = True, seed: int = 0,
                  samples: int = 0) -> dict:
-    """{"overall", "tasks": {task: {metric, "n"}}, "shuffled_images", "shuffled_audio", "prior", "skipped"}
-    over the examples whose media are readable (the others are counted in "skipped")."""
+    """{"overall", "tasks": {task: {metric, "n"}}, "shuffled_images", "shuffled_audio" (accuracy per task with
+    the media shuffled among rows), "prior" (per task and pooled), "grounding": {"images": the image
+    questions, "audio": the spoken ones; see `grounding`}, "skipped"} over the examples whose media are
+    readable (the others are counted in "skipped")."""
     usable = [ex for ex in examples if media.problem(ex) is None]
     out: dict = {"overall": None, "tasks": {}, "skipped": len(examples) - len(usable)}
     questions = [ex for ex in usable if is_question_task(ex.task)]
@@ -150,7 +164,7 @@ def evaluate_sft(model, template: ChatTemplate, examples: list[Example], media: 
         out["samples"] = [{"task": ex.task, "prompt": ex.turns[-2].content, "answer": ex.answer, "reply": h}
                           for ex, h in list(zip(gen, hyps))[:samples]]
     if shuffled and questions:
-        out["prior"] = prior(questions)
+        out["prior"], out["grounding"] = prior(questions), {}
         rng = np.random.default_rng(seed)
         with_img = [i for i, ex in enumerate(questions) if ex.images]
         if len(with_img) > 1:
@@ -161,14 +175,19 @@ def evaluate_sft(model, template: ChatTemplate, examples: list[Example], media: 
             h = answer(model, template, questions, media, device, batch_size, max_new_tokens, images=images)
             per, overall = _accuracy(questions, h)
             out["shuffled_images"] = {"overall": overall, **{t: v["accuracy"] for t, v in per.items()}}
+            pick = [i for i, ex in enumerate(questions) if ex.images and not ex.audio]  # the image questions
+            if pick:
+                out["grounding"]["images"] = grounding([questions[i] for i in pick], [hq[i] for i in pick],
+                                                       [h[i] for i in pick])
         spoken = [ex for ex in questions if ex.audio]
         if len(spoken) > 1:
             perm = rng.permutation(len(spoken))
             swapped = [Example(_swap_audio(ex.turns, spoken[j].audio), ex.task, ex.where, ex.meta)
                        for ex, j in zip(spoken, perm)]
-            per, overall = _accuracy(spoken, answer(model, template, swapped, media, device, batch_size,
-                                                    max_new_tokens))
+            h = answer(model, template, swapped, media, device, batch_size, max_new_tokens)
+            per, overall = _accuracy(spoken, h)
             out["shuffled_audio"] = {"overall": overall, **{t: v["accuracy"] for t, v in per.items()}}
+            out["grounding"]["audio"] = grounding(spoken, [x for ex, x in zip(questions, hq) if ex.audio], h)
     return out
 
 
