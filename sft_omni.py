@@ -107,8 +107,11 @@ class OmniStage(Stage):
         self.model_cfg = OmniConfig(thinker.model.cfg, vision.model.cfg.vision if vision else None,
                                     audio.model.cfg if audio else None, cfg.projector)
         self.mel = audio.features if audio else None
-        self.train_examples = [ex for f in cfg.train_files for ex in read_sft(f, cfg.system_prompt)]
-        self.val_examples = read_sft(cfg.val_file, cfg.system_prompt) if cfg.val_file else []
+        try:  # a malformed row is an error naming its file and line
+            self.train_examples = [ex for f in cfg.train_files for ex in read_sft(f, cfg.system_prompt)]
+            self.val_examples = read_sft(cfg.val_file, cfg.system_prompt) if cfg.val_file else []
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         log.info(f"parts: Thinker {cfg.thinker_ckpt}, ViT {cfg.vision_ckpt or '(none)'}, audio encoder "
                  f"{cfg.audio_enc_ckpt or '(none)'}; frozen: "
                  f"{', '.join(k for k in ('thinker', 'vision', 'audio') if getattr(cfg.freeze, k)) or 'nothing'}")
@@ -132,9 +135,12 @@ class OmniStage(Stage):
         """(the examples that fit the Thinker's context, their renderings: None for a row whose media are
         unreadable, which the stream skips and counts); media loaded into self.media."""
         cfg, model = self.cfg, self.model
-        self.media = load_media(examples, model, self.mel, next(model.parameters()).device,
-                                encode_images=cfg.freeze.vision, encode_audio=cfg.freeze.audio,
-                                media=getattr(self, "media", None), progress=self.dist.is_main)
+        try:
+            self.media = load_media(examples, model, self.mel, next(model.parameters()).device,
+                                    encode_images=cfg.freeze.vision, encode_audio=cfg.freeze.audio,
+                                    media=getattr(self, "media", None), progress=self.dist.is_main)
+        except ValueError as e:  # images or audio for a model without that encoder
+            raise ConfigError(str(e)) from None
         keep, rendered, long, bad = [], [], 0, 0
         for ex in examples:
             r = None

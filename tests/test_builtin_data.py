@@ -263,20 +263,28 @@ def test_every_sft_answer_agrees_with_its_scene(demo):
     checked = 0
     for split in ["train", "val", "test"]:
         for r in read_jsonl(demo / "sft" / f"{split}.jsonl"):
-            assert r["prompt"] and r["answer"], r
+            if "messages" in r:  # several turns: user and assistant alternate, the image on the first
+                turns = r["messages"]
+                assert [m["role"] for m in turns] == ["user", "assistant"] * (len(turns) // 2), r
+                assert all(m["content"] for m in turns), r
+            else:
+                assert r["prompt"] and r["answer"], r
             if "scene" not in r:
                 continue
             scene = world.Scene.from_dict(r["scene"])
-            with Image.open(demo / "sft" / r["image"]) as im:  # the picture is the scene that was drawn
+            image = r["messages"][0]["image"] if "messages" in r else r["image"]
+            with Image.open(demo / "sft" / image) as im:  # the picture is the scene that was drawn
                 assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(world.render(scene, 64)))
             if r["task"] == "caption":
                 assert r["answer"] == world.caption(scene)
                 continue
-            if r["task"] == "dialogue":  # the earlier turn in the prompt must be right too
-                first, reply = r["prompt"].splitlines()[:2]
-                assert world.answer(scene, first.removeprefix("user: ")) == reply.removeprefix("assistant: ")[:-1]
-            question = r.get("question") or r["prompt"].splitlines()[-1].removeprefix("user: and ")
-            assert world.answer(scene, question) == r["answer"], r
+            if r["task"] == "dialogue":  # every answer of the conversation must be right
+                for q, a in zip(turns[::2], turns[1::2]):
+                    question = q["content"].removeprefix("and ").rstrip("?")
+                    assert world.answer(scene, question) == a["content"].rstrip("."), r
+                checked += 1
+                continue
+            assert world.answer(scene, r.get("question") or r["prompt"].rstrip("?")) == r["answer"], r
             checked += 1
     assert checked > 100
     for r in read_jsonl(demo / "images" / "val_world.jsonl") + read_jsonl(demo / "images" / "test_world.jsonl"):

@@ -264,6 +264,7 @@ def test_unreadable_media_are_skipped_and_counted(parts, sft_data, tmp_path):
                 m["image"] = str(sft_data / m["image"])
     (data / "broken.png").write_bytes(b"not a png")
     rows[0] = {"prompt": "what colour is it?", "answer": "red", "image": "broken.png", "task": "colour"}
+    rows[1] = {"prompt": "transcribe the audio.", "answer": "ab", "audio": "gone.wav", "task": "transcribe"}
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     save = tmp_path / "run"
     cfg = sft_config(parts, sft_data, save, train_files=[str(data / "train.jsonl")], max_steps=12,
@@ -271,7 +272,8 @@ def test_unreadable_media_are_skipped_and_counted(parts, sft_data, tmp_path):
     r = run_script(["sft_omni.py", "--config", cfg])
     assert r.returncode == 0, r.stderr[-3000:]
     log = (save / "training.log").read_text()
-    assert "1 with unreadable media" in log and "unreadable image" in log and "broken.png" in log
+    assert "2 with unreadable media" in log and "unreadable image" in log and "broken.png" in log
+    assert "missing audio" in log and "gone.wav" in log and "train.jsonl:2" in log
     r = run_script(["sft_omni.py", "--config", cfg, "--set", "max_bad_fraction=0.0", "--fresh"])
     assert r.returncode != 0 and "max_bad_fraction" in r.stderr
 
@@ -287,6 +289,13 @@ def test_missing_or_wrong_artifacts_are_errors_naming_the_file(parts, sft_data, 
     r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, tmp_path / "c"), "--set",
                     "projector.image_tokens=5"])
     assert r.returncode != 0 and "image_tokens must be a square" in r.stderr and "Traceback" not in r.stderr
+    r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, tmp_path / "d", vision_ckpt="")])
+    assert r.returncode != 0 and "has images but the model has no vision encoder" in r.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
+    r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, tmp_path / "e", train_files=[str(bad)])])
+    assert r.returncode != 0 and "bad.jsonl:2: missing string key(s) ['answer']" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_a_mismatched_omni_artifact_is_an_error(reference, tmp_path):
