@@ -102,11 +102,13 @@ def sft_details(path: Path) -> list[str]:
         return "" if x is None else f"{x:.3g}"
     for task, m in r["tasks"].items():
         key = next(k for k in ("accuracy", "wer", "perplexity") if k in m)
-        out.append(f"| {task} | {m['n']} | {key} | {f(m[key])} | {f(img.get(task))} | {f(aud.get(task))} | "
+        value = f(m[key]) + (f" (word F1 {f(m['word_f1'])})" if "word_f1" in m else "")
+        out.append(f"| {task} | {m['n']} | {key} | {value} | {f(img.get(task))} | {f(aud.get(task))} | "
                    f"{f(prior.get(task))} |")
     out.append(f"| overall | | accuracy | {f(r['overall'])} | {f(img.get('overall'))} | | {f(prior.get('overall'))} |")
     for what, g in r.get("grounding", {}).items():
-        out.append(f"| {what} questions | {g['n']} | accuracy | {f(g['accuracy'])} | "
+        label = {"images": "image questions", "audio": "spoken questions"}[what]
+        out.append(f"| {label} | {g['n']} | accuracy | {f(g['accuracy'])} | "
                    f"{f(g['shuffled']) if what == 'images' else ''} | {f(g['shuffled']) if what == 'audio' else ''} "
                    f"| {f(g['prior'])} |")
     return out
