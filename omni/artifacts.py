@@ -4,9 +4,10 @@ ready model (SPEC §2, §6).
 An artifact is a dict saved with torch.save that loads with `weights_only=True`:
     {"kind": "thinker", "format": 1, "model": state_dict, "model_config": {...}, "config": {...}, ...}
 `kind` names what it holds (the stage's name, which is also its file's stem: thinker.pt, audio_enc.pt,
-vision.pt, rvq_codec.pt, talker.pt; Stage E's omni writes omni_final.pt) and `format` the layout of this file. `KINDS` lists, per kind, the entries
-it must hold and how it becomes a model. Loading is strict: an unknown kind or format, a missing entry or
-weights that do not fit the stored config is an error naming the file, never a silently random model.
+vision.pt, rvq_codec.pt, talker.pt; only Stage E's omni is omni_final.pt, SPEC §2's name) and `format` the
+layout of this file. `KINDS` lists, per kind, the entries it must hold and how it becomes a model. Loading
+is strict: an unknown kind or format, a missing entry or weights that do not fit the stored config is an error
+naming the file, never a silently random model.
 
     a = load_artifact("runs/demo/thinker/thinker.pt")            # any kind; kind="thinker" to insist
     a.model, a.tokenizer                                          # Thinker in eval mode, its Tokenizer

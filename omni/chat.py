@@ -1,13 +1,14 @@
 """The chat template: one conversation → one token sequence, written once and used by SFT training,
 evaluation and chat inference alike (SPEC §6).
 
-A conversation is a list of turns `{"role": "system" | "user" | "assistant", "content": str}`; a user turn
-may carry media, given here as the number of tokens each occupies (`images`, `audio`: lists of counts, the
-projected media tokens are spliced in by omni.models.omni). The sequence, over the tokenizer's reserved
-markers:
+A conversation is a list of `Turn(role, content, images, audio)` with role "system", "user" or "assistant";
+a user turn may carry media: for rendering, the number of tokens each medium occupies (the projected media
+tokens are spliced in by omni.models.omni); in data and chat, their paths. The sequence, over the
+tokenizer's reserved markers:
 
     <|im_start|><|system|> You are ...<|im_end|>                        (only when a system turn is given)
-    <|im_start|><|user|><|image_start|><|image|>*n<|image_end|><|audio_start|><|audio|>*m<|audio_end|> question<|im_end|>
+    <|im_start|><|user|><|image_start|><|image|>*n<|image_end|><|audio_start|><|audio|>*m<|audio_end|> question
+    <|im_end|>                                                           (no line breaks in the sequence)
     <|im_start|><|assistant|> answer<|im_end|>
 
 Media come first in their turn, images before audio; `<|image|>` / `<|audio|>` are placeholders, one per

@@ -96,7 +96,8 @@ def sft_details(path: Path) -> list[str]:
     r = json.loads(path.read_text())
     img, aud, prior = r.get("shuffled_images", {}), r.get("shuffled_audio", {}), r.get("prior", {})
     out = ["", "## Stage E on test.jsonl, every task", "",
-           "| task | n | metric | value | images shuffled | audio shuffled | answer prior |", "|---|---|---|---|---|---|---|"]
+           "| task | n | metric | value | images shuffled | audio shuffled | answer prior |",
+           "|---|---|---|---|---|---|---|"]
 
     def f(x):
         return "" if x is None else f"{x:.3g}"

@@ -143,7 +143,8 @@ def evaluate_sft(model, template: ChatTemplate, examples: list[Example], media: 
     speech = [ex for ex in usable if ex.task == "transcribe"]
     gen = questions + captions + speech
     hyps = answer(model, template, gen, media, device, batch_size, max_new_tokens)
-    hq, hc, hs = hyps[:len(questions)], hyps[len(questions):len(questions) + len(captions)], hyps[len(gen) - len(speech):]
+    nq, nc = len(questions), len(captions)
+    hq, hc, hs = hyps[:nq], hyps[nq:nq + nc], hyps[nq + nc:]
     per, out["overall"] = _accuracy(questions, hq)
     out["tasks"].update(per)
     if captions:

@@ -163,9 +163,12 @@ class OmniModel(nn.Module):
             x = x.masked_scatter(mask[..., None], tokens.to(x.dtype))
         return x
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, image_feats=None, audio_feats=None, audio_counts=None, pixels=None, mels=None,
-                mel_lengths=None, return_logits: bool = True) -> dict:
-        """Raw media (pixels, mels) go through the encoders here; cached features skip them."""
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, image_feats=None,
+                audio_feats=None, audio_counts=None, pixels=None, mels=None, mel_lengths=None,
+                return_logits: bool = True) -> dict:
+        """The Thinker's output (omni.models.thinker) for ids with the media spliced in. Raw media (pixels:
+        Tensor[N x 3 x S x S] in [0, 1]; mels: Tensor[N x T x n_mels] with mel_lengths) go through the encoders
+        here; cached features (as `embed` takes them) skip them."""
         if pixels is not None:
             image_feats = self.image_features(pixels)
         if mels is not None:
