@@ -331,3 +331,19 @@ def test_scores_normalise_answers_and_measure_grounding():
 def read_row(answer: str):
     from omni.data.sft import parse_row
     return parse_row({"prompt": "is there a star?", "answer": answer, "task": "yesno"}, ROOT, "row")
+
+
+def test_chat_prompts_exactly_what_training_saw(reference, sft_data):
+    """load_omni's prompt for a conversation = the training sequence's embeddings up to the assistant's turn."""
+    from omni.infer.omni import load_omni
+    omni = load_omni(reference)
+    ex = next(e for e in read_sft(sft_data / "val.jsonl") if e.task == "spoken_colour")
+    media = load_media([ex], omni.model, omni.mel, "cpu", True, True, progress=False)
+    r = render(ex, omni.template, omni.model, media)
+    b = collate([(ex, r)], media)
+    with torch.no_grad():
+        train = omni.model.embed(b["ids"], b["image_feats"], b["audio_feats"], b["audio_counts"])
+        chat = omni.prompt(ex.turns[:-1])
+    n = chat.shape[1]
+    assert n == len(render(ex, omni.template, omni.model, media, for_generation=True).ids)
+    assert torch.allclose(chat[0], train[0, :n], atol=1e-3)   # float16-cached features against fresh ones
