@@ -16,18 +16,16 @@ artifacts it started from: one file that loads and talks (omni.infer.omni.load_o
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from omni.artifacts import load_artifact
+from omni.artifacts import file_sha256, load_artifact
 from omni.chat import ChatTemplate
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.sft import SFTBatches, load_media, read_sft, render
 from omni.infer.sft_eval import evaluate_sft
-from omni.models.omni import OmniConfig, OmniModel, ProjectorConfig
+from omni.models.omni import MEDIA_KEYS, OmniConfig, OmniModel, ProjectorConfig
 from omni.train.engine import Stage, run
 from omni.train.optim import OptimizerSpec
 
@@ -64,14 +62,6 @@ MAKES = {"thinker_ckpt": ("train_text.py", "thinker"), "audio_enc_ckpt": ("train
 KIND = {"thinker_ckpt": "thinker", "audio_enc_ckpt": "audio_enc", "vision_ckpt": "vision"}
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class OmniStage(Stage):
     """Stage E: multimodal SFT of the Thinker with image and audio projectors."""
     name = "omni"
@@ -94,7 +84,7 @@ class OmniStage(Stage):
                                     f"seed's sizes) or point {key} at your own") from None
         except (ValueError, RuntimeError) as e:
             raise ConfigError(f"{key}: {e}") from None
-        self.sources[KIND[key]] = {"path": str(path), "sha256": sha256(a.path)}
+        self.sources[KIND[key]] = {"path": str(path), "sha256": file_sha256(a.path)}
         return a
 
     def prepare(self):
@@ -174,8 +164,7 @@ class OmniStage(Stage):
         return {"main": OptimizerSpec([g for g in groups if any(p.requires_grad for p in g[0].parameters())])}
 
     def loss(self, model, batch):
-        media = {k: batch[k] for k in ("image_feats", "audio_feats", "audio_counts", "pixels", "mels",
-                                       "mel_lengths") if k in batch}
+        media = {k: batch[k] for k in MEDIA_KEYS if k in batch}
         out = model(batch["ids"], batch["targets"], **media, return_logits=False)
         return out["loss"], {"real": batch["tokens"] / batch["slots"]}, batch["tokens"]
 

@@ -16,6 +16,7 @@ Nothing here imports the training engine: inference, export and chat load throug
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,15 @@ def atomic_save(obj, path: str | Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (artifact sources, token caches)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:

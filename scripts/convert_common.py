@@ -55,6 +55,19 @@ class Skips:
                                   f"--max-skip-fraction {max_fraction}; first problems: {self.examples}")
 
 
+def check_image(path: Path) -> str:
+    """'' when the image file opens, else the reason to skip it ("missing image", "unreadable image")."""
+    from PIL import Image
+    if not Path(path).is_file():
+        return "missing image"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return ""
+    except Exception:  # PIL raises several types for broken files
+        return "unreadable image"
+
+
 def relative_to_manifest(path: Path, manifest: Path) -> str:
     """Paths in a manifest are relative to its folder (SPEC §9), so the data can move with it."""
     return os.path.relpath(Path(path).resolve(), Path(manifest).resolve().parent)

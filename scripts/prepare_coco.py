@@ -16,11 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convert_common import ConversionError, Skips, relative_to_manifest, run, write_jsonl  # noqa: E402
+from convert_common import ConversionError, Skips, check_image, relative_to_manifest, run, write_jsonl  # noqa: E402
 
 
 def _load(path: Path) -> tuple[dict[int, str], list[dict]]:
@@ -60,7 +58,7 @@ def convert(captions: Path, images: Path, out: Path, one_per_image: bool = False
             continue
         path = images / files[image_id]
         if path not in status:  # open each image once, however many captions it has
-            status[path] = _check(path) if check_images else ("" if path.exists() else "missing image")
+            status[path] = check_image(path) if check_images else ("" if path.exists() else "missing image")
         if status[path]:
             skips.add(status[path], where, str(path))
             continue
@@ -70,18 +68,6 @@ def convert(captions: Path, images: Path, out: Path, one_per_image: bool = False
     skips.check(len(rows), max_skip_fraction)
     write_jsonl(out, rows)
     return {"rows": len(rows), "images": len(used), "skipped": skips.total}
-
-
-def _check(path: Path) -> str:
-    """'' when the image opens, else the reason to skip it."""
-    if not path.exists():
-        return "missing image"
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return ""
-    except Exception:  # PIL raises several types for broken files
-        return "unreadable image"
 
 
 def main(argv=None) -> int:

@@ -25,11 +25,9 @@ import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convert_common import ConversionError, Skips, relative_to_manifest, run, write_jsonl  # noqa: E402
+from convert_common import ConversionError, Skips, check_image, relative_to_manifest, run, write_jsonl  # noqa: E402
 
 PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -96,7 +94,7 @@ def convert(json_path: Path, images: Path, out: Path, limit: int = 0, max_skip_f
         if turn is not None:
             path = images / str(entry["image"])
             if path not in status:  # open each image once, however many conversations use it
-                status[path] = _check(path) if check_images else ("" if path.is_file() else "missing image")
+                status[path] = check_image(path) if check_images else ("" if path.is_file() else "missing image")
             if status[path]:
                 skips.add(status[path], where, str(path))
                 continue
@@ -110,18 +108,6 @@ def convert(json_path: Path, images: Path, out: Path, limit: int = 0, max_skip_f
     write_jsonl(out, rows)
     return {"rows": len(rows), "with_image": sum(any("image" in m for m in r["messages"]) for r in rows),
             "skipped": skips.total}
-
-
-def _check(path: Path) -> str:
-    """'' when the image opens, else the reason to skip it."""
-    if not path.is_file():
-        return "missing image"
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return ""
-    except Exception:  # PIL raises several types for broken files
-        return "unreadable image"
 
 
 def main(argv=None) -> int:

@@ -62,6 +62,18 @@ def tiny_text_config(text_data: Path, save_dir: Path, **overrides) -> Path:
     return path
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module (the converters import convert_common beside them)."""
+    import importlib.util
+    scripts = ROOT / "scripts"
+    if str(scripts) not in sys.path:
+        sys.path.insert(0, str(scripts))
+    spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def script_env() -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return env

@@ -5,7 +5,6 @@ The fixtures are written here (a few short tones as FLAC/WAV, a few PNGs): nothi
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,18 +14,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from conftest import load_script
 
-
-def _load(name: str):
-    sys.path.insert(0, str(SCRIPTS))  # the scripts import convert_common beside them
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-librispeech, ljspeech, coco, text = (_load(n) for n in
+librispeech, ljspeech, coco, text = (load_script(n) for n in
                                      ["prepare_librispeech", "prepare_ljspeech", "prepare_coco", "prepare_text"])
 ConversionError = sys.modules["convert_common"].ConversionError  # the class the scripts raise
 

@@ -4,7 +4,6 @@ The fixtures are written here (a few PNGs, a few short WAVs): nothing is downloa
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,18 +13,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from conftest import load_script
 
-
-def _load(name: str):
-    sys.path.insert(0, str(SCRIPTS))  # the scripts import convert_common beside them
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-llava, sft = _load("prepare_llava"), _load("prepare_sft")
+llava, sft = load_script("prepare_llava"), load_script("prepare_sft")
 ConversionError = sys.modules["convert_common"].ConversionError  # the class the scripts raise
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omni.artifacts import file_sha256
 from omni.data.base import BatchStream
 from omni.data.hints import data_hint
 from omni.tokenizer import EOS, Tokenizer
@@ -38,14 +39,6 @@ def read_documents(path: str | Path) -> list[str]:
     return docs
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def token_cache(corpus: str | Path, tok: Tokenizer, cache_dir: str | Path, holdout_every: int = 0,
                 held_out: bool = False) -> np.ndarray:
     """Token ids of the corpus, documents joined by EOS, tokenized once and memory-mapped after. The cache
@@ -55,7 +48,7 @@ def token_cache(corpus: str | Path, tok: Tokenizer, cache_dir: str | Path, holdo
     if not corpus.exists():
         read_documents(corpus)  # raises the helpful error
     part = f"{holdout_every}{'v' if held_out else 't'}" if holdout_every else "all"
-    key = hashlib.sha256((_file_sha(corpus) + hashlib.sha256(tok.model_proto).hexdigest() + part).encode()).hexdigest()[:16]
+    key = hashlib.sha256((file_sha256(corpus) + hashlib.sha256(tok.model_proto).hexdigest() + part).encode()).hexdigest()[:16]
     path = cache_dir / f"tokens_{corpus.stem}_{key}.npy"
     if not path.exists():
         docs = read_documents(corpus)

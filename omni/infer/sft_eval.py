@@ -22,6 +22,7 @@ from omni.chat import ChatTemplate
 from omni.data.sft import Example, Media, collate, media_batch, render
 from omni.infer.generate import generate_stream
 from omni.metrics import wer
+from omni.models.omni import MEDIA_KEYS
 
 QUESTIONS = ("colour", "count", "position", "shape", "yesno")
 PERPLEXITY_TASKS = ("define", "dialogue")
@@ -61,26 +62,12 @@ def answer(model, template: ChatTemplate, examples: list[Example], media: Media,
             imgs = [p for i in idx for p in (images[i] if images is not None else examples[i].images)]
             auds = [p for i in idx for p in examples[i].audio]
             batch = {k: v.to(device) for k, v in media_batch(imgs, auds, media).items()}
-            x = model.embed(ids, **_encoded(model, batch))
+            x = model.embed(ids, **model.media_features(**batch))
             steps = list(generate_stream(model.thinker, x, max_new_tokens, temperature=0.0,
                                          stop_ids=template.stop_ids))
             new = torch.stack(steps, 1).tolist() if steps else [[] for _ in idx]
             for i, row in zip(idx, new):
                 out[i] = template.decode_reply(row)
-    return out
-
-
-def _encoded(model, batch: dict) -> dict:
-    """Media inputs as features (raw pixels / mels through the encoders)."""
-    out = {}
-    if "pixels" in batch:
-        out["image_feats"] = model.image_features(batch["pixels"])
-    elif "image_feats" in batch:
-        out["image_feats"] = batch["image_feats"]
-    if "mels" in batch:
-        out["audio_feats"], out["audio_counts"] = model.audio_features(batch["mels"], batch["mel_lengths"])
-    elif "audio_feats" in batch:
-        out["audio_feats"], out["audio_counts"] = batch["audio_feats"], batch["audio_counts"]
     return out
 
 
@@ -93,7 +80,7 @@ def answer_nll(model, template: ChatTemplate, examples: list[Example], media: Me
         chunk = examples[s:s + batch_size]
         b = collate([(ex, render(ex, template, model, media)) for ex in chunk], media)
         b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
-        logits = model(b["ids"], **_encoded(model, b))["logits"]
+        logits = model(b["ids"], **{k: b[k] for k in MEDIA_KEYS if k in b})["logits"]
         mask = b["targets"] != -100
         total += float(F.cross_entropy(logits[mask].float(), b["targets"][mask], reduction="sum"))
         n += int(mask.sum())

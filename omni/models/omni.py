@@ -25,6 +25,8 @@ from omni.models.vision import ViTConfig, VisionEncoder
 from omni.tokenizer import SPECIAL_IDS
 
 IMAGE_ID, AUDIO_ID = SPECIAL_IDS["<|image|>"], SPECIAL_IDS["<|audio|>"]  # the chat template's placeholders
+# a batch's media inputs: cached features, or raw media for the encoders (omni.data.sft.media_batch makes them)
+MEDIA_KEYS = ("image_feats", "audio_feats", "audio_counts", "pixels", "mels", "mel_lengths")
 
 
 @dataclass
@@ -166,12 +168,16 @@ class OmniModel(nn.Module):
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, image_feats=None,
                 audio_feats=None, audio_counts=None, pixels=None, mels=None, mel_lengths=None,
                 return_logits: bool = True) -> dict:
-        """The Thinker's output (omni.models.thinker) for ids with the media spliced in. Raw media (pixels:
-        Tensor[N x 3 x S x S] in [0, 1]; mels: Tensor[N x T x n_mels] with mel_lengths) go through the encoders
-        here; cached features (as `embed` takes them) skip them."""
+        """The Thinker's output (omni.models.thinker) for ids with the media spliced in (see media_features)."""
+        media = self.media_features(image_feats, audio_feats, audio_counts, pixels, mels, mel_lengths)
+        return self.thinker(inputs_embeds=self.embed(ids, **media), targets=targets, return_logits=return_logits)
+
+    def media_features(self, image_feats=None, audio_feats=None, audio_counts=None, pixels=None, mels=None,
+                       mel_lengths=None) -> dict:
+        """`embed`'s media arguments. Raw media (pixels: Tensor[N x 3 x S x S] in [0, 1]; mels: Tensor[N x T x
+        n_mels] with mel_lengths) go through the encoders here; cached features pass as they are."""
         if pixels is not None:
             image_feats = self.image_features(pixels)
         if mels is not None:
             audio_feats, audio_counts = self.audio_features(mels, mel_lengths)
-        x = self.embed(ids, image_feats, audio_feats, audio_counts)
-        return self.thinker(inputs_embeds=x, targets=targets, return_logits=return_logits)
+        return {"image_feats": image_feats, "audio_feats": audio_feats, "audio_counts": audio_counts}
