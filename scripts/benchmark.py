@@ -294,6 +294,55 @@ def omni_answer(config: str, device, question_tokens: int = 10, answer_tokens: i
             f"ms answer ({answer_tokens} tok)": timed(full, device, 2, 10) * 1000, "prompt_tokens": ids.shape[1]}
 
 
+def _ocr(config: str, device):
+    from omni.models.ocr import OCRModel
+    from train_ocr import OCRTrainConfig
+    cfg = load_config(OCRTrainConfig, config)
+    torch.manual_seed(0)
+    return cfg, OCRModel(replace(cfg.model, vocab_size=97)).to(device)
+
+
+def ocr_train(config: str, device, batch_size: int | None = None, width: int = 256, chars: int = 20,
+              steps: int = 3) -> dict:
+    """OCR optimizer steps on random lines of `width` columns (about a 20-character line at height 32) with
+    `chars`-character labels: decoder cross-entropy + CTC."""
+    import torch.nn.functional as F
+    from omni.models.audio_encoder import ctc_loss
+    cfg, model = _ocr(config, device)
+    model.train()
+    B, H = batch_size or cfg.batch_size, cfg.model.image_height
+    pixels, widths = torch.rand(B, 1, H, width, device=device) * 2 - 1, torch.full((B,), width, device=device)
+    labels = torch.randint(1, 95, (B, chars), device=device)
+    targets = torch.cat([torch.full((B, 1), 95, device=device), labels, torch.full((B, 1), 96, device=device)], 1)
+    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
+    fwd = torch.compile(model, dynamic=True) if cfg.use_compile and device.type == "cuda" else model
+
+    def step():
+        with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
+            out = fwd(pixels, widths, targets)
+            loss = F.cross_entropy(out["logits"].flatten(0, 1).float(), targets[:, 1:].flatten()) + \
+                cfg.ctc_weight * ctc_loss(out["ctc_logits"], out["frames"], labels.tolist(), reduction="mean")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    dt = timed(step, device, 2 if device.type == "cuda" else 1, steps)
+    return {"lines/s": B / dt, "batch": B, "width": width, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def ocr_read(config: str, device, n: int = 64, width: int = 256, chars: int = 20) -> dict:
+    """Recognition throughput: batched greedy decoding with the KV cache of `chars` characters per line
+    (an untrained model: no early EOS), against the same without the cache."""
+    _, model = _ocr(config, device)
+    model.eval()
+    pixels = torch.rand(n, 1, model.cfg.image_height, width, device=device) * 2 - 1
+    widths = torch.full((n,), width, device=device)
+    out = {}
+    for name, cache in (("lines/s", True), ("uncached lines/s", False)):
+        dt = timed(lambda: model.generate(pixels, widths, max_chars=chars, use_cache=cache), device, 1, 2)
+        out[name] = n / dt
+    return {**out, "chars": chars}
+
+
 ROWS = {
     "thinker train (demo)": lambda d: thinker_train("configs/demo/thinker.json", d),
     "thinker train (tiny)": lambda d: thinker_train("configs/thinker_tiny.json", d,
@@ -318,6 +367,10 @@ ROWS = {
                                                   batch_size=None if d.type == "cuda" else 8),
     "omni answer (demo)": lambda d: omni_answer("configs/demo/omni_sft.json", d),
     "omni answer (tiny)": lambda d: omni_answer("configs/omni_sft_tiny.json", d),
+    "ocr train (demo)": lambda d: ocr_train("configs/demo/ocr.json", d),
+    "ocr train (tiny)": lambda d: ocr_train("configs/ocr_tiny.json", d, batch_size=None if d.type == "cuda" else 16),
+    "ocr read (demo)": lambda d: ocr_read("configs/demo/ocr.json", d),
+    "ocr read (tiny)": lambda d: ocr_read("configs/ocr_tiny.json", d),
 }
 
 

@@ -53,4 +53,9 @@ for split in val test; do  # chosen on val (val_voices); the targets are on test
   evaluate "sft_$split" sft runs/demo/omni_sft "data/demo/sft/$split.jsonl"
 done
 
+stage ocr train_ocr.py configs/demo/ocr.json runs/demo/ocr/ocr.pt
+for split in val_clean val_degraded test_clean test_degraded test_font; do  # chosen on val_*; reported on test_*
+  evaluate "ocr_$split" ocr runs/demo/ocr/ocr.pt "data/demo/ocr/$split.csv"
+done
+
 $PY scripts/report.py --runs runs/demo

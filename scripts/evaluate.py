@@ -4,6 +4,7 @@
     python scripts/evaluate.py text --ckpt runs/demo/thinker/thinker.pt --data data/demo/text/val.txt
     python scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv
     python scripts/evaluate.py sft --ckpt runs/demo/omni_sft --data data/demo/sft/test.jsonl
+    python scripts/evaluate.py ocr --ckpt runs/demo/ocr/ocr.pt --data data/demo/ocr/test_clean.csv
 """
 from __future__ import annotations
 
@@ -166,7 +167,26 @@ def eval_sft(args) -> dict:
     return {**r, "seconds": round(time.time() - t0, 1), "ckpt": str(args.ckpt), "data": str(args.data)}
 
 
-STAGES = {"text": eval_text, "vision": eval_vision, "asr": eval_asr, "tts": eval_tts, "sft": eval_sft}
+def eval_ocr(args) -> dict:
+    """OCR on a CSV image,text: the decoder's greedy CER, WER and line accuracy (exact match), the CTC head's
+    CER beside them, and lines read per second on this machine."""
+    import time
+
+    from omni.data.ocr import read_manifest
+    from omni.infer.ocr import evaluate_lines
+
+    device = resolve_device(args.device)
+    a = load_artifact(args.ckpt, "ocr", device)
+    rows = read_manifest(args.data)
+    t0 = time.time()
+    m, _ = evaluate_lines(a.model, a.vocab, [p for p, _ in rows], [t for _, t in rows], args.batch_size, device,
+                          ctc=True)
+    return {**m, "lines_per_s": round(m["n"] / (time.time() - t0), 1), "ckpt": str(args.ckpt),
+            "data": str(args.data)}
+
+
+STAGES = {"text": eval_text, "vision": eval_vision, "asr": eval_asr, "tts": eval_tts, "sft": eval_sft,
+          "ocr": eval_ocr}
 
 
 def main(argv=None) -> int:

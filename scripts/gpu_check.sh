@@ -9,7 +9,7 @@
 #                                                          # omni_sft thinker's, audio_enc's and vision's)
 #
 # DATA needs text/{train,val}.txt, asr/{train,val_world}.csv, images/{train,val_world}.jsonl and
-# tts/{train,val_world}.csv, sft/{train,val}.jsonl (`make data` writes them). A stage that fails is reported and the rest still run.
+# tts/{train,val_world}.csv, sft/{train,val}.jsonl, ocr/{train,val_clean}.csv (`make data` writes them). A stage that fails is reported and the rest still run.
 set -uo pipefail
 DATA=${1:-data/demo}
 OUT=${2:-runs/gpu_check}
@@ -20,7 +20,7 @@ common=(--fresh --set max_steps="$STEPS" warmup_steps=50 print_freq=50 val_freq=
 tok=()
 if [ -n "${TOKENIZER:-}" ]; then tok=(tokenizer="$TOKENIZER" model.vocab_size="${VOCAB:?set VOCAB to the tokenizer size}"); fi
 
-STAGES=${STAGES:-thinker audio_enc vision talker omni_sft}
+STAGES=${STAGES:-thinker audio_enc vision talker omni_sft ocr}
 
 stage() {  # KEY SCRIPT CONFIG [--set overrides...]
   local key=$1 script=$2 config=$3; shift 3
@@ -48,4 +48,6 @@ stage talker train_talker.py configs/talker_tiny.json \
 stage omni_sft sft_omni.py configs/omni_sft_tiny.json \
   "train_files=[\"$DATA/sft/train.jsonl\"]" val_file="$DATA/sft/val.jsonl" thinker_ckpt="$OUT/thinker/thinker.pt" \
   vision_ckpt="$OUT/vision/vision.pt" audio_enc_ckpt="$OUT/audio_enc/audio_enc.pt" align_steps=100
+stage ocr train_ocr.py configs/ocr_tiny.json \
+  train_csv="$DATA/ocr/train.csv" "val_csvs=[\"$DATA/ocr/val_clean.csv\"]" cache_lines=true num_workers=0
 $PY scripts/gpu_check_summary.py "$OUT" | tee "$OUT/summary.md"

@@ -3,7 +3,7 @@
 
     python scripts/make_demo_data.py --out data/demo [--size small|full] [--seed N] [--only text,...]
 
-Parts (one folder each under --out): text, asr, tts, images, sft (and ocr, added by the OCR stage); see
+Parts (one folder each under --out): text, asr, tts, images, sft, ocr; see
 README "Data" for their splits. Deterministic for a given seed and size (each part draws from its own
 generator, so --only gives the same data as a full build); a rerun with the same arguments finds each
 part's stamp file and does nothing. Speech is synthesized on both cores. The summary table (items, hours of
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omni.builtin import world  # noqa: E402
 from omni.builtin.images import build_images  # noqa: E402
+from omni.builtin.ocr import build_ocr  # noqa: E402
 from omni.builtin.sft import build_sft  # noqa: E402
 from omni.builtin.spoken import build_asr, build_tts  # noqa: E402
 from omni.builtin.text import MissingSource, build_text  # noqa: E402
@@ -79,15 +80,18 @@ def build_sft_part(out: Path, size: str, seed: int) -> dict:
     return build_sft(out / "sft", size, part_rng(seed, "sft"), workers=WORKERS)
 
 
+def build_ocr_part(out: Path, size: str, seed: int) -> dict:
+    return build_ocr(out / "ocr", size, part_rng(seed, "ocr"), workers=WORKERS)
+
+
 # Each part writes data/demo/<part>/ and returns {split: {column: value}} for the summary table.
-# OCR line images (CSV image,text under data/demo/ocr/) are added by the OCR issue as part "ocr":
-# a builder `build_ocr_part(out, size, seed)` registered here, after "images".
 BUILDERS = {
     "text": build_text_part,
     "asr": build_asr_part,
     "tts": build_tts_part,
     "images": build_images_part,
     "sft": build_sft_part,
+    "ocr": build_ocr_part,
 }
 
 

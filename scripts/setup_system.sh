@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the built-in dataset is made from (see ../shared/DATA.md in the team docs):
-# text (KJV, WordNet, fortunes), speech engines (espeak-ng, flite, sox) and fonts (emoji, DejaVu).
+# text (KJV, WordNet, fortunes), speech engines (espeak-ng, flite, sox) and fonts (emoji; the OCR lines' Latin
+# families: DejaVu, Liberation, FreeFont, URW, TeX Gyre, Roboto, Open Sans, Lato).
 # Uses apt-get when run as root or with passwordless sudo; otherwise prints the exact command to run.
 set -euo pipefail
-PACKAGES="bible-kjv bible-kjv-text wordnet-base fortunes-min espeak-ng flite sox fonts-noto-color-emoji fonts-dejavu-core"
+PACKAGES="bible-kjv bible-kjv-text wordnet-base fortunes-min espeak-ng flite sox fonts-noto-color-emoji fonts-dejavu-core
+fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 fonts-texgyre fonts-roboto-unhinted fonts-open-sans fonts-lato"
 
 missing=""
 for p in $PACKAGES; do

@@ -115,6 +115,10 @@ def test_layout_and_summary(demo):
         assert read_jsonl(demo / "images" / f"{split}.jsonl")
     for split in ["train", "val", "test"]:
         assert read_jsonl(demo / "sft" / f"{split}.jsonl")
+    for split in ["train", "val_clean", "val_degraded", "test_clean", "test_degraded", "test_font"]:
+        rows = read_csv(demo / "ocr" / f"{split}.csv")
+        assert rows and list(rows[0]) == ["image", "text"]
+        assert all(0 < len(r["text"]) <= 28 and r["text"] == r["text"].strip() for r in rows)
     assert "| train |" in (demo / "summary.md").read_text()
     assert {r["speaker"] for r in read_csv(demo / "tts" / "train.csv")} == {"flite:slt"}
 
@@ -123,7 +127,7 @@ def test_layout_and_summary(demo):
 def test_rerun_is_a_noop(demo, capsys):
     before = {p: p.stat().st_mtime_ns for p in manifests(demo)}
     assert _cli().main(["--out", str(demo), "--size", "small", "--seed", "3"]) == 0
-    assert capsys.readouterr().out.count("up to date") == 5
+    assert capsys.readouterr().out.count("up to date") == 6
     assert {p: p.stat().st_mtime_ns for p in manifests(demo)} == before
 
 
@@ -255,7 +259,12 @@ def test_every_manifest_row_points_at_a_readable_file(demo):
                 if "audio" in r:
                     assert sf.info(jl.parent / r["audio"]).frames > 0
                     checked["audio"] += 1
-    assert checked["image"] > 100 and checked["audio"] > 10, checked  # both kinds of row were really read
+    for csv_path in (demo / "ocr").glob("*.csv"):
+        for r in read_csv(csv_path):
+            with Image.open(csv_path.parent / r["image"]) as im:
+                assert im.mode == "RGB" and 16 <= im.height <= 80 and im.width >= im.height, r
+            checked["line"] = checked.get("line", 0) + 1
+    assert checked["image"] > 100 and checked["audio"] > 10 and checked["line"] > 500, checked
 
 
 @needs_packages

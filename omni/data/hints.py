@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Folders of the built-in dataset: scripts/make_demo_data.py --out D writes D/<part>/ ("ocr" comes with the
-# OCR stage). Keep in step with make_demo_data.BUILDERS (not imported: it pulls in every builder).
+# Folders of the built-in dataset: scripts/make_demo_data.py --out D writes D/<part>/. Keep in step with make_demo_data.BUILDERS (not imported: it pulls in every builder).
 DEMO_PARTS = ("text", "asr", "tts", "images", "sft", "ocr")
 
 # The converter of each public dataset, by the folder README's "Public datasets" commands write to.
@@ -35,7 +34,13 @@ def _text(path: Path) -> str:
     return f"convert a corpus with `python scripts/prepare_text.py --inputs <files> --out {path.parent}` {_README}"
 
 
-FOLDERS = {"librispeech": _librispeech, "ljspeech": _ljspeech, "coco": _coco, "images": _coco, "text": _text}
+def _mjsynth(path: Path) -> str:
+    return (f"convert MJSynth with `python scripts/prepare_mjsynth.py --root data/mjsynth/mnt/ramdisk/max/90kDICT32px "
+            f"--annotation annotation_<split>.txt --out {path}` {_README}")
+
+
+FOLDERS = {"librispeech": _librispeech, "ljspeech": _ljspeech, "coco": _coco, "images": _coco, "text": _text,
+           "ocr": _mjsynth, "mjsynth": _mjsynth}
 # What a reader of each kind suggests for a path in no known folder.
 GENERIC = {
     "text": ("text", "scripts/prepare_text.py"),
@@ -43,6 +48,7 @@ GENERIC = {
     "images": ("images", "scripts/prepare_coco.py"),
     "sft": ("sft", "scripts/prepare_sft.py (caption and transcription rows from prepared manifests) or "
                    "scripts/prepare_llava.py (LLaVA-Instruct)"),
+    "ocr": ("ocr", "scripts/prepare_mjsynth.py (MJSynth-style word images)"),
 }
 CONVERTERS = ("scripts/prepare_text.py (text), scripts/prepare_librispeech.py (ASR), "
               "scripts/prepare_ljspeech.py (TTS) or scripts/prepare_coco.py (images)")

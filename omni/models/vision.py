@@ -38,6 +38,8 @@ class ViTConfig:
     n_heads: int = 2
     d_ff: int = 512
     dropout: float = 0.0
+    stem: str = "patch"          # "patch": one linear map per patch; "conv": stride-2 3x3 convolutions first
+    stem_channels: int = 32      # "conv": channels of the first convolution, doubled by each next one
 
 
 @dataclass
@@ -76,13 +78,16 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         self.cfg = cfg
         self.n_patches = (cfg.image_size // cfg.patch_size) ** 2
-        self.patch_embed = nn.Conv2d(3, cfg.d_model, cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embed = _stem(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.n_patches, cfg.d_model))
         self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.dropout)
                                     for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
         _init_weights(self, cfg.n_layers)
+        for conv in list(self.patch_embed.modules())[:-1] if cfg.stem == "conv" else []:
+            if isinstance(conv, nn.Conv2d):   # ReLU-family gain, or the signal fades through the stem
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
 
@@ -98,6 +103,26 @@ class VisionEncoder(nn.Module):
             x = block(x)
         x = self.norm(x)
         return x[:, 0], x[:, 1:]
+
+
+def _stem(cfg: ViTConfig) -> nn.Module:
+    """Pixels → one d_model vector per patch, Tensor[B x d x S/p x S/p]. "conv" (Xiao et al. 2021, early
+    convolutions): 3x3 stride-2 convolutions halve the resolution until a last patchify convolution of what
+    is left; their translation equivariance lets a small ViT see the shape of a small object wherever it sits
+    in its patch, which one linear map per patch learns only from far more images."""
+    p = cfg.patch_size
+    if cfg.stem == "patch":
+        return nn.Conv2d(3, cfg.d_model, p, stride=p)
+    if cfg.stem != "conv":
+        raise ValueError(f"vision.stem must be 'patch' or 'conv', got {cfg.stem!r}")
+    if p < 4 or p & (p - 1):
+        raise ValueError(f"a conv stem needs a power-of-two patch_size >= 4, got {p}")
+    layers, c_in, c = [], 3, cfg.stem_channels
+    for _ in range(2):
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(1, c), nn.GELU()]
+        c_in, c = c, c * 2
+    layers.append(nn.Conv2d(c_in, cfg.d_model, p // 4, stride=p // 4))
+    return nn.Sequential(*layers)
 
 
 def preprocess(image: Image.Image, size: int) -> torch.Tensor:
