@@ -113,6 +113,25 @@ def test_vit_shapes_and_unit_embeddings():
     assert abs(float(model.scale().detach()) - 100.0) < 1e-3  # clamped
 
 
+def test_conv_stem_keeps_the_token_grid_and_sees_a_shift_of_a_few_pixels():
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, d_model=48, n_layers=1, n_heads=2, d_ff=96, stem="conv",
+                    stem_channels=8)
+    enc = VisionEncoder(cfg)
+    cls, patches = enc(torch.rand(2, 3, 32, 32))
+    assert cls.shape == (2, 48) and patches.shape == (2, 16, 48)
+    stem = enc.patch_embed   # translation equivariant away from the border: a shift by its stride moves its
+    x = torch.zeros(1, 3, 32, 32)   # output by one cell
+    x[..., 12:18, 12:18] = 1.0
+    with torch.no_grad():
+        a, b = stem(x), stem(torch.roll(x, (8, 8), (2, 3)))
+    torch.testing.assert_close(a[..., 1, 1], b[..., 2, 2])
+    assert not torch.allclose(a[..., 1, 1], a[..., 2, 2])
+    for bad, match in [(dict(stem="cnn"), "'patch' or 'conv'"), (dict(stem="conv", patch_size=2), "power-of-two")]:
+        with pytest.raises(ValueError, match=match):
+            VisionEncoder(ViTConfig(**{**vars(cfg), "image_size": 32, **bad}))
+
+
 def test_retrieval_metric_on_hand_made_embeddings_with_duplicate_captions():
     e = torch.eye(4)
     # rows 0 and 1 share a caption; row 1's image points at row 0's text: the same caption, so correct
