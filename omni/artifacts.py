@@ -4,8 +4,8 @@ ready model (SPEC §2, §6).
 An artifact is a dict saved with torch.save that loads with `weights_only=True`:
     {"kind": "thinker", "format": 1, "model": state_dict, "model_config": {...}, "config": {...}, ...}
 `kind` names what it holds (the stage's name, which is also its file's stem: thinker.pt, audio_enc.pt,
-vision.pt, rvq_codec.pt, talker.pt, ocr.pt; only Stage E's omni is omni_final.pt, SPEC §2's name) and `format` the
-layout of this file. `KINDS` lists, per kind, the entries it must hold and how it becomes a model. Loading
+vision.pt, rvq_codec.pt, talker.pt, ocr.pt; SPEC §2 names two otherwise: Stage E's omni is omni_final.pt, the
+vocoder's hifigan.pt) and `format` the layout of this file. `KINDS` lists, per kind, the entries it must hold and how it becomes a model. Loading
 is strict: an unknown kind or format, a missing entry or weights that do not fit the stored config is an error
 naming the file, never a silently random model.
 
@@ -81,7 +81,7 @@ class Artifact:
     config: dict = field(repr=False)   # the training config it was written with
     tokenizer: object = None           # thinker, vision, omni: omni.tokenizer.Tokenizer
     vocab: object = None               # audio_enc, ocr: CharVocab; talker: TextVocab
-    features: object = None            # audio_enc, rvq_codec, talker, omni: the MelConfig of their audio
+    features: object = None            # audio_enc, rvq_codec, talker, omni, vocoder: the MelConfig of their audio
 
 
 @dataclass
@@ -154,6 +154,12 @@ def _ocr(state, where):
     return OCRModel(from_dict(OCRConfig, state["model_config"], where=where)), {"vocab": CharVocab(state["vocab"])}
 
 
+def _vocoder(state, where):
+    from omni.models.vocoder import Generator, VocoderConfig
+    features = _mel(state, where)
+    return Generator(from_dict(VocoderConfig, state["model_config"], where=where), features), {"features": features}
+
+
 KINDS: dict[str, Kind] = {
     "thinker": Kind("thinker.pt", ("tokenizer",), _thinker),
     "audio_enc": Kind("audio_enc.pt", ("vocab", "features"), _audio_enc),
@@ -162,6 +168,7 @@ KINDS: dict[str, Kind] = {
     "talker": Kind("talker.pt", ("vocab", "features"), _talker),
     "omni": Kind("omni_final.pt", ("tokenizer", "features", "sources"), _omni),
     "ocr": Kind("ocr.pt", ("vocab",), _ocr),
+    "vocoder": Kind("hifigan.pt", ("features",), _vocoder),
 }
 
 

@@ -48,6 +48,18 @@ for split in test_world test_english; do
   evaluate "tts_$split" tts runs/demo/talker "data/demo/tts/$split.csv"
 done
 
+stage vocoder train_vocoder.py configs/demo/vocoder.json runs/demo/vocoder/hifigan.pt  # needs D's codec
+evaluate vocoder_test_world vocoder runs/demo/vocoder/hifigan.pt data/demo/tts/test_world.csv
+$PY scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv \
+  --vocoder runs/demo/vocoder/hifigan.pt | tee "$EVAL/tts_test_world_vocoder.json"   # the Talker through it
+# a few held-out sentences voiced each way (the report links them), from true mels and from codec mels
+samples=$(sed -n 2,4p data/demo/tts/test_world.csv | cut -d, -f1 | sed 's|^|data/demo/tts/|')
+for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "griffinlim --griffin_lim"; do
+  set -- $how
+  $PY -m omni.vocode "${@:2}" --out_dir "runs/demo/vocoder/samples/$1" $samples
+  $PY -m omni.vocode "${@:2}" --codec runs/demo/talker --out_dir "runs/demo/vocoder/samples/$1_codec" $samples
+done
+
 stage omni_sft sft_omni.py configs/demo/omni_sft.json runs/demo/omni_sft/omni_final.pt  # needs A, B and C
 for split in val test; do  # chosen on val (val_voices); the targets are on test (test voices, unseen scenes)
   evaluate "sft_$split" sft runs/demo/omni_sft "data/demo/sft/$split.jsonl"

@@ -5,6 +5,7 @@
     python scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv
     python scripts/evaluate.py sft --ckpt runs/demo/omni_sft --data data/demo/sft/test.jsonl
     python scripts/evaluate.py ocr --ckpt runs/demo/ocr/ocr.pt --data data/demo/ocr/test_clean.csv
+    python scripts/evaluate.py vocoder --ckpt runs/demo/vocoder/hifigan.pt --data data/demo/tts/test_world.csv
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def eval_tts(args) -> dict:
     from omni.models.codec import usage_perplexity
 
     device = resolve_device(args.device)
-    speaker = load_speaker(args.ckpt, device)
+    speaker = load_speaker(args.ckpt, device, args.vocoder)
     asr_path = args.asr_ckpt or speaker.config.get("audio_enc_ckpt", "")
     utts = read_manifest(args.data)
     mel = LogMel(speaker.features)
@@ -144,7 +145,51 @@ def eval_tts(args) -> dict:
         result["asr_ckpt"] = str(asr_path)
     else:
         result["roundtrip_wer"] = None  # no recogniser: say so rather than guess
-    return {**result, "ckpt_dir": str(args.ckpt), "data": str(args.data)}
+    return {**result, "voice": speaker.voice, "ckpt_dir": str(args.ckpt), "data": str(args.data)}
+
+
+def eval_vocoder(args) -> dict:
+    """The vocoder beside Griffin-Lim on a TTS/ASR manifest: from true mels and from the codec's reconstruction
+    of them (with --codec, or the codec the vocoder was trained with): log-mel L1, multi-resolution STFT
+    distance, real-time factor, and round-trip WER / CER through Stage B (--asr_ckpt, or the codec's Talker
+    config's)."""
+    from omni.audio import GriffinLim, LogMel, load_audio
+    from omni.data.speech import read_manifest
+    from omni.infer.asr import evaluate_utterances
+    from omni.infer.vocoder import codec_round_trip, load_vocoder, voice_metrics
+
+    device = resolve_device(args.device)
+    vocoder = load_vocoder(args.ckpt, device=device)
+    codec_path = args.codec or vocoder.config.get("codec_ckpt", "")
+    codec = load_artifact(Path(codec_path) / "rvq_codec.pt" if Path(codec_path).is_dir() else codec_path,
+                          "rvq_codec") if codec_path else None
+    if codec is not None:
+        vocoder.check_features(codec.features)
+    features = vocoder.features
+    utts = read_manifest(args.data)[:args.max_utterances or None]
+    mel = LogMel(features)
+    pairs = [(w, mel(w)) for w in (load_audio(u.wav, features.sample_rate) for u in utts)]
+    gl = GriffinLim(features)
+    result = {"n": len(pairs), "voice": f"vocoder: {vocoder.describe()}"}
+    for name, voice in (("vocoder", vocoder), ("griffinlim", gl)):
+        result[name] = voice_metrics(voice, pairs, features, codec.model if codec else None)
+    asr_path = args.asr_ckpt
+    if not asr_path and codec is not None:
+        talker_cfg = Path(codec.path).parent / "talker.pt"
+        asr_path = load_artifact(talker_cfg, "talker").config.get("audio_enc_ckpt", "") if talker_cfg.exists() else ""
+    if asr_path:
+        a = load_artifact(asr_path, "audio_enc", device)
+        asr = (a.model, a.vocab, LogMel(a.features))
+        texts = [u.text for u in utts]
+        for name, voice in (("vocoder", vocoder), ("griffinlim", gl)):
+            for prefix, use_codec in (("", False), ("codec_", True)):
+                if use_codec and codec is None:
+                    continue
+                audio = [voice(codec_round_trip(codec.model, m) if use_codec else m) for _, m in pairs]
+                m, _ = evaluate_utterances(*asr, audio, texts, args.batch_size, device)
+                result[name][f"{prefix}wer"], result[name][f"{prefix}cer"] = m["wer"], m["cer"]
+        result["asr_ckpt"] = str(asr_path)
+    return {**result, "ckpt": str(args.ckpt), "codec": str(codec_path), "data": str(args.data)}
 
 
 def eval_sft(args) -> dict:
@@ -186,7 +231,7 @@ def eval_ocr(args) -> dict:
 
 
 STAGES = {"text": eval_text, "vision": eval_vision, "asr": eval_asr, "tts": eval_tts, "sft": eval_sft,
-          "ocr": eval_ocr}
+          "ocr": eval_ocr, "vocoder": eval_vocoder}
 
 
 def main(argv=None) -> int:
@@ -199,6 +244,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--asr_ckpt", default="", help="tts: Stage B's audio_enc.pt (default: the Talker config's)")
+    p.add_argument("--vocoder", default=None,
+                   help="tts: hifigan.pt to voice with ('' = Griffin-Lim; default: one beside the Talker, if any)")
+    p.add_argument("--codec", default="", help="vocoder: rvq_codec.pt or its folder (default: the vocoder's codec)")
+    p.add_argument("--max_utterances", type=int, default=0, help="vocoder: the first N of --data (0 = all)")
     p.add_argument("--temperature", type=float, default=0.0, help="tts: sampling temperature (0 = greedy)")
     p.add_argument("--top_k", type=int, default=20, help="tts: sample among the k likeliest codes")
     p.add_argument("--max_new_tokens", type=int, default=48, help="sft: longest reply")

@@ -47,8 +47,14 @@ TARGETS = [
     ("OCR", "character error rate, held-out lines in a font family never trained on (test_font)", "ocr_test_font",
      "cer", "<", None),
 ]
+# The vocoder against Griffin-Lim on the same held-out mels (vocoder_test_world.json): (what, key, op), the
+# vocoder's figure must be `op` Griffin-Lim's; and the Talker's speech through each (tts_test_world*.json).
+VOCODER_VS_GL = [(f"{what} from {src} mels", f"{prefix}{key}", op)
+                 for prefix, src in (("", "true"), ("codec_", "codec"))
+                 for what, key, op in (("log-mel L1", "mel_l1", "<"), ("multi-resolution STFT distance", "mr_stft", "<"),
+                                       ("round-trip WER", "wer", "<="))]
 MINUTES = {"A": ("thinker", 5), "B": ("audio_enc", 8), "C": ("vision", 5), "D": ("talker", 10),
-           "E": ("omni_sft", 6), "OCR": ("ocr", 6)}  # stage -> (times.json key, CPU-minute budget)
+           "Voc": ("vocoder", 6), "E": ("omni_sft", 6), "OCR": ("ocr", 6)}  # stage -> (times.json key, CPU-minute budget)
 
 
 def lookup(result: dict, key: str):
@@ -61,7 +67,31 @@ def lookup(result: dict, key: str):
 
 
 def meets(value: float, op: str, target: float) -> bool:
-    return {"<": value < target, ">": value > target, ">=": value >= target}[op]
+    return {"<": value < target, ">": value > target, ">=": value >= target, "<=": value <= target}[op]
+
+
+def vocoder_rows(evals: Path) -> list[str]:
+    """The vocoder's figures beside Griffin-Lim's on the same held-out mels, and the Talker through each."""
+    f = evals / "vocoder_test_world.json"
+    if not f.exists():
+        return []
+    r = json.loads(f.read_text())
+    voc, gl = r["vocoder"], r["griffinlim"]
+    rows = []
+    for what, key, op in VOCODER_VS_GL:
+        if key in voc and key in gl:
+            ok = meets(voc[key], op, gl[key])
+            rows.append(f"| Voc | {what}, held-out world sentences: vocoder (Griffin-Lim) | {voc[key]:.4g} "
+                        f"({gl[key]:.4g}) | {op} Griffin-Lim | {'yes' if ok else 'NO'} |")
+    rows.append(f"| Voc | real-time factor of synthesis on this machine (Griffin-Lim) | {voc['rtf']:.3g} ({gl['rtf']:.3g}) "
+                f"| < 1 | {'yes' if voc['rtf'] < 1 else 'NO'} |")
+    talker = [evals / "tts_test_world_vocoder.json", evals / "tts_test_world.json"]
+    if all(p.exists() for p in talker):
+        v, g = (json.loads(p.read_text()).get("roundtrip_wer") for p in talker)
+        if v is not None and g is not None:
+            rows.append(f"| Voc | round-trip WER of the Talker's speech through the vocoder (Griffin-Lim) | {v:.4g} "
+                        f"({g:.4g}) | <= Griffin-Lim | {'yes' if v <= g else 'NO'} |")
+    return rows
 
 
 def curves(runs: Path, out: Path) -> list[Path]:
@@ -137,17 +167,22 @@ def main(argv=None) -> int:
             continue
         met = "" if target is None else ("yes" if meets(value, op, target) else "NO")
         lines.append(f"| {stage} | {what} | {value:.4g} | {bar} | {met} |")
+    lines += vocoder_rows(evals)
     for stage, (key, budget) in MINUTES.items():
         if key in times:
             minutes = times[key] / 60
             lines.append(f"| {stage} | training minutes | {minutes:.1f} | ≤ {budget} | "
                          f"{'yes' if minutes <= budget else 'NO'} |")
+    samples = sorted((runs / "vocoder" / "samples").glob("*/*.wav"))
+    if samples:
+        lines += ["", "## Held-out sentences voiced by the vocoder and by Griffin-Lim (from true and codec mels)", ""]
+        lines += [f"- [{p.parent.name}/{p.name}]({p.relative_to(runs)})" for p in samples]
     lines += sft_details(evals / "sft_test.json")
     lines += ["", "## Loss curves", ""]
     for png in curves(runs, runs):
         lines.append(f"![{png.stem}]({png.name})")
     (runs / "report.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:len(TARGETS) + len(MINUTES) + 4]))
+    print("\n".join(lines[:lines.index("", 2) if "" in lines[2:] else len(lines)]))   # the metrics table
     print(f"wrote {runs / 'report.md'}")
     return 0
 

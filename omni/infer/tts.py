@@ -1,11 +1,12 @@
-"""Speech output: text -> Talker codes -> codec mel -> waveform (Griffin-Lim, or a trained vocoder later).
+"""Speech output: text -> Talker codes -> codec mel -> waveform (a trained vocoder, or Griffin-Lim).
 
     python -m omni.tts --ckpt_dir runs/demo/talker --text "the red circle is on the left" --out x.wav
-    python -m omni.tts --ckpt_dir runs/demo/talker --texts lines.txt --out_dir wavs/
+    python -m omni.tts --ckpt_dir runs/demo/talker --texts lines.txt --out_dir wavs/ [--vocoder hifigan.pt]
 
 `load_speaker(dir)` reads `talker.pt` and `rvq_codec.pt` from one folder (what train_talker.py writes) and
-returns a `Speaker`; infer_chat and the evaluation use the same object. A missing or mismatched file is an
-error naming it; a failure never produces placeholder audio.
+returns a `Speaker`; infer_chat and the evaluation use the same object. The waveform comes from the vocoder
+given (`vocoder=`), or a hifigan.pt found beside the Talker, else Griffin-Lim; `Speaker.voice` says which. A
+missing or mismatched file is an error naming it; a failure never produces placeholder audio.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from omni.artifacts import load_artifact
 from omni.audio import GriffinLim, MelConfig
 from omni.data.tts import pad_ids
+from omni.infer.vocoder import VOCODER_FILE, load_vocoder
 from omni.models.codec import MelCodec
 from omni.models.talker import Talker
 from omni.vocab import TextVocab
@@ -33,6 +35,8 @@ class Speaker:
     features: MelConfig
     device: torch.device
     config: dict = field(default_factory=dict)  # the Talker's training config (its audio_enc_ckpt, ...)
+    vocoder: object = None                      # omni.infer.vocoder.Vocoder, or None: Griffin-Lim
+    voice: str = "vocoder: Griffin-Lim"         # which one speaks, in one line
 
     @property
     def sample_rate(self) -> int:
@@ -64,12 +68,14 @@ class Speaker:
 
     def speak(self, texts: list[str], **kw) -> list[torch.Tensor]:
         """Waveforms Tensor[T] at self.sample_rate, one per text."""
-        gl = GriffinLim(self.features)
-        return [gl(self.codes_to_logmel(c)) for c in self.speak_codes(texts, **kw)]
+        voice = self.vocoder or GriffinLim(self.features)
+        return [voice(self.codes_to_logmel(c)) for c in self.speak_codes(texts, **kw)]
 
 
-def load_speaker(ckpt_dir, device="cpu") -> Speaker:
-    """The Speaker from train_talker.py's folder: talker.pt and rvq_codec.pt, which must fit each other."""
+def load_speaker(ckpt_dir, device="cpu", vocoder: str | None = None) -> Speaker:
+    """The Speaker from train_talker.py's folder: talker.pt and rvq_codec.pt, which must fit each other.
+    `vocoder`: a hifigan.pt (or its folder) to voice with; None: the one beside the Talker if there is one;
+    "": Griffin-Lim."""
     d = Path(ckpt_dir)
     talker = load_artifact(d / "talker.pt", "talker", device)
     codec = load_artifact(d / "rvq_codec.pt", "rvq_codec", device)
@@ -78,7 +84,16 @@ def load_speaker(ckpt_dir, device="cpu") -> Speaker:
         raise ValueError(f"{talker.path} was trained for {tc.codebooks} x {tc.codebook_size} codes of {tc.block} x "
                          f"{tc.n_mels} mel frames, but {codec.path} has {cc.codebooks} x "
                          f"{cc.codebook_size} of {cc.block} x {cc.n_mels}")
-    return Speaker(talker.model, codec.model, talker.vocab, codec.features, torch.device(device), talker.config)
+    voc, voice = None, f"vocoder: Griffin-Lim (no {VOCODER_FILE} in {d})"
+    if vocoder is None and (d / VOCODER_FILE).exists():
+        vocoder = str(d / VOCODER_FILE)
+    if vocoder:
+        voc = load_vocoder(vocoder, codec.features, device)
+        voice = f"vocoder: {voc.describe()}"
+    elif vocoder == "":
+        voice = "vocoder: Griffin-Lim (asked for)"
+    return Speaker(talker.model, codec.model, talker.vocab, codec.features, torch.device(device), talker.config,
+                   voc, voice)
 
 
 def main(argv=None) -> int:
@@ -92,6 +107,8 @@ def main(argv=None) -> int:
                    help="0 = greedy, the most intelligible; higher samples more varied speech")
     p.add_argument("--top_k", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocoder", help="hifigan.pt to voice with (default: the one beside the Talker, if any)")
+    p.add_argument("--griffin_lim", action="store_true", help="voice with Griffin-Lim even if a vocoder is found")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if bool(args.text) == bool(args.texts):
@@ -106,7 +123,8 @@ def main(argv=None) -> int:
         texts = [line.strip() for line in Path(args.texts).read_text(encoding="utf-8").splitlines() if line.strip()]
         outs = [Path(args.out_dir) / f"{i:04d}.wav" for i in range(len(texts))]
     try:
-        speaker = load_speaker(args.ckpt_dir, args.device)
+        speaker = load_speaker(args.ckpt_dir, args.device, "" if args.griffin_lim else args.vocoder)
+        print(speaker.voice, file=sys.stderr)
         wavs = speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

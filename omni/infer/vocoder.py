@@ -1,0 +1,143 @@
+"""Voicing log-mel frames: a trained vocoder (hifigan.pt) or Griffin-Lim, the figures that compare them, and
+copy synthesis for users checking a vocoder:
+
+    python -m omni.vocode --ckpt hifigan.pt a.wav b.wav --out_dir D [--griffin_lim] [--codec DIR]
+
+(wav → the shared log-mel → vocoder → D/<same file name>; `--griffin_lim` voices the same mels with Griffin-Lim;
+`--codec DIR` (a folder with rvq_codec.pt, or the file) sends the mels through the codec's round trip first.)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+from omni.artifacts import load_artifact
+from omni.audio import GriffinLim, LogMel, MelConfig, load_audio
+from omni.config import to_dict
+
+VOCODER_FILE = "hifigan.pt"
+
+
+class Vocoder:
+    """A loaded hifigan.pt: callable on raw log-mel Tensor[T x n_mels] → waveform Tensor[(T-1) * hop]."""
+
+    def __init__(self, generator, features: MelConfig, path: Path, device="cpu", config: dict | None = None):
+        self.generator, self.features, self.path, self.device = generator, features, path, torch.device(device)
+        self.config = config or {}   # its training config (codec_ckpt, train_on, ...)
+
+    def check_features(self, features: MelConfig) -> None:
+        """An error naming the file when the mels to voice have other settings than the vocoder was trained on."""
+        if to_dict(self.features) != to_dict(features):
+            raise ValueError(f"{self.path} voices mels of other settings than these ({to_dict(self.features)} "
+                             f"against {to_dict(features)}): train it on this codec's features (codec_ckpt)")
+
+    @torch.no_grad()
+    def __call__(self, logmel: torch.Tensor) -> torch.Tensor:
+        wav = self.generator(logmel.float().to(self.device)).cpu()
+        if not torch.isfinite(wav).all() or wav.abs().max() == 0:
+            raise RuntimeError(f"the vocoder {self.path} produced no signal from {tuple(logmel.shape)} mel frames")
+        peak = wav.abs().max()
+        return wav * (0.95 / peak) if peak > 0.95 else wav
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.generator.cfg.generator} generator)"
+
+
+def load_vocoder(path, features: MelConfig | None = None, device="cpu") -> Vocoder:
+    """hifigan.pt (or its folder) as a Vocoder. With `features` (the mels it will voice: the codec's), other
+    mel settings are an error naming the file."""
+    a = load_artifact(path, "vocoder", device)
+    vocoder = Vocoder(a.model, a.features, a.path, device, a.config)
+    if features is not None:
+        vocoder.check_features(features)
+    return vocoder
+
+
+@torch.no_grad()
+def codec_round_trip(codec, logmel: torch.Tensor) -> torch.Tensor:
+    """Raw log-mel Tensor[T x n_mels] → the codec's reconstruction of it (encode, quantize, decode), T frames."""
+    device = codec.mel_mean.device
+    x = codec.normalize(logmel.float().to(device))[None]
+    return codec.denormalize(codec.decode(codec.encode(x)))[0, :logmel.shape[0]].cpu()
+
+
+@torch.no_grad()
+def voice_metrics(voice, utterances: list, features: MelConfig, codec=None) -> dict:
+    """How well `voice` (a Vocoder, GriffinLim or a generator: log-mel → waveform) voices (wav, true log-mel)
+    pairs: log-mel L1 of its output against the mel it was given, multi-resolution STFT distance against the
+    original audio, and the real-time factor; with a codec, the same from the codec's reconstruction of each
+    mel (codec_*: the mel L1 against that reconstruction, what the vocoder was asked to say)."""
+    from omni.models.vocoder import mr_stft_loss
+    mel = LogMel(features)
+    out = {}
+    for prefix, use_codec in (("", False), ("codec_", True)):
+        if use_codec and codec is None:
+            continue
+        l1 = stft = seconds = audio = 0.0
+        for wav, true_mel in utterances:
+            source = codec_round_trip(codec, true_mel) if use_codec else true_mel
+            t0 = time.perf_counter()
+            y = voice(source).float().cpu()
+            seconds += time.perf_counter() - t0
+            audio += y.numel() / features.sample_rate
+            m = mel(y)
+            n = min(m.shape[0], source.shape[0])
+            l1 += float((m[:n] - source[:n].float()).abs().mean())
+            k = min(y.numel(), wav.numel())
+            stft += float(mr_stft_loss(y[None, :k], wav[None, :k].float()))
+        out.update({f"{prefix}mel_l1": l1 / len(utterances), f"{prefix}mr_stft": stft / len(utterances),
+                    f"{prefix}rtf": seconds / max(audio, 1e-9)})
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Copy synthesis: audio → the shared log-mel → a vocoder → audio.")
+    p.add_argument("--ckpt", help="hifigan.pt (or its folder)")
+    p.add_argument("audio", nargs="+", help="audio files")
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--griffin_lim", action="store_true", help="voice with Griffin-Lim instead of the vocoder")
+    p.add_argument("--codec", help="rvq_codec.pt or its folder: the mels go through the codec's round trip first")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if not args.ckpt and not args.griffin_lim:
+        p.error("give --ckpt (a vocoder), or --griffin_lim")
+    try:
+        codec = None
+        if args.codec:
+            c = Path(args.codec)
+            codec = load_artifact(c / "rvq_codec.pt" if c.is_dir() else c, "rvq_codec", args.device)
+        if args.ckpt:
+            vocoder = load_vocoder(args.ckpt, codec.features if codec else None, args.device)
+            features = vocoder.features
+        else:
+            features = codec.features if codec else None
+            if features is None:
+                from omni.models.codec import TalkerFeatures
+                features = TalkerFeatures()
+        voice = GriffinLim(features) if args.griffin_lim else vocoder
+        print("vocoder: Griffin-Lim (asked for)" if args.griffin_lim else f"vocoder: {vocoder.describe()}",
+              file=sys.stderr)
+        mel = LogMel(features)
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in args.audio:
+            logmel = mel(load_audio(path, features.sample_rate))
+            if codec is not None:
+                logmel = codec_round_trip(codec.model, logmel)
+            wav = voice(logmel)
+            out = out_dir / Path(path).name
+            sf.write(str(out.with_suffix(".wav")), wav.numpy(), features.sample_rate)
+            print(f"{path}\t{out.with_suffix('.wav')}\t{wav.numel() / features.sample_rate:.2f}s")
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The neural vocoder (SPEC §6): raw log-mel frames (the shared front end, `omni.audio.LogMel` with the Talker's
+`TalkerFeatures`) → waveform, and the HiFi-GAN discriminators and losses that train it.
+
+    gen = Generator(VocoderConfig(), features)     # features: the MelConfig of the mels it voices
+    wav = gen(logmel)                              # Tensor[B x T x n_mels] → Tensor[B x (T-1)*hop]; [T x n_mels] → [(T-1)*hop]
+
+Two generators, chosen by `generator`:
+- "istft" (Vocos / iSTFTNet style): ConvNeXt blocks over the mel frames predict, per frame, a correction to
+  the log-magnitude of one STFT frame and its phase; the magnitude starts from the mel filterbank's
+  pseudo-inverse of the input (`residual`), so the network learns what the filterbank lost, not the whole
+  spectrum; an inverse STFT with the front end's window and hop makes the waveform.
+- "hifigan" (HiFi-GAN V1–V3 family): transposed-convolution upsampling by `upsample_rates` (their product is
+  the hop) with multi-receptive-field residual blocks.
+Discriminators: multi-period (periods 2, 3, 5, 7, 11: the waveform folded into a 2-D grid of `period` columns)
+and multi-scale (3 scales: raw, then average-pooled ×2, ×4), both on Tensor[B x 1 x T].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchaudio
+
+from omni.audio import MelConfig
+
+
+@dataclass
+class VocoderConfig:
+    generator: str = "istft"          # "istft" | "hifigan"
+    channels: int = 256               # istft: ConvNeXt width; hifigan: channels before the first upsampling
+    layers: int = 8                   # istft: ConvNeXt blocks
+    residual: bool = True             # istft: predict a correction over the mel pseudo-inverse's magnitude
+    upsample_rates: list[int] = field(default_factory=lambda: [5, 4, 4, 2])    # hifigan: product = hop_length
+    resblock_kernels: list[int] = field(default_factory=lambda: [3, 7, 11])     # hifigan: MRF kernels
+    resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
+    disc_channels: int = 32           # width of the discriminators' first layers (HiFi-GAN: 32 MPD, 16 MSD)
+
+
+def _mel_basis(cfg: MelConfig) -> torch.Tensor:
+    """The front end's mel filterbank Tensor[n_freq x n_mels] (torchaudio, slaney, as LogMel)."""
+    return torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max or cfg.sample_rate / 2,
+                                                 cfg.n_mels, cfg.sample_rate, norm="slaney", mel_scale="slaney")
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.dw = nn.Conv1d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.scale = nn.Parameter(torch.full((dim,), 1.0 / 8))
+
+    def forward(self, x):                                   # x: [B x C x T]
+        y = self.norm(self.dw(x).transpose(1, 2))
+        y = self.down(F.gelu(self.up(y))) * self.scale
+        return x + y.transpose(1, 2)
+
+
+class ISTFTGenerator(nn.Module):
+    def __init__(self, cfg: VocoderConfig, features: MelConfig):
+        super().__init__()
+        self.cfg, self.features = cfg, features
+        n_freq = features.n_fft // 2 + 1
+        self.inp = nn.Conv1d(features.n_mels, cfg.channels, 7, padding=3)
+        self.norm = nn.LayerNorm(cfg.channels)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(cfg.channels, 3 * cfg.channels) for _ in range(cfg.layers))
+        self.out_norm = nn.LayerNorm(cfg.channels)
+        self.head = nn.Linear(cfg.channels, 2 * n_freq)
+        if cfg.residual:
+            nn.init.zeros_(self.head.weight)   # starts as the pseudo-inverse's magnitude
+            nn.init.zeros_(self.head.bias)
+        self.register_buffer("pinv", torch.linalg.pinv(_mel_basis(features)).T.contiguous(), persistent=False)
+        self.register_buffer("window", torch.hann_window(features.n_fft), persistent=False)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:         # [B x T x n_mels] → [B x (T-1)*hop]
+        x = self.norm(self.inp(logmel.transpose(1, 2)).transpose(1, 2)).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        mag_delta, phase = self.head(self.out_norm(x.transpose(1, 2))).float().chunk(2, dim=-1)   # [B x T x F]
+        log_mag = mag_delta
+        if self.cfg.residual:   # power spectrum ≈ mel power through the pseudo-inverse; magnitude = its sqrt
+            base = (logmel.float().exp() @ self.pinv.T).clamp_min(1e-5)
+            log_mag = 0.5 * base.log() + mag_delta
+        mag = log_mag.clamp(max=8.0).exp()
+        spec = torch.polar(mag, phase).transpose(1, 2)                                              # [B x F x T]
+        f = self.features
+        return torch.istft(spec, f.n_fft, f.hop_length, f.n_fft, self.window, center=True,
+                           length=(logmel.shape[1] - 1) * f.hop_length)
+
+
+class ResBlock(nn.Module):
+    """HiFi-GAN's residual block: per dilation, LeakyReLU → dilated conv → LeakyReLU → conv, added back."""
+
+    def __init__(self, ch: int, kernel: int, dilations: list[int]):
+        super().__init__()
+        self.convs1 = nn.ModuleList(nn.Conv1d(ch, ch, kernel, dilation=d, padding=d * (kernel - 1) // 2)
+                                    for d in dilations)
+        self.convs2 = nn.ModuleList(nn.Conv1d(ch, ch, kernel, padding=(kernel - 1) // 2) for _ in dilations)
+
+    def forward(self, x):
+        for c1, c2 in zip(self.convs1, self.convs2):
+            x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, 0.1)), 0.1))
+        return x
+
+
+class HiFiGANGenerator(nn.Module):
+    def __init__(self, cfg: VocoderConfig, features: MelConfig):
+        super().__init__()
+        if math.prod(cfg.upsample_rates) != features.hop_length:
+            raise ValueError(f"vocoder upsample_rates {cfg.upsample_rates} multiply to {math.prod(cfg.upsample_rates)}, "
+                             f"not the hop length {features.hop_length}")
+        self.cfg, self.features = cfg, features
+        self.inp = nn.Conv1d(features.n_mels, cfg.channels, 7, padding=3)
+        self.ups, self.mrfs = nn.ModuleList(), nn.ModuleList()
+        ch = cfg.channels
+        for r in cfg.upsample_rates:
+            self.ups.append(nn.ConvTranspose1d(ch, ch // 2, 2 * r, stride=r, padding=r // 2 + r % 2,
+                                               output_padding=r % 2))
+            ch //= 2
+            self.mrfs.append(nn.ModuleList(ResBlock(ch, k, cfg.resblock_dilations) for k in cfg.resblock_kernels))
+        self.out = nn.Conv1d(ch, 1, 7, padding=3)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
+                nn.init.normal_(m.weight, std=0.01)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = self.inp(logmel.transpose(1, 2))
+        for up, mrf in zip(self.ups, self.mrfs):
+            x = up(F.leaky_relu(x, 0.1))
+            x = sum(block(x) for block in mrf) / len(mrf)
+        wav = torch.tanh(self.out(F.leaky_relu(x))).squeeze(1)    # [B x T*hop]
+        return wav[:, :(logmel.shape[1] - 1) * self.features.hop_length]
+
+
+class Generator(nn.Module):
+    """Either generator behind one interface: Tensor[B x T x n_mels] → Tensor[B x (T-1)*hop] (frames centred
+    on multiples of the hop, as LogMel makes them), or [T x n_mels] → [(T-1)*hop]."""
+
+    def __init__(self, cfg: VocoderConfig, features: MelConfig):
+        super().__init__()
+        if features.normalize != "none":
+            raise ValueError("the vocoder voices raw log-mel: its MelConfig.normalize must be 'none'")
+        if cfg.generator not in ("istft", "hifigan"):
+            raise ValueError(f"vocoder generator must be 'istft' or 'hifigan', got {cfg.generator!r}")
+        self.cfg, self.features = cfg, features
+        self.net = (ISTFTGenerator if cfg.generator == "istft" else HiFiGANGenerator)(cfg, features)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        if logmel.dim() == 2:
+            return self.forward(logmel[None])[0]
+        return self.net(logmel)
+
+
+# --- discriminators -------------------------------------------------------------------------------------------
+
+class PeriodDiscriminator(nn.Module):
+    def __init__(self, period: int, ch: int):
+        super().__init__()
+        self.period = period
+        chans = [1, ch, 4 * ch, 16 * ch, 32 * ch, 32 * ch]
+        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], (5, 1), (3 if i < 4 else 1, 1), (2, 0))
+                                   for i in range(5))
+        self.post = nn.Conv2d(chans[-1], 1, (3, 1), 1, (1, 0))
+
+    def forward(self, x):                                   # [B x 1 x T] → (scores, features)
+        B, C, T = x.shape
+        if T % self.period:
+            x = F.pad(x, (0, self.period - T % self.period), mode="reflect")
+        x = x.view(B, C, -1, self.period)
+        feats = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.1)
+            feats.append(x)
+        x = self.post(x)
+        feats.append(x)
+        return x.flatten(1), feats
+
+
+class ScaleDiscriminator(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        specs = [(1, ch, 15, 1, 1, 7), (ch, 4 * ch, 41, 4, 4, 20), (4 * ch, 16 * ch, 41, 4, 16, 20),
+                 (16 * ch, 32 * ch, 41, 4, 16, 20), (32 * ch, 32 * ch, 5, 1, 1, 2)]
+        self.convs = nn.ModuleList(nn.Conv1d(i, o, k, s, groups=min(g, i), padding=p) for i, o, k, s, g, p in specs)
+        self.post = nn.Conv1d(32 * ch, 1, 3, 1, padding=1)
+
+    def forward(self, x):
+        feats = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.1)
+            feats.append(x)
+        x = self.post(x)
+        feats.append(x)
+        return x.flatten(1), feats
+
+
+class Discriminators(nn.Module):
+    """Multi-period (periods 2, 3, 5, 7, 11) + multi-scale (3 scales). Input Tensor[B x 1 x T] → lists of
+    scores and of per-layer features, one entry per sub-discriminator."""
+
+    PERIODS = (2, 3, 5, 7, 11)
+
+    def __init__(self, ch: int = 32):
+        super().__init__()
+        self.mpd = nn.ModuleList(PeriodDiscriminator(p, ch) for p in self.PERIODS)
+        self.msd = nn.ModuleList(ScaleDiscriminator(max(ch // 2, 1)) for _ in range(3))
+
+    def forward(self, x: torch.Tensor):
+        if x.dim() != 3 or x.shape[1] != 1:
+            raise ValueError(f"discriminators take Tensor[B x 1 x T], got {tuple(x.shape)}")
+        scores, feats = [], []
+        for d in self.mpd:
+            s, f = d(x)
+            scores.append(s)
+            feats.append(f)
+        for i, d in enumerate(self.msd):
+            s, f = d(x if i == 0 else F.avg_pool1d(x, 4 * i, 2 * i, padding=2 * i))
+            scores.append(s)
+            feats.append(f)
+        return scores, feats
+
+
+# --- losses ---------------------------------------------------------------------------------------------------
+
+def discriminator_loss(real_scores, fake_scores) -> torch.Tensor:
+    """Least squares: real → 1, generated → 0, summed over the sub-discriminators."""
+    return sum((1 - r.float()).pow(2).mean() + f.float().pow(2).mean() for r, f in zip(real_scores, fake_scores))
+
+
+def generator_adv_loss(fake_scores) -> torch.Tensor:
+    return sum((1 - f.float()).pow(2).mean() for f in fake_scores)
+
+
+def feature_matching_loss(real_feats, fake_feats) -> torch.Tensor:
+    return sum(F.l1_loss(f.float(), r.detach().float()) for rs, fs in zip(real_feats, fake_feats)
+               for r, f in zip(rs, fs))
+
+
+def stft_magnitude(wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    window = torch.hann_window(n_fft, device=wav.device)
+    return torch.stft(wav.float(), n_fft, hop, n_fft, window, return_complex=True).abs().clamp_min(1e-5)
+
+
+MR_STFT = ((512, 128), (1024, 256), (256, 64))   # (n_fft, hop) resolutions, at 16 kHz
+
+
+def mr_stft_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT distance (Yamamoto et al. 2020): per resolution, spectral convergence + log
+    magnitude L1, averaged over the resolutions. Also the evaluation's distance."""
+    total = 0.0
+    for n_fft, hop in MR_STFT:
+        f, r = stft_magnitude(fake, n_fft, hop), stft_magnitude(real, n_fft, hop)
+        total = total + (r - f).norm() / r.norm().clamp_min(1e-5) + F.l1_loss(f.log(), r.log())
+    return total / len(MR_STFT)
