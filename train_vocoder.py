@@ -8,7 +8,8 @@ Reads TTS manifests (CSV wav,text[,speaker]); the log-mel of every utterance is 
 settings of `codec_ckpt` (Stage D's rvq_codec.pt: the features the codec decodes, so there is one definition
 of the mel) or `features`. `train_on: codec` replaces each mel by the codec's reconstruction of it (what the
 vocoder voices behind the Talker), `mix` takes either at random per segment. Training draws random segments
-of `segment_frames` frames: first `adv_start` steps of mel L1 + multi-resolution STFT loss alone (a warm-up),
+of `segment_frames` frames (`init_from` starts the generator from a trained hifigan.pt: fine-tuning on codec
+mels, as HiFi-GAN fine-tunes on its acoustic model's output): first `adv_start` steps of mel L1 + multi-resolution STFT loss alone (a warm-up),
 then least-squares adversarial + feature-matching losses against the multi-period and multi-scale
 discriminators, with their own optimizer (generator and discriminators each checkpointed and resumed exactly).
 Validation voices the first `val_utterances` of `val_csv` from their true (and, with a codec, their codec)
@@ -48,6 +49,7 @@ class VocoderTrainConfig(TrainConfig):
     codec_ckpt: str = ""              # Stage D's rvq_codec.pt: its mel settings, and its mels for train_on codec
     features: TalkerFeatures = field(default_factory=TalkerFeatures)   # used when there is no codec_ckpt
     train_on: str = "true"            # "true" mels | "codec" reconstructions | "mix" (either, per segment)
+    init_from: str = ""               # a hifigan.pt whose generator this run starts from (fine-tuning on codec mels)
     segment_frames: int = 32          # mel frames per training segment (32: 0.31 s of audio)
     adv_start: int = 0                # steps of mel + STFT loss alone before the discriminators join
     disc_lr: float = 0.0              # 0 = lr
@@ -181,7 +183,15 @@ class VocoderStage(Stage):
 
     def build_model(self):
         c = self.cfg
-        return VocoderGAN(c.model, self.features, {"mel": c.lambda_mel, "fm": c.lambda_fm, "stft": c.lambda_stft})
+        model = VocoderGAN(c.model, self.features, {"mel": c.lambda_mel, "fm": c.lambda_fm, "stft": c.lambda_stft})
+        if c.init_from:   # a fresh run only: a resumed one restores its own weights over these
+            start = load_artifact(c.init_from, "vocoder")
+            if to_dict(start.features) != to_dict(self.features) or start.config.get("model") != to_dict(c.model):
+                raise ConfigError(f"init_from {start.path} was trained with other mel settings or another model "
+                                  f"config; fine-tuning needs the same (its config.json says which)")
+            model.generator.load_state_dict(start.model.state_dict())
+            self.log.info(f"generator starts from {start.path}")
+        return model
 
     def train_data(self):
         c = self.cfg

@@ -343,6 +343,51 @@ def ocr_read(config: str, device, n: int = 64, width: int = 256, chars: int = 20
     return {**out, "chars": chars}
 
 
+def _vocoder(config: str, device):
+    from train_vocoder import VocoderGAN, VocoderTrainConfig
+    cfg = load_config(VocoderTrainConfig, config)
+    torch.manual_seed(0)
+    lam = {"mel": cfg.lambda_mel, "fm": cfg.lambda_fm, "stft": cfg.lambda_stft}
+    return cfg, VocoderGAN(cfg.model, cfg.features, lam).to(device)
+
+
+def vocoder_train(config: str, device, batch_size: int | None = None, steps: int = 3) -> dict:
+    """One GAN step (discriminators, then the generator with every loss) on random segments."""
+    cfg, model = _vocoder(config, device)
+    model.train()
+    B, T, hop = batch_size or cfg.batch_size, cfg.segment_frames, cfg.features.hop_length
+    mel = torch.randn(B, T, cfg.features.n_mels, device=device) - 5
+    wav = torch.randn(B, (T - 1) * hop, device=device) * 0.1
+    opt_g = build_optimizer(model.generator, cfg.lr, 0.0, device)
+    opt_d = build_optimizer(model.discriminators, cfg.lr, 0.0, device)
+
+    def step():
+        for part, opt in (("discriminator", opt_d), ("generator", opt_g)):
+            with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
+                loss, _ = model(mel, wav, part, True)
+            loss.backward()
+            opt.step()
+            model.zero_grad(set_to_none=True)
+    dt = timed(step, device, 1, steps)
+    return {"segments/s": B / dt, "audio_s/s": B * (T - 1) * hop / cfg.features.sample_rate / dt, "batch": B,
+            "gen_params_M": sum(p.numel() for p in model.generator.parameters()) / 1e6,
+            "disc_params_M": sum(p.numel() for p in model.discriminators.parameters()) / 1e6}
+
+
+def vocoder_synthesis(config: str, device, seconds: float = 4.0) -> dict:
+    """Real-time factor of voicing `seconds` of mel frames (one utterance), against Griffin-Lim (32 iterations)."""
+    from omni.audio import GriffinLim
+    cfg, model = _vocoder(config, device)
+    gen = model.generator.eval()
+    frames = int(seconds * cfg.features.sample_rate / cfg.features.hop_length) + 1
+    mel = torch.randn(frames, cfg.features.n_mels, device=device) - 5
+    gl = GriffinLim(cfg.features).to(device)
+    with torch.no_grad():
+        t_gen = timed(lambda: gen(mel), device, 1, 3)
+        t_gl = timed(lambda: gl(mel), device, 1, 3)
+    return {"rtf": t_gen / seconds, "griffin_lim_rtf": t_gl / seconds, "audio_s": seconds}
+
+
 ROWS = {
     "thinker train (demo)": lambda d: thinker_train("configs/demo/thinker.json", d),
     "thinker train (tiny)": lambda d: thinker_train("configs/thinker_tiny.json", d,
@@ -367,6 +412,11 @@ ROWS = {
                                                   batch_size=None if d.type == "cuda" else 8),
     "omni answer (demo)": lambda d: omni_answer("configs/demo/omni_sft.json", d),
     "omni answer (tiny)": lambda d: omni_answer("configs/omni_sft_tiny.json", d),
+    "vocoder train (demo)": lambda d: vocoder_train("configs/demo/vocoder.json", d),
+    "vocoder train (tiny)": lambda d: vocoder_train("configs/vocoder_tiny.json", d,
+                                                    batch_size=None if d.type == "cuda" else 2, steps=1),
+    "vocoder synthesis (demo)": lambda d: vocoder_synthesis("configs/demo/vocoder.json", d),
+    "vocoder synthesis (tiny)": lambda d: vocoder_synthesis("configs/vocoder_tiny.json", d),
     "ocr train (demo)": lambda d: ocr_train("configs/demo/ocr.json", d),
     "ocr train (tiny)": lambda d: ocr_train("configs/ocr_tiny.json", d, batch_size=None if d.type == "cuda" else 16),
     "ocr read (demo)": lambda d: ocr_read("configs/demo/ocr.json", d),

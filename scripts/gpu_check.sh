@@ -6,7 +6,8 @@
 #   bash scripts/gpu_check.sh [DATA=data/demo] [OUT=runs/gpu_check] [STEPS=300]
 #   TOKENIZER=runs/demo/thinker/tokenizer.model VOCAB=4096 bash scripts/gpu_check.sh   # reuse a tokenizer
 #   STAGES="audio_enc talker" bash scripts/gpu_check.sh   # some stages only (vision needs thinker's output,
-#                                                          # omni_sft thinker's, audio_enc's and vision's)
+#                                                          # vocoder talker's, omni_sft thinker's, audio_enc's
+#                                                          # and vision's)
 #
 # DATA needs text/{train,val}.txt, asr/{train,val_world}.csv, images/{train,val_world}.jsonl and
 # tts/{train,val_world}.csv, sft/{train,val}.jsonl, ocr/{train,val_clean}.csv (`make data` writes them). A stage that fails is reported and the rest still run.
@@ -20,7 +21,7 @@ common=(--fresh --set max_steps="$STEPS" warmup_steps=50 print_freq=50 val_freq=
 tok=()
 if [ -n "${TOKENIZER:-}" ]; then tok=(tokenizer="$TOKENIZER" model.vocab_size="${VOCAB:?set VOCAB to the tokenizer size}"); fi
 
-STAGES=${STAGES:-thinker audio_enc vision talker omni_sft ocr}
+STAGES=${STAGES:-thinker audio_enc vision talker vocoder omni_sft ocr}
 
 stage() {  # KEY SCRIPT CONFIG [--set overrides...]
   local key=$1 script=$2 config=$3; shift 3
@@ -45,6 +46,9 @@ stage talker train_talker.py configs/talker_tiny.json \
   train_csv="$DATA/tts/train.csv" "val_csvs=[\"$DATA/tts/val_world.csv\"]" max_mel_length=1024 \
   codec.max_steps="$STEPS" codec.warmup_steps=50 codec.val_freq="$STEPS" roundtrip=16 \
   audio_enc_ckpt="$OUT/audio_enc/audio_enc.pt"
+stage vocoder train_vocoder.py configs/vocoder_tiny.json \
+  train_csv="$DATA/tts/train.csv" val_csv="$DATA/tts/val_world.csv" codec_ckpt="$OUT/talker/rvq_codec.pt" \
+  adv_start=$((STEPS / 2)) num_workers=0
 stage omni_sft sft_omni.py configs/omni_sft_tiny.json \
   "train_files=[\"$DATA/sft/train.jsonl\"]" val_file="$DATA/sft/val.jsonl" thinker_ckpt="$OUT/thinker/thinker.pt" \
   vision_ckpt="$OUT/vision/vision.pt" audio_enc_ckpt="$OUT/audio_enc/audio_enc.pt" align_steps=100
