@@ -62,10 +62,10 @@ class VocoderTrainConfig(TrainConfig):
 class Segments(BatchStream):
     """Random `frames`-frame segments of whole utterances: (log-mel, the audio it was made from)."""
 
-    def __init__(self, mels, codec_mels, wavs, frames, hop, batch_size, seed, train_on):
+    def __init__(self, mels, codec_mels, wavs, frames, hop, sample_rate, batch_size, seed, train_on):
         super().__init__(batch_size, seed)
         self.mels, self.codec_mels, self.wavs = mels, codec_mels, wavs
-        self.frames, self.hop, self.train_on = frames, hop, train_on
+        self.frames, self.hop, self.sample_rate, self.train_on = frames, hop, sample_rate, train_on
 
     def __len__(self):
         return len(self.mels)
@@ -80,7 +80,7 @@ class Segments(BatchStream):
 
     def collate(self, samples):
         return {"mel": torch.stack([m for m, _ in samples]), "wav": torch.stack([w for _, w in samples]),
-                "audio_s": len(samples) * (self.frames - 1) * self.hop / 16000}
+                "audio_s": len(samples) * (self.frames - 1) * self.hop / self.sample_rate}
 
 
 class VocoderGAN(nn.Module):
@@ -195,7 +195,8 @@ class VocoderStage(Stage):
 
     def train_data(self):
         c = self.cfg
-        return Segments(self.mels, self.codec_mels, self.wavs, c.segment_frames, self.features.hop_length,
+        f = self.features
+        return Segments(self.mels, self.codec_mels, self.wavs, c.segment_frames, f.hop_length, f.sample_rate,
                         c.batch_size, c.seed, c.train_on)
 
     def optimizers(self, model):

@@ -137,7 +137,7 @@ def symbol_line(rng: np.random.Generator) -> str:
         lambda: f"{r(1, 99)}^{r(2, 9)} ~ {r(0, 9)}.{r(0, 999)} \\ {w()}",
         lambda: f"!{w()}? `{w().lower()}` +{r(0, 99)}",
     ]
-    return templates[r(0, len(templates))]()[:MAX_CHARS]
+    return templates[r(0, len(templates))]()[:MAX_CHARS].strip()
 
 
 def sentences(rng: np.random.Generator, n: int, side: str) -> list[str]:
@@ -182,16 +182,18 @@ def _colours(rng: np.random.Generator, low_contrast: bool) -> tuple[tuple, tuple
 
 
 def render_line(text: str, font: Path, rng: np.random.Generator, degraded: bool) -> Image.Image:
-    """The line drawn in `font` at a random size, cropped with a margin; `degraded` adds a random few of: blur,
-    noise, JPEG, rotation (±2°), low contrast, uneven light, low resolution."""
+    """The line drawn in `font` at a random size, in the font's line box (ascent to descent, so letter sizes keep
+    their proportion to the line) with a margin; `degraded` adds a random few of: blur, noise, JPEG, rotation
+    (±2°), low contrast, uneven light, low resolution."""
     size = int(rng.integers(22, 44))
     f = _font(font, size)
     low_contrast = degraded and rng.random() < 0.3
     ink, bg = _colours(rng, low_contrast)
-    x0, y0, x1, y1 = f.getbbox(text)
-    pad_x, pad_y = int(rng.integers(2, size // 2 + 3)), int(rng.integers(2, size // 3 + 3))
-    img = Image.new("RGB", (x1 - x0 + 2 * pad_x, y1 - y0 + 2 * pad_y), bg)
-    ImageDraw.Draw(img).text((pad_x - x0, pad_y - y0), text, font=f, fill=ink)
+    x0, _, x1, _ = f.getbbox(text)
+    ascent, descent = f.getmetrics()   # the font's line box, not the ink's: "ooo" stays small beside "OOO"
+    pad_x, pad_y = int(rng.integers(2, size // 2 + 3)), int(rng.integers(1, size // 6 + 2))
+    img = Image.new("RGB", (x1 - x0 + 2 * pad_x, ascent + descent + 2 * pad_y), bg)
+    ImageDraw.Draw(img).text((pad_x - x0, pad_y), text, font=f, fill=ink)
     if img.height > MAX_HEIGHT:  # big glyphs drawn, then stored at a height a reader downsizes to anyway
         img = img.resize((max(1, round(img.width * MAX_HEIGHT / img.height)), MAX_HEIGHT), Image.BOX)
     if not degraded:

@@ -8,7 +8,10 @@ Two generators, chosen by `generator`:
 - "istft" (Vocos / iSTFTNet style): ConvNeXt blocks over the mel frames predict, per frame, a correction to
   the log-magnitude of one STFT frame and its phase; the magnitude starts from the mel filterbank's
   pseudo-inverse of the input (`residual`), so the network learns what the filterbank lost, not the whole
-  spectrum; an inverse STFT with the front end's window and hop makes the waveform.
+  spectrum; the phase is predicted per frame (`phase: absolute`), or as per-frame advances summed over time
+  around each bin's centre-frequency advance (`integrated`: a translation-equivariant network cannot place a
+  phase that grows with time, but it can say how fast it turns); an inverse STFT with the front end's window
+  and hop makes the waveform.
 - "hifigan" (HiFi-GAN V1–V3 family): transposed-convolution upsampling by `upsample_rates` (their product is
   the hop) with multi-receptive-field residual blocks.
 Discriminators: multi-period (periods 2, 3, 5, 7, 11: the waveform folded into a 2-D grid of `period` columns)
@@ -33,6 +36,8 @@ class VocoderConfig:
     channels: int = 256               # istft: ConvNeXt width; hifigan: channels before the first upsampling
     layers: int = 8                   # istft: ConvNeXt blocks
     residual: bool = True             # istft: predict a correction over the mel pseudo-inverse's magnitude
+    phase: str = "absolute"           # istft: "absolute": each frame's phase; "integrated": per-frame advances,
+                                      # summed over time, around each bin's centre-frequency advance
     upsample_rates: list[int] = field(default_factory=lambda: [5, 4, 4, 2])    # hifigan: product = hop_length
     resblock_kernels: list[int] = field(default_factory=lambda: [3, 7, 11])     # hifigan: MRF kernels
     resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
@@ -72,7 +77,12 @@ class ISTFTGenerator(nn.Module):
         if cfg.residual:
             nn.init.zeros_(self.head.weight)   # starts as the pseudo-inverse's magnitude
             nn.init.zeros_(self.head.bias)
+        if cfg.phase not in ("absolute", "integrated"):
+            raise ValueError(f"vocoder phase must be 'absolute' or 'integrated', got {cfg.phase!r}")
         self.register_buffer("pinv", torch.linalg.pinv(_mel_basis(features)).T.contiguous(), persistent=False)
+        # a sinusoid at bin k's centre frequency advances its phase by 2 pi k hop / n_fft from one frame to the next
+        advance = 2 * math.pi * torch.arange(n_freq) * features.hop_length / features.n_fft
+        self.register_buffer("advance", torch.remainder(advance, 2 * math.pi), persistent=False)
         self.register_buffer("window", torch.hann_window(features.n_fft), persistent=False)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:         # [B x T x n_mels] → [B x (T-1)*hop]
@@ -84,6 +94,8 @@ class ISTFTGenerator(nn.Module):
         if self.cfg.residual:   # power spectrum ≈ mel power through the pseudo-inverse; magnitude = its sqrt
             base = (logmel.float().exp() @ self.pinv.T).clamp_min(1e-5)
             log_mag = 0.5 * base.log() + mag_delta
+        if self.cfg.phase == "integrated":   # a convolution sees no absolute time, so it predicts how much each
+            phase = torch.cumsum(self.advance + phase, dim=1)   # bin's phase moves per frame, not where it is
         mag = log_mag.clamp(max=8.0).exp()
         spec = torch.polar(mag, phase).transpose(1, 2)                                              # [B x F x T]
         f = self.features
@@ -211,16 +223,9 @@ class Discriminators(nn.Module):
     def forward(self, x: torch.Tensor):
         if x.dim() != 3 or x.shape[1] != 1:
             raise ValueError(f"discriminators take Tensor[B x 1 x T], got {tuple(x.shape)}")
-        scores, feats = [], []
-        for d in self.mpd:
-            s, f = d(x)
-            scores.append(s)
-            feats.append(f)
-        for i, d in enumerate(self.msd):
-            s, f = d(x if i == 0 else F.avg_pool1d(x, 4 * i, 2 * i, padding=2 * i))
-            scores.append(s)
-            feats.append(f)
-        return scores, feats
+        scaled = [x, F.avg_pool1d(x, 4, 2, padding=2), F.avg_pool1d(x, 8, 4, padding=4)]
+        outs = [d(x) for d in self.mpd] + [d(y) for d, y in zip(self.msd, scaled)]
+        return [s for s, _ in outs], [f for _, f in outs]
 
 
 # --- losses ---------------------------------------------------------------------------------------------------
