@@ -4,7 +4,8 @@ shared log-mel front end, to replace Griffin-Lim.
     python train_vocoder.py --config configs/vocoder_tiny.json [--set key=value ...] [--fresh]
     torchrun --nproc_per_node=N train_vocoder.py --config ...
 
-Reads TTS manifests (CSV wav,text[,speaker]); the log-mel of every utterance is computed once with the mel
+Reads TTS manifests (CSV wav,text[,speaker]) into memory (audio as int16, log-mels as float16: about 4 GB for
+LJSpeech's 24 hours); the log-mel of every utterance is computed once with the mel
 settings of `codec_ckpt` (Stage D's rvq_codec.pt: the features the codec decodes, so there is one definition
 of the mel) or `features`. `train_on: codec` replaces each mel by the codec's reconstruction of it (what the
 vocoder voices behind the Talker), `mix` takes either at random per segment. Training draws random segments
@@ -76,7 +77,7 @@ class Segments(BatchStream):
             mel = self.codec_mels[index]
         s = int(rng.integers(0, mel.shape[0] - self.frames + 1))
         wav = self.wavs[index][s * self.hop:(s + self.frames - 1) * self.hop]
-        return mel[s:s + self.frames].float(), torch.from_numpy(wav.astype(np.float32) / 32768.0)
+        return mel[s:s + self.frames].float(), torch.from_numpy(wav.astype(np.float32) / 32767.0)
 
     def collate(self, samples):
         return {"mel": torch.stack([m for m, _ in samples]), "wav": torch.stack([w for _, w in samples]),
