@@ -21,7 +21,7 @@ from PIL import Image
 
 from omni.builtin.ocr import PRINTABLE
 from omni.config import ConfigError, TrainConfig, to_dict
-from omni.data.ocr import LineBatches, load_lines, read_manifest
+from omni.data.ocr import LineBatches, line_width, load_lines, read_manifest
 from omni.infer.ocr import evaluate_lines
 from omni.models.audio_encoder import ctc_frames_needed, ctc_loss
 from omni.models.ocr import LineCNN, OCRConfig, OCRModel
@@ -142,7 +142,7 @@ def _header_width(path: str, height: int) -> int:
     """The width a line will have at `height`, from the image header (no decoding); -1 when unreadable."""
     try:
         with Image.open(path) as im:
-            return max(8, round(im.width * height / max(im.height, 1)))
+            return line_width(im.width, im.height, height)
     except Exception:
         return -1
 

@@ -41,11 +41,16 @@ def read_manifest(path: str | Path) -> list[tuple[str, str]]:
     return rows
 
 
+def line_width(width: int, height: int, target_height: int) -> int:
+    """Columns of a width x height line resized to target_height, its width in proportion (at least 8)."""
+    return max(8, round(width * target_height / max(height, 1)))
+
+
 def line_pixels(image: Image.Image, height: int) -> np.ndarray:
     """A PIL image → uint8 [height x width] grey, its width scaled with its height (at least 8 columns).
     The one resize rule for training, evaluation and `python -m omni.ocr`."""
     image = image.convert("L")
-    width = max(8, round(image.width * height / max(image.height, 1)))
+    width = line_width(image.width, image.height, height)
     if image.size != (width, height):
         image = image.resize((width, height), Image.BOX if image.height >= height else Image.BICUBIC)
     return np.asarray(image, dtype=np.uint8)

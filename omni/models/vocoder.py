@@ -168,6 +168,17 @@ class Generator(nn.Module):
 
 # --- discriminators -------------------------------------------------------------------------------------------
 
+def _conv_stack(convs, post, x):
+    """convs with LeakyReLU, then `post` → (scores Tensor[B x N], every layer's output for feature matching)."""
+    feats = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        feats.append(x)
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
+
+
 class PeriodDiscriminator(nn.Module):
     def __init__(self, period: int, ch: int):
         super().__init__()
@@ -181,14 +192,7 @@ class PeriodDiscriminator(nn.Module):
         B, C, T = x.shape
         if T % self.period:
             x = F.pad(x, (0, self.period - T % self.period), mode="reflect")
-        x = x.view(B, C, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _conv_stack(self.convs, self.post, x.view(B, C, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
@@ -200,13 +204,7 @@ class ScaleDiscriminator(nn.Module):
         self.post = nn.Conv1d(32 * ch, 1, 3, 1, padding=1)
 
     def forward(self, x):
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _conv_stack(self.convs, self.post, x)
 
 
 class Discriminators(nn.Module):
