@@ -23,7 +23,7 @@ import torch
 from omni.artifacts import file_sha256, load_artifact
 from omni.chat import ChatTemplate
 from omni.config import ConfigError, TrainConfig, to_dict
-from omni.data.sft import SFTBatches, load_media, read_sft, render
+from omni.data.sft import LOSS_PER, SFTBatches, load_media, read_sft, render
 from omni.infer.sft_eval import evaluate_sft
 from omni.models.omni import MEDIA_KEYS, OmniConfig, OmniModel, ProjectorConfig
 from omni.train.engine import Stage, run
@@ -52,6 +52,7 @@ class SFTConfig(TrainConfig):
     encoder_lr: float = 1e-4           # unfrozen encoders only
     align_steps: int = 0               # projectors alone for so many steps, then everything at its own warmup
     bucket: int = 50                   # batches of similar length are drawn from runs of this many
+    loss_per: str = "token"            # "sample": each conversation's answer weighs the same (omni.data.sft.collate)
     val_batch_size: int = 64
     val_max_new_tokens: int = 48
     val_shuffled: bool = True          # the grounding check (images / audio shuffled among rows) in validation
@@ -89,6 +90,8 @@ class OmniStage(Stage):
 
     def prepare(self):
         cfg, log = self.cfg, self.log
+        if cfg.loss_per not in LOSS_PER:
+            raise ConfigError(f"loss_per must be one of {', '.join(LOSS_PER)}, got {cfg.loss_per!r}")
         self.sources = {}
         self.parts = {k: self._artifact(k) for k in KIND}
         thinker, vision, audio = (self.parts[k] for k in ("thinker_ckpt", "vision_ckpt", "audio_enc_ckpt"))
@@ -154,7 +157,7 @@ class OmniStage(Stage):
         if self.val_examples:
             val, r = self._prepared(self.val_examples, "val")
             self.val_examples = [ex for ex, x in zip(val, r) if x is not None]
-        return SFTBatches(examples, rendered, self.media, cfg.batch_size, cfg.seed, cfg.bucket)
+        return SFTBatches(examples, rendered, self.media, cfg.batch_size, cfg.seed, cfg.bucket, cfg.loss_per)
 
     def optimizers(self, model):
         cfg, m = self.cfg, model
@@ -165,7 +168,8 @@ class OmniStage(Stage):
 
     def loss(self, model, batch):
         media = {k: batch[k] for k in MEDIA_KEYS if k in batch}
-        out = model(batch["ids"], batch["targets"], **media, return_logits=False)
+        out = model(batch["ids"], batch["targets"], **media, return_logits=False,
+                    loss_weights=batch.get("loss_weights"))
         return out["loss"], {"real": batch["tokens"] / batch["slots"]}, batch["tokens"]
 
     @torch.no_grad()

@@ -122,6 +122,47 @@ def test_loss_covers_only_the_answers_and_their_end_marker(parts, sft_data):
     assert b["ids"][0].tolist().count(IMAGE_ID) == model.image_token_count
 
 
+def test_per_sample_loss_weighs_every_conversation_the_same(parts, sft_data):
+    """loss_per "sample": the loss is the mean over rows of each row's mean answer-token loss, so a one-word
+    answer counts as much as a long one; "token" (default) is the plain mean over answer tokens."""
+    model, tok = tiny_model(parts)
+    tpl = ChatTemplate(tok)
+    exs = read_sft(sft_data / "train.jsonl")[:4]
+    media = load_media(exs, model, MelConfig(n_mels=16), "cpu", True, True, progress=False)
+    samples = [(ex, render(ex, tpl, model, media)) for ex in exs]
+    keys = ("image_feats", "audio_feats", "audio_counts")
+    b, bs = collate(samples, media), collate(samples, media, "sample")
+    assert "loss_weights" not in b
+    with torch.no_grad():
+        logits = model(b["ids"], **{k: b[k] for k in keys if k in b})["logits"]
+        tok_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b["targets"], reduction="none")
+        mask = b["targets"] != -100
+        per_row = (tok_loss * mask).sum(1) / mask.sum(1)
+        plain = model(b["ids"], b["targets"], **{k: b[k] for k in keys if k in b})["ce"]
+        weighted = model(bs["ids"], bs["targets"], **{k: bs[k] for k in keys if k in bs},
+                         loss_weights=bs["loss_weights"])["ce"]
+    assert torch.allclose(plain, tok_loss[mask].mean(), atol=1e-5)
+    assert torch.allclose(weighted, per_row.mean(), atol=1e-5)
+    assert not torch.allclose(weighted, plain, atol=1e-4)   # the rows' answer lengths differ
+    with pytest.raises(ValueError, match="loss_per"):
+        collate(samples, media, "row")
+
+
+def test_vision_layer_picks_an_earlier_block(parts):
+    model, _ = tiny_model(parts)
+    vit = model.vision
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(vit(x, -1)[1], vit(x)[1])
+    n = len(vit.blocks)
+    vit.blocks.append(torch.nn.Identity())   # one more block that changes nothing: layer -2 is the old last
+    assert torch.allclose(vit(x, -2)[1], vit(x, n - 1)[1]) and torch.allclose(vit(x, -2)[1], vit(x, -1)[1])
+    with pytest.raises(ValueError, match="layer"):
+        vit(x, n + 1)
+    t, v, a = (load_artifact(parts / f) for f in ("thinker.pt", "vision.pt", "audio_enc.pt"))
+    with pytest.raises(ValueError, match="vision_layer"):
+        OmniModel(OmniConfig(t.model.cfg, v.model.cfg.vision, a.model.cfg, ProjectorConfig(4, True, vision_layer=3)))
+
+
 def test_training_and_generation_render_the_same_prefix(parts, sft_data):
     model, tok = tiny_model(parts)
     tpl = ChatTemplate(tok)

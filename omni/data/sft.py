@@ -207,15 +207,19 @@ def media_batch(paths_img: list[str], paths_aud: list[str], media: Media) -> dic
     return out
 
 
+LOSS_PER = ("token", "sample")
+
+
 class SFTBatches(LengthBucketed):
     """Batches {"ids": Long[B x T] right-padded, "targets": Long[B x T] (-100 except trained tokens), media
-    inputs (media_batch), "tokens": real tokens, "slots": B x T}, of similar lengths."""
+    inputs (media_batch), "tokens": real tokens, "slots": B x T, and with loss_per "sample" "loss_weights"},
+    of similar lengths."""
 
     def __init__(self, examples: list[Example], rendered: list[Rendered | None], media: Media, batch_size: int,
-                 seed: int, bucket: int = 50):
+                 seed: int, bucket: int = 50, loss_per: str = "token"):
         """rendered[i] None: example i's media are unreadable (it is skipped and counted when drawn)."""
         super().__init__([len(r.ids) if r is not None else 0 for r in rendered], batch_size, seed, bucket)
-        self.examples, self.rendered, self.media = examples, rendered, media
+        self.examples, self.rendered, self.media, self.loss_per = examples, rendered, media, loss_per
 
     def load(self, index: int, rng: np.random.Generator):
         ex = self.examples[index]
@@ -225,10 +229,14 @@ class SFTBatches(LengthBucketed):
         return ex, self.rendered[index]
 
     def collate(self, samples: list) -> dict:
-        return collate(samples, self.media)
+        return collate(samples, self.media, self.loss_per)
 
 
-def collate(samples: list[tuple[Example, Rendered]], media: Media) -> dict:
+def collate(samples: list[tuple[Example, Rendered]], media: Media, loss_per: str = "token") -> dict:
+    """loss_per "token": every answer token weighs the same, so long answers (captions, transcripts) outweigh
+    one-word ones; "sample": each conversation's answer tokens weigh 1 together ("loss_weights")."""
+    if loss_per not in LOSS_PER:
+        raise ValueError(f"loss_per must be one of {LOSS_PER}, got {loss_per!r}")
     T = max(len(r.ids) for _, r in samples) - 1
     ids = torch.zeros(len(samples), T, dtype=torch.long)
     targets = torch.full((len(samples), T), -100, dtype=torch.long)
@@ -239,4 +247,7 @@ def collate(samples: list[tuple[Example, Rendered]], media: Media) -> dict:
     batch = media_batch([p for ex, _ in samples for p in ex.images], [p for ex, _ in samples for p in ex.audio],
                         media)
     real = sum(len(r.ids) - 1 for _, r in samples)
+    if loss_per == "sample":
+        trained = (targets != -100).float()
+        batch["loss_weights"] = trained / trained.sum(1, keepdim=True).clamp(min=1)
     return {"ids": ids, "targets": targets, **batch, "tokens": real, "slots": ids.numel()}

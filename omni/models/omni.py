@@ -35,6 +35,7 @@ class ProjectorConfig:
     image_cls: bool = True       # the CLS token too (Stage C trained it against captions)
     audio_stack: int = 4         # encoder frames per audio token (25 fps / 4: 6.25 tokens a second)
     hidden: int = 0              # MLP width; 0: the Thinker's d_model
+    vision_layer: int = -1       # the ViT block whose tokens are used (-2: the one before the last, as LLaVA)
 
 
 @dataclass
@@ -46,9 +47,10 @@ class OmniConfig:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
 
 
-def image_features(vision: VisionEncoder, pixels: torch.Tensor, n_tokens: int, cls: bool) -> torch.Tensor:
+def image_features(vision: VisionEncoder, pixels: torch.Tensor, n_tokens: int, cls: bool,
+                   layer: int = -1) -> torch.Tensor:
     """pixels: Tensor[N x 3 x S x S] in [0, 1] → Tensor[N x (cls + n_tokens) x d_vision]."""
-    c, patches = vision(pixels)
+    c, patches = vision(pixels, layer)
     grid, side = int(round(math.sqrt(patches.shape[1]))), int(round(math.sqrt(n_tokens)))
     parts = [c[:, None]] if cls else []
     if n_tokens:
@@ -95,6 +97,9 @@ class OmniModel(nn.Module):
             raise ValueError(f"projector.image_tokens must be a square (1, 4, 9, 16, ...), got {p.image_tokens}")
         if cfg.vision is not None and p.image_tokens > (cfg.vision.image_size // cfg.vision.patch_size) ** 2:
             raise ValueError(f"projector.image_tokens {p.image_tokens} is more than the ViT's patches")
+        if cfg.vision is not None and not -cfg.vision.n_layers <= p.vision_layer < cfg.vision.n_layers:
+            raise ValueError(f"projector.vision_layer {p.vision_layer} is outside the ViT's {cfg.vision.n_layers} "
+                             f"blocks")
         if p.audio_stack < 1:
             raise ValueError(f"projector.audio_stack must be >= 1, got {p.audio_stack}")
         self.thinker = Thinker(cfg.thinker)
@@ -133,7 +138,7 @@ class OmniModel(nn.Module):
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         p = self.cfg.projector
-        return self._encode("vision", image_features, pixels, p.image_tokens, p.image_cls)
+        return self._encode("vision", image_features, pixels, p.image_tokens, p.image_cls, p.vision_layer)
 
     def audio_features(self, mels: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._encode("audio", audio_features, mels, lengths, self.cfg.projector.audio_stack)
@@ -167,10 +172,11 @@ class OmniModel(nn.Module):
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *, image_feats=None,
                 audio_feats=None, audio_counts=None, pixels=None, mels=None, mel_lengths=None,
-                return_logits: bool = True) -> dict:
+                return_logits: bool = True, loss_weights: torch.Tensor | None = None) -> dict:
         """The Thinker's output (omni.models.thinker) for ids with the media spliced in (see media_features)."""
         media = self.media_features(image_feats, audio_feats, audio_counts, pixels, mels, mel_lengths)
-        return self.thinker(inputs_embeds=self.embed(ids, **media), targets=targets, return_logits=return_logits)
+        return self.thinker(inputs_embeds=self.embed(ids, **media), targets=targets, return_logits=return_logits,
+                            loss_weights=loss_weights)
 
     def media_features(self, image_feats=None, audio_feats=None, audio_counts=None, pixels=None, mels=None,
                        mel_lengths=None) -> dict:

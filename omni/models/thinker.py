@@ -55,11 +55,13 @@ class Thinker(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                return_hidden: bool = False, ignore_index: int = -100, return_logits: bool = True) -> dict:
+                return_hidden: bool = False, ignore_index: int = -100, return_logits: bool = True,
+                loss_weights: torch.Tensor | None = None) -> dict:
         """input_ids: Tensor[B x T] or inputs_embeds: Tensor[B x T x d_model]; targets: Tensor[B x T].
 
         Returns {"logits": [B x T x V], "hidden": [B x T x d_model] if asked, "loss" if targets (mean
-        token cross-entropy plus the MoE balancing term), "ce", "aux_loss"}. return_logits=False (without
+        token cross-entropy plus the MoE balancing term), "ce", "aux_loss"}. loss_weights: Tensor[B x T]
+        makes "ce" the weighted mean over the target tokens instead. return_logits=False (without
         targets) skips the vocabulary projection, the bulk of the cost when only hidden states are wanted.
         """
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
@@ -68,7 +70,11 @@ class Thinker(nn.Module):
         if return_hidden:
             out["hidden"] = hidden
         if targets is not None:
-            ce = F.cross_entropy(out["logits"].float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+            ce = F.cross_entropy(out["logits"].float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index,
+                                 reduction="mean" if loss_weights is None else "none")
+            if loss_weights is not None:
+                w = loss_weights.flatten().float() * (targets.flatten() != ignore_index)
+                ce = (ce * w).sum() / w.sum().clamp(min=1e-8)
             aux = self.decoder.aux_loss()
             out.update(loss=ce + self.cfg.moe_aux_coef * aux, ce=ce, aux_loss=aux)
         return out

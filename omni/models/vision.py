@@ -91,15 +91,19 @@ class VisionEncoder(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """images: Tensor[B x 3 x S x S] in [0, 1] → (cls: Tensor[B x d], patches: Tensor[B x N x d]),
-        both after the final norm; patches in raster order (row by row)."""
+        both after the final norm; patches in raster order (row by row). `layer`: the block whose output is
+        returned (-1 the last, -2 the one before, as LLaVA's feature layer; through the final norm too)."""
         S = self.cfg.image_size
         if images.shape[-2:] != (S, S):
             raise ValueError(f"expected {S}x{S} images, got {tuple(images.shape[-2:])}; use preprocess()")
         x = self.patch_embed((images - PIXEL_MEAN) / PIXEL_STD).flatten(2).transpose(1, 2)   # [B x N x d]
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        for block in self.blocks:
+        n = len(self.blocks)
+        if not -n <= layer < n:
+            raise ValueError(f"layer {layer} out of range for a ViT with {n} blocks")
+        for block in self.blocks[:layer % n + 1]:
             x = block(x)
         x = self.norm(x)
         return x[:, 0], x[:, 1:]
