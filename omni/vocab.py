@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omni.builtin.speech import normalize_transcript
 from omni.models.talker import SIL  # the Talker's reserved ids: 0 padding, 1 silence
+from omni.text_norm import spoken_form
 
 BLANK = 0  # CTC blank
 
@@ -47,12 +48,18 @@ class TextVocab:
     def __len__(self) -> int:
         return len(self.chars) + 2
 
+    @staticmethod
+    def spoken(text: str) -> str:
+        """What the Talker reads: numbers and symbols as words (omni.text_norm), then normalised letters."""
+        return normalize_transcript(spoken_form(text))
+
     def unknown(self, text: str) -> str:
-        return "".join(sorted({c for c in normalize_transcript(text) if c not in self.index}))
+        return "".join(sorted({c for c in self.spoken(text) if c not in self.index}))
 
     def encode(self, text: str) -> list[int]:
-        """[SIL] + characters + [SIL]; a character the Talker never saw is an error naming it."""
+        """[SIL] + characters of spoken(text) + [SIL]; a letter the Talker never saw is an error naming it
+        (characters without a reading, omni.text_norm.unsayable, are the caller's to report)."""
         bad = self.unknown(text)
         if bad:
             raise ValueError(f"cannot speak {bad!r} in {text!r}: the Talker knows only {self.chars!r}")
-        return [SIL] + [self.index[c] for c in normalize_transcript(text)] + [SIL]
+        return [SIL] + [self.index[c] for c in self.spoken(text)] + [SIL]

@@ -24,6 +24,7 @@ from omni.data.tts import pad_ids
 from omni.infer.vocoder import VOCODER_FILE, load_vocoder
 from omni.models.codec import MelCodec
 from omni.models.talker import Talker
+from omni.text_norm import unsayable
 from omni.vocab import TextVocab
 
 
@@ -125,6 +126,10 @@ def main(argv=None) -> int:
     try:
         speaker = load_speaker(args.ckpt_dir, args.device, "" if args.griffin_lim else args.vocoder)
         print(speaker.voice, file=sys.stderr)
+        for i, text in enumerate(texts):   # numbers and symbols are read out; what has no reading is reported
+            if unsayable(text):
+                print(f"note: {'--text' if args.text else f'{args.texts} text {i + 1}'}: no reading for "
+                      f"{unsayable(text)!r}; left out", file=sys.stderr)
         wavs = speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
