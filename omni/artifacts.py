@@ -194,14 +194,16 @@ def check_entries(state: dict, path: str | Path) -> Kind:
 
 
 def load_artifact(path: str | Path, kind: str | None = None, device="cpu") -> Artifact:
-    """Any final artifact as a ready model in eval mode on `device`. `kind` insists on one kind (an artifact
-    of another kind is an error naming the file)."""
+    """Any final artifact as a ready model in eval mode on `device`: a .pt file, a stage's save_dir (with
+    `kind`), an exported component folder or an export folder (with `kind`; omni.export). `kind` insists on
+    one kind (an artifact of another kind is an error naming the file)."""
+    from omni.export import is_component, read_component
     path = Path(path)
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}; known: {', '.join(KINDS)}")
-    if kind is not None and path.is_dir():
-        path = path / KINDS[kind].filename
-    state = read_checkpoint(path)
+    if kind is not None and path.is_dir() and not is_component(path):
+        path = path / kind if is_component(path / kind) else path / KINDS[kind].filename
+    state = read_component(path) if path.is_dir() and is_component(path) else read_checkpoint(path)
     spec = check_entries(state, path)
     if kind is not None and state["kind"] != kind:
         raise ValueError(f"{path} is a {state['kind']} artifact, but a {kind} ({KINDS[kind].filename}) is "

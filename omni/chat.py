@@ -96,6 +96,16 @@ class ChatTemplate:
             put([self.im_start, self.role["assistant"]])
         return Rendered(ids, trained, img_n, aud_n)
 
+    def describe(self) -> dict:
+        """The template as data (an export's chat_template.json): the layout and every marker's id."""
+        names = ("<|im_start|>", "<|im_end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|image_start|>",
+                 "<|image|>", "<|image_end|>", "<|audio_start|>", "<|audio|>", "<|audio_end|>")
+        return {"turn": "<|im_start|><|{role}|>{media}{content}<|im_end|>",
+                "media": "<|image_start|><|image|>*n<|image_end|> per image, then "
+                         "<|audio_start|><|audio|>*m<|audio_end|> per clip (user turns only)",
+                "generation_prompt": "<|im_start|><|assistant|>", "stop": ["<|im_end|>", "eos"],
+                "roles": list(ROLES), "markers": {n: self.tok.special[n] for n in names}}
+
     def decode_reply(self, ids: list[int]) -> str:
         """Generated ids → text, up to the first stop marker."""
         out = []

@@ -74,20 +74,21 @@ class Speaker:
 
 
 def load_speaker(ckpt_dir, device="cpu", vocoder: str | None = None) -> Speaker:
-    """The Speaker from train_talker.py's folder: talker.pt and rvq_codec.pt, which must fit each other.
-    `vocoder`: a hifigan.pt (or its folder) to voice with; None: the one beside the Talker if there is one;
-    "": Griffin-Lim."""
+    """The Speaker from train_talker.py's folder (talker.pt and rvq_codec.pt, which must fit each other) or
+    an export folder (its talker/ and rvq_codec/). `vocoder`: a hifigan.pt (or its folder) to voice with;
+    None: the one beside the Talker (or the export's) if there is one; "": Griffin-Lim."""
+    from omni.export import is_component
     d = Path(ckpt_dir)
-    talker = load_artifact(d / "talker.pt", "talker", device)
-    codec = load_artifact(d / "rvq_codec.pt", "rvq_codec", device)
+    talker = load_artifact(d, "talker", device)   # talker.pt, or an export's talker/ component
+    codec = load_artifact(d, "rvq_codec", device)
     tc, cc = talker.model.cfg, codec.model.cfg
     if (tc.codebooks, tc.codebook_size, tc.n_mels, tc.block) != (cc.codebooks, cc.codebook_size, cc.n_mels, cc.block):
         raise ValueError(f"{talker.path} was trained for {tc.codebooks} x {tc.codebook_size} codes of {tc.block} x "
                          f"{tc.n_mels} mel frames, but {codec.path} has {cc.codebooks} x "
                          f"{cc.codebook_size} of {cc.block} x {cc.n_mels}")
     voc, voice = None, f"vocoder: Griffin-Lim (no {VOCODER_FILE} in {d})"
-    if vocoder is None and (d / VOCODER_FILE).exists():
-        vocoder = str(d / VOCODER_FILE)
+    if vocoder is None and ((d / VOCODER_FILE).exists() or is_component(d / "vocoder")):
+        vocoder = str(d)
     if vocoder:
         voc = load_vocoder(vocoder, codec.features, device)
         voice = f"vocoder: {voc.describe()}"

@@ -1,0 +1,121 @@
+"""Export a trained μOmni to safetensors: one folder that infer_chat.py loads with the `omni` package alone.
+
+    python export.py --omni_ckpt runs/demo/omni_sft --output_dir merged_model \\
+        [--talker_ckpt runs/demo/talker] [--vocoder_ckpt runs/demo/vocoder] [--ocr_ckpt runs/demo/ocr] \\
+        [--dtype float32|bfloat16|float16]
+
+The omni artifact (Stage E) already holds the tuned Thinker, both projectors and the encoders it was trained
+with; --thinker_ckpt / --vision_ckpt / --audio_ckpt only check that they are the artifacts it was trained
+from (by sha256: a different file is an error). Speech output needs --talker_ckpt (Stage D's save_dir:
+talker.pt + rvq_codec.pt); its hifigan.pt is taken when there is one beside them, or from --vocoder_ckpt.
+The layout (omni/export.py): manifest.json (every file's sha256, the sources), tokenizer.model,
+chat_template.json, and a folder per component (omni, talker, rvq_codec, vocoder, ocr) with model.safetensors
+and config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from omni.artifacts import KINDS, check_entries, file_sha256, read_checkpoint
+from omni.chat import ChatTemplate
+from omni.export import DTYPES, write_component, write_manifest
+
+
+def _artifact_file(path: str, kind: str) -> Path:
+    p = Path(path)
+    return p / KINDS[kind].filename if p.is_dir() else p
+
+
+def _read(path: Path, kind: str, flag: str) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{flag}: {path} not found")
+    state = read_checkpoint(path)
+    check_entries(state, path)
+    if state["kind"] != kind:
+        raise ValueError(f"{flag}: {path} is a {state['kind']} artifact, not a {kind} ({KINDS[kind].filename})")
+    return state
+
+
+def export(args) -> dict:
+    out = Path(args.output_dir)
+    parts: dict[str, Path] = {"omni": _artifact_file(args.omni_ckpt, "omni")}
+    if args.talker_ckpt:
+        parts["talker"] = _artifact_file(args.talker_ckpt, "talker")
+        parts["rvq_codec"] = parts["talker"].parent / KINDS["rvq_codec"].filename
+        beside = parts["talker"].parent / KINDS["vocoder"].filename
+        if not args.vocoder_ckpt and beside.exists():
+            parts["vocoder"] = beside
+    if args.vocoder_ckpt:
+        if not args.talker_ckpt:
+            raise ValueError("--vocoder_ckpt voices the Talker's speech: give --talker_ckpt too")
+        parts["vocoder"] = _artifact_file(args.vocoder_ckpt, "vocoder")
+    if args.ocr_ckpt:
+        parts["ocr"] = _artifact_file(args.ocr_ckpt, "ocr")
+    flag = {"omni": "--omni_ckpt", "talker": "--talker_ckpt", "rvq_codec": "--talker_ckpt (its rvq_codec.pt)",
+            "vocoder": "--vocoder_ckpt", "ocr": "--ocr_ckpt"}
+    states = {kind: _read(p, kind, flag[kind]) for kind, p in parts.items()}
+
+    recorded = states["omni"]["sources"]   # what Stage E started from: checked, never replaced
+    for given, kind in ((args.thinker_ckpt, "thinker"), (args.vision_ckpt, "vision"), (args.audio_ckpt, "audio_enc")):
+        if given:
+            f = _artifact_file(given, kind)
+            if kind not in recorded:
+                raise ValueError(f"{parts['omni']} was trained without a {kind} part; drop the flag for {f}")
+            if file_sha256(f) != recorded[kind]["sha256"]:
+                raise ValueError(f"{f} is not the {kind} artifact {parts['omni']} was trained from "
+                                 f"({recorded[kind]['path']}); its weights are inside the omni artifact already")
+    if "talker" in states:
+        t, c = states["talker"]["model_config"], states["rvq_codec"]["model_config"]
+        keys = ("codebooks", "codebook_size", "n_mels", "block")
+        if any(t[k] != c[k] for k in keys):
+            raise ValueError(f"{parts['talker']} does not fit {parts['rvq_codec']}: " +
+                             ", ".join(f"{k} {t[k]} vs {c[k]}" for k in keys))
+
+    if out.exists():
+        if not (out / "manifest.json").exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not an export; choose another --output_dir")
+        shutil.rmtree(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for kind, state in states.items():
+        write_component(state, tmp / kind, args.dtype)
+    from omni.tokenizer import Tokenizer
+    tok = Tokenizer(model_proto=states["omni"]["tokenizer"].numpy().tobytes())
+    (tmp / "chat_template.json").write_text(json.dumps(ChatTemplate(tok).describe(), indent=1))
+    sources = {kind: {"path": str(p), "sha256": file_sha256(p)} for kind, p in parts.items()}
+    sources["omni"]["trained_from"] = recorded
+    manifest = write_manifest(tmp, args.dtype, sources)
+    tmp.rename(out)   # the folder appears whole or not at all
+    return manifest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Export a trained μOmni to safetensors (a folder for infer_chat.py).")
+    p.add_argument("--omni_ckpt", required=True, help="Stage E's save_dir or omni_final.pt")
+    p.add_argument("--output_dir", required=True, help="the export folder to write (replaced if it is an export)")
+    p.add_argument("--talker_ckpt", help="Stage D's save_dir (talker.pt + rvq_codec.pt): spoken replies")
+    p.add_argument("--vocoder_ckpt", help="hifigan.pt or its folder (default: the one beside the Talker, if any)")
+    p.add_argument("--ocr_ckpt", help="ocr.pt or its folder: reading text in images (infer_chat --ocr)")
+    p.add_argument("--thinker_ckpt", help="check: the Stage A artifact the omni model was trained from")
+    p.add_argument("--vision_ckpt", help="check: the Stage C artifact the omni model was trained from")
+    p.add_argument("--audio_ckpt", help="check: the Stage B artifact the omni model was trained from")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    args = p.parse_args(argv)
+    try:
+        manifest = export(args)
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    size = sum((Path(args.output_dir) / f).stat().st_size for f in manifest["files"])
+    print(f"exported {', '.join(manifest['sources'])} to {args.output_dir} ({len(manifest['files'])} files, "
+          f"{size / 1e6:.1f} MB, {args.dtype})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

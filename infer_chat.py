@@ -1,0 +1,225 @@
+"""Talk to μOmni: text, pictures and speech in; text (streamed) and speech out.
+
+    python infer_chat.py --ckpt_dir merged_model "what can you do?"
+    python infer_chat.py --ckpt_dir merged_model --image scene.png "what colour is the star?"
+    python infer_chat.py --ckpt_dir merged_model --image scene.png --audio_in question.wav   # spoken question
+    python infer_chat.py --ckpt_dir merged_model --audio_in speech.wav                      # transcription
+    python infer_chat.py --ckpt_dir merged_model "hello" --audio_out reply.wav              # spoken reply
+    python infer_chat.py --ckpt_dir merged_model --ocr --image line.png ["question about it"]
+    python infer_chat.py --ckpt_dir runs/demo                                                # interactive
+
+--ckpt_dir: an export folder (export.py) or training folders (a runs folder with omni_sft/, talker/,
+vocoder/, ocr/, or Stage E's save_dir with --talker_ckpt / --ocr_ckpt). Without a prompt, --audio_in
+alone asks for a transcription and --image with --audio_in for the answer to the spoken question (the
+prompts the model was trained with). --ocr reads the image with the OCR model and puts its text in the
+prompt (without a prompt the reply is the reading). With no prompt and no --audio_in, a conversation
+starts: /image PATH and /audio PATH attach media to the next message, /reset forgets the history, /quit ends.
+Errors (a missing file, audio that is not audio, a corrupt image, an empty prompt, a part the model lacks)
+print one line and exit with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from omni.builtin.sft import SPOKEN_PROMPT, TRANSCRIBE_PROMPT
+from omni.chat import Turn
+from omni.infer.chat import Chat, ChatError, load_chat, read_text
+from omni.text_norm import unsayable
+
+OCR_PREFIX = "the text in the image reads: "
+
+
+def check_inputs(image: str | None, audio: str | None) -> None:
+    """Missing or unreadable media: a ChatError naming the file, before any model runs."""
+    from omni.audio import load_audio
+    from omni.data.images import decode_image
+    for p, what in ((image, "image"), (audio, "audio")):
+        if p and not Path(p).is_file():
+            raise ChatError(f"{what} file not found: {p}")
+    if image and decode_image(Path(image), 8) is None:
+        raise ChatError(f"cannot read image {image} (corrupt, or not an image)")
+    if audio:
+        try:
+            load_audio(audio)
+        except ValueError as e:
+            raise ChatError(str(e)) from None
+
+
+def user_turn(chat: Chat, text: str, image: str | None, audio: str | None, ocr: bool) -> tuple[Turn, dict]:
+    """The user's turn for these inputs (the training prompts when the text is empty) and extras for the
+    reply record ("ocr": the reading; "reply": the reading again when --ocr came without a question)."""
+    check_inputs(image, audio)
+    extra = {}
+    if ocr:
+        if not image:
+            raise ChatError("--ocr reads an image: give --image")
+        extra["ocr"] = read_text(chat, image)
+        if not text:   # nothing asked: the reading is the reply
+            extra["reply"] = extra["ocr"]
+        text = f"{OCR_PREFIX}{extra['ocr']}. {text}".strip()
+        image = None   # a line of text is the OCR model's input, not the picture encoder's
+    elif not text:
+        if audio:
+            text = SPOKEN_PROMPT if image else TRANSCRIBE_PROMPT
+        else:
+            raise ChatError("empty prompt: give a question (or --audio_in speech)")
+    return Turn("user", text, [image] if image else [], [audio] if audio else []), extra
+
+
+def respond(chat: Chat, history: list[Turn], args, stream: bool, audio_out: str | None,
+            given: str | None = None) -> dict:
+    """Generates the reply to history (ending with the user's turn; `given`: a reply already known, the OCR
+    reading), streaming it to stdout when asked, speaks it to audio_out; returns the record (reply, timings,
+    paths)."""
+    gen = torch.Generator().manual_seed(args.seed)
+    t0, first, pieces = time.perf_counter(), None, []
+    if given is not None:
+        pieces, first = [given], 0.0
+        if stream:
+            print(given, end="", flush=True)
+    else:
+        for piece in chat.omni.stream(history, args.max_new_tokens, args.temperature, args.top_k, args.top_p, gen):
+            if first is None:
+                first = time.perf_counter() - t0
+            pieces.append(piece)
+            if stream:
+                print(piece, end="", flush=True)
+    if stream:
+        print(flush=True)
+    reply = "".join(pieces).strip()
+    total = time.perf_counter() - t0
+    n_tok = len(chat.omni.tokenizer.encode(reply)) if reply else 0
+    out = {"reply": reply, "time_to_first_token_s": round(first or total, 4), "reply_s": round(total, 4),
+           "tokens": n_tok, "tokens_per_s": round(n_tok / total, 1) if total and n_tok else None}
+    if audio_out:
+        out.update(speak(chat, reply, audio_out, args))
+    return out
+
+
+def speak(chat: Chat, text: str, path: str, args) -> dict:
+    import soundfile as sf
+    sp = chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt (train_talker.py's folder)")
+    if not text.strip():
+        raise ChatError("the reply is empty: nothing to speak")
+    missing = unsayable(text)
+    if missing:
+        print(f"note: no reading for {missing!r}; left out of the speech", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        wav = sp.speak([text], temperature=args.temperature, top_k=args.top_k or 20, seed=args.seed)[0]
+    except (ValueError, RuntimeError) as e:
+        raise ChatError(f"cannot speak the reply: {e}") from None
+    took = time.perf_counter() - t0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wav.numpy(), sp.sample_rate)
+    seconds = wav.numel() / sp.sample_rate
+    return {"audio_out": path, "audio_s": round(seconds, 3), "speech_s": round(took, 4),
+            "speech_rtf": round(took / seconds, 4) if seconds else None, "voice": sp.voice}
+
+
+def repl(chat: Chat, args) -> int:
+    history: list[Turn] = [Turn("system", args.system)] if args.system else []
+    image = audio = None
+    n = 0
+    print("μOmni chat. /image PATH, /audio PATH attach to the next message; /reset; /quit.", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return 0
+        cmd, _, rest = line.partition(" ")
+        if cmd in ("/quit", "/exit"):
+            return 0
+        if cmd == "/reset":
+            history, image, audio = history[:1] if args.system else [], None, None
+            print("(history cleared)", file=sys.stderr)
+            continue
+        if cmd in ("/image", "/audio"):
+            try:
+                check_inputs(rest if cmd == "/image" else None, rest if cmd == "/audio" else None)
+            except ChatError as e:
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            image, audio = (rest, audio) if cmd == "/image" else (image, rest)
+            print(f"(attached {rest})", file=sys.stderr)
+            continue
+        if not line and not audio:
+            continue
+        try:
+            turn, _ = user_turn(chat, line, image, audio, False)
+            print("omni> ", end="", flush=True)
+            path = None
+            if args.audio_out:
+                p = Path(args.audio_out)
+                path, n = str(p.with_name(f"{p.stem}_{n}{p.suffix}")), n + 1
+            rec = respond(chat, history + [turn], args, True, path)
+            if path:
+                print(f"(spoken: {path})", file=sys.stderr)
+        except ChatError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        history += [turn, Turn("assistant", rec["reply"])]
+        image = audio = None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Talk to μOmni (text, image and speech in; text and speech out).")
+    p.add_argument("prompt", nargs="?", help="the message (or --text)")
+    p.add_argument("--ckpt_dir", required=True, help="an export folder, a runs folder or Stage E's save_dir")
+    p.add_argument("--text", help="the message")
+    p.add_argument("--image", help="a picture to ask about (or, with --ocr, a line of text to read)")
+    p.add_argument("--audio_in", help="speech: a spoken question (with --image) or speech to transcribe")
+    p.add_argument("--audio_out", help="speak the reply to this WAV")
+    p.add_argument("--ocr", action="store_true", help="read --image with the OCR model into the prompt")
+    p.add_argument("--system", default="", help="a system prompt")
+    p.add_argument("--talker_ckpt", help="Stage D's folder (talker.pt + rvq_codec.pt), if not in --ckpt_dir")
+    p.add_argument("--vocoder_ckpt", help="hifigan.pt to voice with (default: the one found, else Griffin-Lim)")
+    p.add_argument("--griffin_lim", action="store_true", help="voice with Griffin-Lim even if a vocoder is found")
+    p.add_argument("--ocr_ckpt", help="ocr.pt, if not in --ckpt_dir")
+    p.add_argument("--max_new_tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object (reply, timings, paths)")
+    args = p.parse_args(argv)
+    if args.prompt and args.text:
+        p.error("give the message once: as the argument or as --text")
+    args.prompt_text = (args.text if args.text is not None else args.prompt)
+    one_shot = args.prompt_text is not None or args.audio_in or args.ocr
+    try:
+        if one_shot:   # inputs are checked before the models load
+            check_inputs(args.image, args.audio_in)
+        chat = load_chat(args.ckpt_dir, args.device, args.talker_ckpt, args.vocoder_ckpt, args.ocr_ckpt,
+                         args.griffin_lim)
+        if chat.speaker is not None and args.audio_out:
+            print(chat.speaker.voice, file=sys.stderr)
+        if not one_shot:
+            if args.image:
+                p.error("--image needs a prompt (or --audio_in); in a conversation use /image PATH")
+            return repl(chat, args)
+        if args.audio_out:
+            chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt (train_talker.py's folder)")
+        history = [Turn("system", args.system)] if args.system else []
+        turn, extra = user_turn(chat, (args.prompt_text or "").strip(), args.image, args.audio_in, args.ocr)
+        rec = respond(chat, history + [turn], args, not args.json, args.audio_out, extra.pop("reply", None))
+    except (ChatError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rec = {**extra, **rec, "parts": chat.where}
+    if args.json:
+        print(json.dumps(rec))
+    elif args.audio_out:
+        print(f"(spoken: {rec['audio_out']}, {rec['audio_s']:.2f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

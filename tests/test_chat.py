@@ -1,0 +1,193 @@
+"""export.py and infer_chat.py: an export loads with the package alone and computes exactly what the training
+artifacts compute; every chat mode answers; bad input is one clear error line and exit status 1. Tiny random
+models built here (what is checked is the plumbing, not what they say)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from conftest import SR, run_script, tone_speech
+from omni.artifacts import FORMAT, load_artifact
+from omni.audio import MelConfig
+from omni.chat import Turn
+from omni.config import to_dict
+from omni.models.audio_encoder import AudioEncoderConfig
+from omni.models.codec import CodecConfig, MelCodec
+from omni.models.ocr import OCRConfig, OCRModel
+from omni.models.omni import OmniConfig, OmniModel, ProjectorConfig
+from omni.models.talker import Talker, TalkerConfig
+from omni.models.thinker import ThinkerConfig
+from omni.models.vision import ViTConfig
+
+CHARS = " abcdefghijklmnopqrstuvwxyz'"
+
+
+def _art(kind, model, model_config, **extra) -> dict:
+    return {"kind": kind, "format": FORMAT, "model": model.state_dict(), "model_config": to_dict(model_config),
+            "config": {}, **extra}
+
+
+@pytest.fixture(scope="module")
+def runs(text_data, tmp_path_factory):
+    """A runs folder laid out as make demo leaves it: omni_sft/omni_final.pt, talker/{talker,rvq_codec}.pt,
+    ocr/ocr.pt; plus an image, a clip and a text line."""
+    d = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    tok = torch.frombuffer(bytearray((text_data / "tokenizer.model").read_bytes()), dtype=torch.uint8)
+    cfg = OmniConfig(ThinkerConfig(vocab_size=320, n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64,
+                                   ctx_len=128),
+                     ViTConfig(image_size=16, patch_size=4, d_model=24, n_layers=1, n_heads=2, d_ff=48),
+                     AudioEncoderConfig(n_mels=16, d_model=24, n_layers=1, n_heads=2, d_ff=48, vocab_size=6,
+                                        dropout=0.0), ProjectorConfig(4, True, 2))
+    (d / "omni_sft").mkdir()
+    torch.save(_art("omni", OmniModel(cfg), cfg, tokenizer=tok, features=to_dict(MelConfig(n_mels=16)),
+                    sources={}), d / "omni_sft" / "omni_final.pt")
+    mel = MelConfig(n_mels=16, normalize="none")
+    ccfg = CodecConfig(n_mels=16, block=4, hidden=16, latent=8, n_res=1, codebooks=2, codebook_size=16)
+    tcfg = TalkerConfig(vocab_size=len(CHARS) + 2, d_model=16, n_layers=1, n_heads=2, d_ff=32, text_layers=1,
+                        max_frames=64, codebooks=2, codebook_size=16, n_mels=16, block=4, dropout=0.0)
+    (d / "talker").mkdir()
+    torch.save(_art("rvq_codec", MelCodec(ccfg), ccfg, features=to_dict(mel)), d / "talker" / "rvq_codec.pt")
+    talker = Talker(tcfg)
+    torch.nn.init.constant_(talker.end_head.bias, -10.0)   # random weights would stop at once: speak to the guard
+    torch.save(_art("talker", talker, tcfg, vocab=CHARS, features=to_dict(mel)), d / "talker" / "talker.pt")
+    ocfg = OCRConfig(channels=8, d_model=32, enc_layers=1, dec_layers=1, n_heads=4, d_ff=64, dropout=0.0,
+                     vocab_size=len(CHARS) + 3, max_text_length=16)
+    (d / "ocr").mkdir()
+    torch.save(_art("ocr", OCRModel(ocfg), ocfg, vocab=CHARS), d / "ocr" / "ocr.pt")
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(d / "red.png")
+    Image.new("L", (96, 32), 255).save(d / "line.png")
+    sf.write(d / "q.wav", tone_speech("abc"), SR)
+    (d / "notes.txt").write_text("not audio, not an image\n")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return d
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "merged_model"
+    r = run_script(["export.py", "--omni_ckpt", str(runs / "omni_sft"), "--output_dir", str(out),
+                    "--talker_ckpt", str(runs / "talker"), "--ocr_ckpt", str(runs / "ocr")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    moved = tmp_path_factory.mktemp("elsewhere") / "model"   # a copy in another place loads the same
+    shutil.copytree(out, moved)
+    return moved
+
+
+def test_export_layout_and_manifest(exported, runs):
+    m = json.loads((exported / "manifest.json").read_text())
+    assert {"tokenizer.model", "chat_template.json", "omni/model.safetensors", "omni/config.json",
+            "talker/model.safetensors", "rvq_codec/config.json", "ocr/model.safetensors"} <= set(m["files"])
+    assert set(m["sources"]) == {"omni", "talker", "rvq_codec", "ocr"} and m["dtype"] == "float32"
+    assert not list(exported.rglob("*.pt"))
+
+
+def test_exported_and_checkpoint_models_compute_the_same(exported, runs):
+    from omni.infer.omni import load_omni
+    from omni.infer.tts import load_speaker
+    a, b = load_omni(runs / "omni_sft"), load_omni(exported)
+    convs = [[Turn("user", "hello there")],
+             [Turn("user", "what colour is it?", images=[str(runs / "red.png")])],
+             [Turn("user", "transcribe the audio.", audio=[str(runs / "q.wav")])]]
+    with torch.no_grad():
+        for conv in convs:
+            la, lb = (o.model.thinker(inputs_embeds=o.prompt(conv))["logits"] for o in (a, b))
+            assert torch.equal(la, lb)
+    sa, sb = load_speaker(runs / "talker"), load_speaker(exported)
+    ca, cb = (s.speak_codes(["a cab"], temperature=0.8, seed=3)[0] for s in (sa, sb))
+    assert torch.equal(ca, cb) and len(ca) > 0
+
+
+def test_export_in_half_precision_loads(runs, tmp_path):
+    out = tmp_path / "bf16"
+    r = run_script(["export.py", "--omni_ckpt", str(runs / "omni_sft"), "--output_dir", str(out), "--dtype", "bfloat16"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    from safetensors.torch import load_file
+    assert load_file(str(out / "omni" / "model.safetensors"))["thinker.embed.weight"].dtype == torch.bfloat16
+    a = load_artifact(out, "omni")
+    assert next(a.model.parameters()).dtype == torch.float32
+
+
+def test_a_changed_file_fails_its_checksum(exported, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    cfg = json.loads((bad / "talker" / "config.json").read_text())
+    cfg["config"] = {"edited": True}
+    (bad / "talker" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="checksum mismatch: .*talker/config.json"):
+        load_artifact(bad, "talker")
+
+
+def test_export_checks_the_parts_it_is_told_about(runs, tmp_path):
+    r = run_script(["export.py", "--omni_ckpt", str(runs / "omni_sft"), "--output_dir", str(tmp_path / "x"),
+                    "--thinker_ckpt", str(runs / "omni_sft" / "omni_final.pt")])
+    assert r.returncode == 1 and "was trained without a thinker part" in r.stderr and "Traceback" not in r.stderr
+    r = run_script(["export.py", "--omni_ckpt", str(tmp_path / "none"), "--output_dir", str(tmp_path / "y")])
+    assert r.returncode == 1 and "--omni_ckpt" in r.stderr and "not found" in r.stderr
+
+
+def chat(args) -> tuple[int, dict | None, str]:
+    r = run_script(["infer_chat.py", *args, "--json"])
+    out = json.loads(r.stdout) if r.returncode == 0 else None
+    return r.returncode, out, r.stderr
+
+
+@pytest.mark.parametrize("mode", ["text", "image", "spoken_question", "transcribe", "spoken_reply", "ocr"])
+def test_every_mode_answers_from_the_export(exported, runs, tmp_path, mode):
+    args = {"text": ["hello there"],
+            "image": ["--image", str(runs / "red.png"), "what colour is it?"],
+            "spoken_question": ["--image", str(runs / "red.png"), "--audio_in", str(runs / "q.wav")],
+            "transcribe": ["--audio_in", str(runs / "q.wav")],
+            "spoken_reply": ["--text", "hello", "--audio_out", str(tmp_path / "r.wav"), "--max_new_tokens", "6"],
+            "ocr": ["--ocr", "--image", str(runs / "line.png")]}[mode]
+    rc, out, err = chat(["--ckpt_dir", str(exported), "--max_new_tokens", "8", *args])
+    assert rc == 0, err[-3000:]
+    assert {"reply", "time_to_first_token_s", "tokens", "parts"} <= set(out)
+    if mode == "spoken_reply":
+        if out["reply"].strip():
+            wav, sr = sf.read(out["audio_out"])
+            assert sr == 16000 and len(wav) > 0 and "Griffin-Lim" in out["voice"]
+    if mode == "ocr":
+        assert "ocr" in out and out["reply"] == out["ocr"]
+
+
+def test_training_folders_answer_too(runs):
+    rc, out, err = chat(["--ckpt_dir", str(runs), "--image", str(runs / "red.png"), "what colour is it?"])
+    assert rc == 0, err[-3000:]
+    assert out["parts"]["omni"].endswith("omni_sft") and "talker" in out["parts"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "{d}/nowhere.png", "what is it?"], "image file not found: {d}/nowhere.png"),
+    (["--audio_in", "{d}/notes.txt"], "cannot read audio {d}/notes.txt"),
+    (["--image", "{d}/broken.png", "what is it?"], "cannot read image {d}/broken.png"),
+    (["--text", "  "], "empty prompt"),
+])
+def test_bad_input_is_one_clear_error(exported, runs, args, message):
+    rc, _, err = chat(["--ckpt_dir", str(exported), *[a.format(d=runs) for a in args]])
+    assert rc == 1 and message.format(d=runs) in err and "Traceback" not in err
+
+
+def test_a_mode_without_its_part_is_an_error(runs, tmp_path):
+    only = tmp_path / "only_omni"
+    r = run_script(["export.py", "--omni_ckpt", str(runs / "omni_sft"), "--output_dir", str(only)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    rc, _, err = chat(["--ckpt_dir", str(only), "hello", "--audio_out", str(tmp_path / "x.wav")])
+    assert rc == 1 and "no speaker model" in err and "--talker_ckpt" in err and "Traceback" not in err
+    assert not (tmp_path / "x.wav").exists()
+    rc, _, err = chat(["--ckpt_dir", str(only), "--ocr", "--image", str(runs / "line.png")])
+    assert rc == 1 and "no ocr model" in err and "Traceback" not in err
+
+
+def test_the_conversation_keeps_history_and_commands(exported, runs):
+    lines = f"/image {runs / 'red.png'}\nwhat colour is it?\nand now?\n/audio {runs / 'notes.txt'}\n/reset\nhi\n/quit\n"
+    r = run_script(["infer_chat.py", "--ckpt_dir", str(exported), "--max_new_tokens", "4"], input=lines)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("omni> ") == 3
+    assert "(attached" in r.stderr and "cannot read audio" in r.stderr and "(history cleared)" in r.stderr
