@@ -45,6 +45,7 @@ class VisionConfig(TrainConfig):
     val_batch_size: int = 256
     retrieval_group: int = 32                 # i2t_top1_in32: top-1 among this many random pairs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    hard_negatives: bool = True               # train rows' "negatives" captions as extra wrong texts (NegCLIP)
     model: ClipConfig = field(default_factory=ClipConfig)
 
 
@@ -59,11 +60,14 @@ class Split:
     caption_ids: np.ndarray
     features: torch.Tensor | None = None
     pixels: np.ndarray | None = None
+    negatives: list | None = None       # per row: caption ids of its hard negatives
+    caption_tokens: list | None = None  # per caption id: token ids (None = too long)
 
     def subset(self, keep: np.ndarray) -> "Split":
         idx = np.flatnonzero(keep)
         return Split(self.images, self.image_index[idx], [self.tokens[i] for i in idx], self.caption_ids[idx],
-                     self.features)
+                     self.features, negatives=[self.negatives[i] for i in idx] if self.negatives else None,
+                     caption_tokens=self.caption_tokens)
 
 
 class VisionStage(Stage):
@@ -99,6 +103,10 @@ class VisionStage(Stage):
         if too_long:
             self.log.info(f"WARNING: {too_long} training captions are over {max_len} tokens "
                           f"(model.text.max_len); they are skipped")
+        negs = self.train_set.negatives
+        if negs:
+            self.log.info(f"hard negatives: {sum(map(bool, negs)):,} training rows have them (one drawn per row "
+                          f"and step)")
         self.log.info(f"images: {len(self.train_set.tokens):,} train; " +
                       ", ".join(f"{len(s.tokens):,} {name}" for name, s in self.val_sets.items()))
 
@@ -126,7 +134,7 @@ class VisionStage(Stage):
 
     def _splits(self, cache: Path, max_len: int) -> tuple[Split, dict[str, Split]]:
         cfg = self.cfg
-        train = self._split(cfg.train_file, cache, max_len, cfg.cache_pixels)
+        train = self._split(cfg.train_file, cache, max_len, cfg.cache_pixels, train=True)
         if cfg.val_file:
             vals = {"val": self._split(cfg.val_file, cache, max_len)}
         else:  # every k-th row held out
@@ -149,19 +157,25 @@ class VisionStage(Stage):
             vals[name] = s
         return train, vals
 
-    def _split(self, manifest: str, cache: Path, max_len: int, cache_pixels: bool = True) -> Split:
-        rows = read_manifest(manifest)
-        paths = list(dict.fromkeys(p for p, _ in rows))  # distinct images (COCO has ~5 captions each)
+    def _split(self, manifest: str, cache: Path, max_len: int, cache_pixels: bool = True,
+               train: bool = False) -> Split:
+        rows = read_manifest(manifest, negatives=True)
+        if not (train and self.cfg.hard_negatives):
+            rows = [(p, c, []) for p, c, _ in rows]
+        paths = list(dict.fromkeys(p for p, _, _ in rows))  # distinct images (COCO has ~5 captions each)
         images = ImageSource(paths, self.cfg.model.vision.image_size, cache, Path(manifest).stem, cache_pixels,
                              log=self.log.info)
         where = {p: i for i, p in enumerate(paths)}
-        captions = sorted({c for _, c in rows})
+        captions = sorted({c for _, c, negs in rows for c in [c, *negs]})
         index = {c: i for i, c in enumerate(captions)}
         encoded = [ids + [EOS] for ids in self.tok.encode(captions)]  # EOS: its state has read the whole caption
-        tokens = [encoded[index[c]] if len(encoded[index[c]]) <= max_len else None for _, c in rows]
+        fits = [e if len(e) <= max_len else None for e in encoded]
+        tokens = [fits[index[c]] for _, c, _ in rows]
+        negatives = [[index[n] for n in negs if fits[index[n]] is not None] for _, _, negs in rows]
         features = self._thinker_features(encoded, max_len) if self.thinker is not None else None
-        return Split(images, np.array([where[p] for p, _ in rows]), tokens, np.array([index[c] for _, c in rows]),
-                     features)
+        return Split(images, np.array([where[p] for p, _, _ in rows]), tokens,
+                     np.array([index[c] for _, c, _ in rows]), features,
+                     negatives=negatives if any(negatives) else None, caption_tokens=fits)
 
     @torch.no_grad()
     def _thinker_features(self, encoded: list[list[int]], max_len: int, batch: int = 256) -> torch.Tensor:
@@ -192,10 +206,11 @@ class VisionStage(Stage):
     def train_data(self):
         s, cfg = self.train_set, self.cfg
         return CaptionedImages(s.images, s.image_index, s.tokens, s.caption_ids, cfg.batch_size, cfg.seed,
-                               cfg.augment, s.features)
+                               cfg.augment, s.features, negatives=s.negatives, caption_tokens=s.caption_tokens)
 
     def loss(self, model, batch):
-        out = model(batch["images"], batch["ids"], batch["mask"], batch.get("features"))
+        out = model(batch["images"], batch["ids"], batch["mask"], batch.get("features"), batch.get("neg_ids"),
+                    batch.get("neg_mask"), batch.get("neg_features"))
         return out["loss"], {"logit_scale": out["scale"]}, batch["images"].shape[0]
 
     @torch.no_grad()

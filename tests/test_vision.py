@@ -166,6 +166,56 @@ def test_clip_loss_treats_duplicate_captions_like_a_spread_target():
     assert torch.allclose(loss, spread) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
 
 
+def test_hard_negatives_are_extra_wrong_texts_for_each_image():
+    torch.manual_seed(0)
+    img, txt = (torch.nn.functional.normalize(torch.randn(4, 8), dim=-1) for _ in range(2))
+    scale = torch.tensor(10.0)
+    assert torch.equal(clip_loss(img, txt, scale, None), clip_loss(img, txt, scale))
+    far = -img[:1]                       # a negative no image is near adds almost nothing
+    near = img[:2].clone()               # negatives that match images 0 and 1 best raise the loss
+    base = clip_loss(img, txt, scale)
+    assert clip_loss(img, txt, scale, far) == pytest.approx(float(base), abs=0.05)
+    assert clip_loss(img, txt, scale, near) > base + 0.5
+
+
+def test_hard_negatives_come_from_the_manifest_into_training(image_data, tmp_path):
+    from omni.builtin import world
+    rows = [json.loads(line) for line in (image_data / "train.jsonl").read_text().splitlines()]
+    for row in rows:   # the shape word swapped: "a red circle on the left" -> "a red square on the left"
+        c, s, p = row["caption"].split()[1:4]
+        row["negatives"] = [row["caption"].replace(s, "square" if s == "circle" else "circle")]
+    data = tmp_path / "neg"
+    shutil.copytree(image_data / "img", data / "img")
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copy(image_data / "val.jsonl", data / "val.jsonl")
+    save = tmp_path / "run"
+    cfg = vision_config(image_data, save, train_file=str(data / "train.jsonl"), val_file=str(data / "val.jsonl"),
+                        max_steps=3, val_freq=100)
+    run(VisionStage, ["--config", cfg])
+    assert "hard negatives: 48 training rows" in (save / "training.log").read_text()
+    assert all(np.isfinite(r["loss"]) for r in metrics(save))
+    # a batch carries one negative per row that has any
+    from omni.data.images import CaptionedImages
+
+    class Pixels:
+        paths = ["a", "b", "c"]
+
+        def get(self, i):
+            return np.full((3, 8, 8), 40 * i, dtype=np.uint8)
+    toks = [[5, 6], [5, 7, 8], [9], [9, 10]]   # caption ids 0..3; 2 and 3 are only negatives
+    stream = CaptionedImages(Pixels(), np.array([0, 1, 2]), [toks[0], toks[1], toks[0]], np.array([0, 1, 0]), 3,
+                             negatives=[[2], [], [3, 2]], caption_tokens=toks, features=torch.randn(4, 3, 5))
+    b = stream.collate([stream.load(i, np.random.default_rng(i)) for i in range(3)])
+    assert b["has_neg"].tolist() == [True, False, True] and b["neg_ids"].shape[0] == 2
+    assert b["neg_ids"][0].tolist()[:1] == [9] and b["neg_features"].shape[:2] == b["neg_ids"].shape
+    # the world's negatives: one shape and one colour changed, never the true caption
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scene = world.sample_scene(rng)
+        negs = world.hard_negatives(scene, rng)
+        assert len(negs) == 2 and world.caption(scene) not in negs
+
+
 def test_augmentation_keeps_colours_and_sides():
     left_red = torch.zeros(3, 32, 32)
     left_red[:, :, :] = 0.5

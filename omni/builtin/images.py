@@ -7,12 +7,14 @@ data/demo/images/
     test_world.jsonl  other held-out scenes, drawn the same way as val_world: only reported
     world/*.png  emoji/*.png
 Rows: {"image": <path relative to this folder>, "caption": ...} plus "scene" (world.Scene.to_dict(), so a
-later stage can ask exact questions about the picture) or "emoji" (the character).
+later stage can ask exact questions about the picture) or "emoji" (the character); training world rows also
+"negatives": the caption with one shape and with one colour wrong (world.hard_negatives), for Stage C.
 """
 from __future__ import annotations
 
 import json
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -105,7 +107,10 @@ def build_images(out_dir: Path, size: str, rng: np.random.Generator, image_size:
                 s = world.sample_split_scene(rng, held_out)
             rel = f"world/{split}_{i:05d}.png"
             world.render(s, image_size).save(out_dir / rel)
-            rows.append({"image": rel, "caption": world.caption(s), "scene": s.to_dict()})
+            row = {"image": rel, "caption": world.caption(s), "scene": s.to_dict()}
+            if not held_out:  # hard negatives for Stage C (drawn from their own generator: the scenes stay)
+                row["negatives"] = world.hard_negatives(s, np.random.default_rng(zlib.crc32(rel.encode())))
+            rows.append(row)
         return rows
 
     train = scenes("train", sz.train_world, False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -164,6 +164,20 @@ def caption(scene: Scene) -> str:
     one caption per arrangement, so it also serves as the scene's key for held-out splits."""
     objs = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
     return " and ".join(object_phrase(o) for o in objs)
+
+
+def hard_negatives(scene: Scene, rng: np.random.Generator) -> list[str]:
+    """Captions of the scene with one thing wrong (NegCLIP's hard negatives): one object's shape replaced by
+    another shape, and one object's colour by another colour. A contrastive image encoder must tell them
+    from the true caption, which in-batch captions rarely ask of it."""
+    out = []
+    for attr, values in (("shape", SHAPES), ("colour", tuple(COLOURS))):
+        objs = list(scene.objects)
+        k = int(rng.integers(len(objs)))
+        other = [v for v in values if v != getattr(objs[k], attr)]
+        objs[k] = replace(objs[k], **{attr: other[int(rng.integers(len(other)))]})
+        out.append(caption(Scene(tuple(objs), scene.background)))
+    return out
 
 
 def _plural(shape: str) -> str:

@@ -22,9 +22,11 @@ from omni.data.base import BadSample, BatchStream
 from omni.data.hints import data_hint
 
 
-def read_manifest(path: str | Path) -> list[tuple[Path, str]]:
+def read_manifest(path: str | Path, negatives: bool = False) -> list[tuple]:
     """[(image path, caption)] of a JSONL manifest of {"image", "caption"} rows; relative image paths are
-    relative to the manifest's folder (SPEC §9). Rows with an empty caption are an error naming the line."""
+    relative to the manifest's folder (SPEC §9). Rows with an empty caption are an error naming the line.
+    negatives: [(image path, caption, [hard negative captions])], from the rows' optional "negatives" (captions
+    that almost describe the image: one detail wrong)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image manifest not found: {path}; {data_hint(path, 'images')}")
@@ -36,12 +38,16 @@ def read_manifest(path: str | Path) -> list[tuple[Path, str]]:
             try:
                 row = json.loads(line)
                 image, caption = row["image"], " ".join(str(row["caption"]).split())
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                negs = [" ".join(str(c).split()) for c in row.get("negatives", [])]
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                 raise ValueError(f"{path}:{n}: expected a JSON object with 'image' and 'caption' ({e})") from None
             if not caption:
                 raise ValueError(f"{path}:{n}: empty caption")
+            if not isinstance(row.get("negatives", []), list) or not all(negs):
+                raise ValueError(f"{path}:{n}: 'negatives' must be a list of non-empty captions")
             image = Path(image)
-            rows.append((image if image.is_absolute() else path.parent / image, caption))
+            image = image if image.is_absolute() else path.parent / image
+            rows.append((image, caption, [c for c in negs if c != caption]) if negatives else (image, caption))
     if not rows:
         raise ValueError(f"{path} holds no rows")
     return rows
@@ -150,11 +156,15 @@ class CaptionedImages(BatchStream):
 
     def __init__(self, images: ImageSource, image_index: np.ndarray, tokens: list, caption_ids: np.ndarray,
                  batch_size: int, seed: int = 0, augment_cfg: AugmentConfig | None = None,
-                 features: torch.Tensor | None = None, shuffle: bool = True):
+                 features: torch.Tensor | None = None, shuffle: bool = True, negatives: list | None = None,
+                 caption_tokens: list | None = None):
+        """negatives[i]: caption ids of row i's hard negatives (caption_tokens[id] their token ids); one of
+        them, drawn at random, comes with the row ("neg_*" in the batch, "has_neg" False where a row has none)."""
         super().__init__(batch_size, seed, shuffle)
         self.images, self.image_index, self.tokens, self.caption_ids = images, image_index, tokens, caption_ids
         self.augment_cfg = augment_cfg or AugmentConfig(enabled=False)
         self.features = features  # [n_captions x T x d]
+        self.negatives, self.caption_tokens = negatives, caption_tokens
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -166,18 +176,30 @@ class CaptionedImages(BatchStream):
         if pixels is None:
             raise BadSample(f"row {index}: unreadable image {self.images.paths[int(self.image_index[index])]}")
         img = torch.from_numpy(pixels.astype(np.float32) / 255.0)
-        return augment(img, rng, self.augment_cfg), self.tokens[index], int(self.caption_ids[index])
+        neg = -1
+        if self.negatives is not None and self.negatives[index]:
+            neg = int(self.negatives[index][rng.integers(len(self.negatives[index]))])
+        return augment(img, rng, self.augment_cfg), self.tokens[index], int(self.caption_ids[index]), neg
+
+    def _texts(self, toks: list, cap: torch.Tensor, prefix: str = "") -> dict:
+        T = max(len(t) for t in toks)
+        ids = torch.zeros(len(toks), T, dtype=torch.long)
+        mask = torch.zeros(len(toks), T, dtype=torch.bool)
+        for i, t in enumerate(toks):
+            ids[i, :len(t)] = torch.tensor(t)
+            mask[i, :len(t)] = True
+        out = {f"{prefix}ids": ids, f"{prefix}mask": mask}
+        if self.features is not None:
+            out[f"{prefix}features"] = self.features[cap, :T]
+        return out
 
     def collate(self, samples):
-        images = torch.stack([s[0] for s in samples])
-        T = max(len(s[1]) for s in samples)
-        ids = torch.zeros(len(samples), T, dtype=torch.long)
-        mask = torch.zeros(len(samples), T, dtype=torch.bool)
-        for i, (_, toks, _) in enumerate(samples):
-            ids[i, :len(toks)] = torch.tensor(toks)
-            mask[i, :len(toks)] = True
         cap = torch.tensor([s[2] for s in samples])
-        batch = {"images": images, "ids": ids, "mask": mask, "caption_ids": cap}
-        if self.features is not None:
-            batch["features"] = self.features[cap, :T]
+        batch = {"images": torch.stack([s[0] for s in samples]), "caption_ids": cap,
+                 **self._texts([s[1] for s in samples], cap)}
+        negs = torch.tensor([s[3] for s in samples])
+        if bool((negs >= 0).any()):
+            batch["has_neg"] = negs >= 0
+            negs = negs[negs >= 0]
+            batch.update(self._texts([self.caption_tokens[int(c)] for c in negs], negs, "neg_"))
         return batch

@@ -232,19 +232,24 @@ class ClipModel(nn.Module):
         """exp(logit_scale) clamped at max_logit_scale: a 0-d tensor."""
         return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()[0]
 
-    def forward(self, images, ids, mask, features=None) -> dict:
-        """→ {"loss": symmetric InfoNCE of the batch, "image", "text": Tensor[B x E], "scale": 0-d}."""
+    def forward(self, images, ids, mask, features=None, neg_ids=None, neg_mask=None, neg_features=None) -> dict:
+        """→ {"loss": symmetric InfoNCE of the batch, "image", "text": Tensor[B x E], "scale": 0-d}. neg_*:
+        hard negative captions (N of them), extra wrong answers for every image (clip_loss)."""
         img, txt = self.encode_image(images), self.encode_text(ids, mask, features)
+        neg = self.encode_text(neg_ids, neg_mask, neg_features) if neg_ids is not None else None
         scale = self.scale()
-        return {"loss": clip_loss(img, txt, scale), "image": img, "text": txt,
+        return {"loss": clip_loss(img, txt, scale, neg), "image": img, "text": txt,
                 "scale": scale.detach()}
 
 
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
+              neg: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP): mean of image→text and text→image cross-entropy over the B x B similarities.
     img, txt: Tensor[B x E] unit vectors. Duplicate captions in a batch need no special target: their
     embeddings are identical, so their columns (and rows) of logits are too, and the one-hot target gives
-    exactly the loss and gradient of a target spread over the duplicates (tests/test_vision.py checks it)."""
+    exactly the loss and gradient of a target spread over the duplicates (tests/test_vision.py checks it).
+    neg: Tensor[N x E], hard negative captions appended to the image→text candidates (NegCLIP)."""
     logits = scale * img.float() @ txt.float().t()
     target = torch.arange(len(img), device=img.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    i2t = logits if neg is None else torch.cat([logits, scale * img.float() @ neg.float().t()], dim=1)
+    return 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(logits.t(), target))
