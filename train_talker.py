@@ -6,7 +6,9 @@
 Two runs of the shared engine, one after the other, in one save_dir:
 1. the codec (`rvq_codec_step_N.pt`, then `rvq_codec.pt`): 80 ms blocks of log-mel <-> residual VQ codes;
    its training keys are the config's `codec` section (max_steps, batch_size, lr, warmup_steps);
-2. the Talker (`talker_step_N.pt`, then `talker.pt`): characters -> codes, on the codes of the finished codec.
+2. the Talker (`talker_step_N.pt`, then `talker.pt`): characters -> codes, on the codes of the finished codec;
+   with `thinker_ckpt` (Stage A's thinker.pt or Stage E's omni_final.pt) each character also carries what the
+   frozen Thinker makes of its token (Thinker-conditioned, as Qwen2.5-Omni's Talker reads the Thinker).
 Rerunning resumes whichever is unfinished. Validation: the codec's reconstruction MSE / L1 and per-codebook
 usage; the Talker's teacher-forced code perplexity, held-out sentences spoken into save_dir/samples/, and, with
 `audio_enc_ckpt` set, their round-trip WER through Stage B's recogniser.
@@ -20,7 +22,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from omni.artifacts import load_artifact
+from omni.artifacts import KINDS, file_sha256, load_artifact
 from omni.audio import LogMel, load_audio, pad_frames
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import LengthBucketed
@@ -58,6 +60,7 @@ class TalkerTrainConfig(TrainConfig):
     val_samples: int = 4                # held-out sentences per validation file written to save_dir/samples/
     roundtrip: int = 100                # held-out sentences per file spoken and transcribed (0: off)
     audio_enc_ckpt: str = ""            # Stage B's audio_enc.pt: round-trip WER / CER of the Talker's speech
+    thinker_ckpt: str = ""              # thinker.pt / omni_final.pt (or its folder): condition on its reading
     temperature: float = 0.0            # when speaking held-out sentences: 0 = greedy (the most intelligible)
     top_k: int = 20
     frame_ms: int = 80
@@ -128,6 +131,23 @@ def roundtrip(asr, wavs: list[torch.Tensor], texts: list[str]) -> tuple[dict, li
     """Stage B's greedy transcripts of 16 kHz waveforms against the texts: ({"wer", "cer", ...}, hypotheses)."""
     return evaluate_utterances(asr.model, asr.vocab, LogMel(asr.features), wavs, texts,
                                device=next(asr.model.parameters()).device)
+
+
+def read_thinker(path: str):
+    """The frozen Thinker a Talker reads with, from Stage A's thinker.pt or Stage E's omni_final.pt (or the
+    folder holding one): (Thinker, Tokenizer, {"path", "sha256", "kind"})."""
+    p = Path(path)
+    if p.is_dir():
+        found = [p / KINDS[k].filename for k in ("omni", "thinker") if (p / KINDS[k].filename).is_file()]
+        if not found:
+            raise FileNotFoundError(f"thinker_ckpt {p}: no omni_final.pt or thinker.pt in it (sft_omni.py or "
+                                    f"train_text.py writes them)")
+        p = found[0]
+    a = load_artifact(p)
+    if a.kind not in ("thinker", "omni"):
+        raise ConfigError(f"thinker_ckpt {p} is a {a.kind} artifact; give thinker.pt or omni_final.pt")
+    thinker = a.model.thinker if a.kind == "omni" else a.model
+    return thinker.float(), a.tokenizer, {"path": str(p), "sha256": file_sha256(p), "kind": a.kind}
 
 
 class Batches(LengthBucketed):
@@ -241,7 +261,16 @@ class TalkerStage(SpeechOutStage):
         if cfg.model.vocab_size not in (0, len(self.vocab)):
             raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the transcripts give "
                               f"{len(self.vocab)} (characters + pad + silence); set 0 to derive it")
-        self.model_cfg = replace(cfg.model, vocab_size=len(self.vocab))
+        self.thinker = self.tokenizer = self.thinker_source = None
+        if cfg.thinker_ckpt:
+            self.thinker, self.tokenizer, self.thinker_source = read_thinker(cfg.thinker_ckpt)
+            self.log.info(f"Thinker-conditioned: every character also reads the frozen Thinker of "
+                          f"{self.thinker_source['path']} ({self.thinker_source['kind']}, d_model "
+                          f"{self.thinker.cfg.d_model})")
+        elif cfg.model.thinker_dim:
+            raise ConfigError("model.thinker_dim is set but thinker_ckpt is not: the width comes from the Thinker")
+        thinker_dim = 2 * self.thinker.cfg.d_model if self.thinker is not None else 0
+        self.model_cfg = replace(cfg.model, vocab_size=len(self.vocab), thinker_dim=thinker_dim)
         self.samples, long, short = [], 0, 0
         for text, mel in zip(train.texts, train.mels):
             s = self._sample(text, mel)
@@ -267,10 +296,10 @@ class TalkerStage(SpeechOutStage):
             self.log.info(f"round-trip intelligibility through {cfg.audio_enc_ckpt}")
 
     def _sample(self, text, mel):
-        return make_sample(self.codec, self.vocab, text, mel)
+        return make_sample(self.codec, self.vocab, text, mel, self.tokenizer)
 
     def build_model(self):
-        return Talker(self.model_cfg)
+        return Talker(self.model_cfg, self.thinker)
 
     def collate(self, samples):
         return collate(samples, self.cfg.features.hop_length / self.cfg.features.sample_rate)
@@ -282,7 +311,7 @@ class TalkerStage(SpeechOutStage):
 
     def loss(self, model, batch):
         out = model(batch["text"], batch["text_lens"], batch["mel"], batch["mel_lens"], batch["codes"],
-                    batch["code_lens"])
+                    batch["code_lens"], tokens=batch.get("tokens"), owner=batch.get("owner"))
         extra = {"ce": out["ce"], "align": out["align"], "dur": out["dur"], "end": out["end"]}
         return out["loss"], extra, batch["audio_s"]
 
@@ -306,7 +335,7 @@ class TalkerStage(SpeechOutStage):
         if n == 0:
             return {}
         speaker = Speaker(model, self.codec.to(next(model.parameters()).device), self.vocab, cfg.features,
-                          next(model.parameters()).device)
+                          next(model.parameters()).device, tokenizer=self.tokenizer)
         wavs = speaker.speak(vs.texts[:n], temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
         out = Path(cfg.save_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
@@ -321,8 +350,12 @@ class TalkerStage(SpeechOutStage):
         return {f"{name}/roundtrip_wer": m["wer"], f"{name}/roundtrip_cer": m["cer"]}
 
     def artifact(self, model):
-        return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
-                "features": to_dict(self.cfg.features), "config": to_dict(self.cfg)}
+        art = {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
+               "features": to_dict(self.cfg.features), "config": to_dict(self.cfg)}
+        if self.thinker is not None:   # its weights are in "model"; what rebuilds it and reads with it here
+            art.update(thinker_config=to_dict(self.thinker.cfg), thinker_source=self.thinker_source,
+                       tokenizer=torch.frombuffer(bytearray(self.tokenizer.model_proto), dtype=torch.uint8))
+        return art
 
 
 def main(argv=None) -> None:

@@ -79,7 +79,7 @@ class Artifact:
     path: Path
     model: torch.nn.Module
     config: dict = field(repr=False)   # the training config it was written with
-    tokenizer: object = None           # thinker, vision, omni: omni.tokenizer.Tokenizer
+    tokenizer: object = None           # thinker, vision, omni (and a Thinker-conditioned talker): Tokenizer
     vocab: object = None               # audio_enc, ocr: CharVocab; talker: TextVocab
     features: object = None            # audio_enc, rvq_codec, talker, omni, vocoder: the MelConfig of their audio
 
@@ -135,9 +135,14 @@ def _codec(state, where):
 
 def _talker(state, where):
     from omni.models.talker import Talker, TalkerConfig
+    from omni.models.thinker import Thinker, ThinkerConfig
     from omni.vocab import TextVocab
-    model = Talker(from_dict(TalkerConfig, state["model_config"], where=where))
-    return model, {"vocab": TextVocab(state["vocab"]), "features": _mel(state, where)}
+    thinker, extras = None, {}
+    if state.get("thinker_config") is not None:  # a Thinker-conditioned Talker: the frozen Thinker is inside
+        thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=where))
+        extras["tokenizer"] = _tokenizer(state)
+    model = Talker(from_dict(TalkerConfig, state["model_config"], where=where), thinker)
+    return model, {"vocab": TextVocab(state["vocab"]), "features": _mel(state, where), **extras}
 
 
 def _omni(state, where):

@@ -70,4 +70,10 @@ for split in val_clean val_degraded test_clean test_degraded test_font; do  # ch
   evaluate "ocr_$split" ocr runs/demo/ocr/ocr.pt "data/demo/ocr/$split.csv"
 done
 
+# μOmni answers: export the demo model, then ask a copy of the export in every mode (runs/demo/chat/)
+$PY export.py --omni_ckpt runs/demo/omni_sft --talker_ckpt runs/demo/talker --vocoder_ckpt runs/demo/vocoder \
+  --ocr_ckpt runs/demo/ocr --output_dir runs/demo/export
+$PY scripts/demo_chat.py --export runs/demo/export --sft data/demo/sft/test.jsonl \
+  --ocr data/demo/ocr/test_clean.csv --out runs/demo/chat
+
 $PY scripts/report.py --runs runs/demo

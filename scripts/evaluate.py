@@ -115,7 +115,7 @@ def eval_tts(args) -> dict:
         wavs.append(u.wav)
     if not texts:
         raise ValueError(f"{args.data}: no utterance the Talker can speak")
-    samples = [make_sample(speaker.codec, speaker.vocab, t, m) for t, m in zip(texts, mels)]
+    samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer) for t, m in zip(texts, mels)]
     with torch.no_grad():
         se = n = 0.0
         for s in samples:

@@ -150,6 +150,25 @@ def sft_details(path: Path) -> list[str]:
     return out
 
 
+def chat_rows(path: Path, runs: Path) -> list[str]:
+    """The exported model asked in every mode (scripts/demo_chat.py's chat.json): reply, timings, wavs."""
+    if not path.exists():
+        return []
+    out = ["", "## μOmni answers (infer_chat.py from a copy of the export)", "",
+           "| mode | input | expected | reply | first token (s) | tokens/s | speech |", "|---|---|---|---|---|---|---|"]
+    for r in json.loads(path.read_text()):
+        res = r["result"]
+        args = " ".join(a if not a.startswith(("data/", "runs/")) else Path(a).name for a in r["args"])
+        speech = ""
+        if res.get("audio_out"):
+            wav = Path(res["audio_out"])
+            rel = wav.relative_to(runs.resolve()) if wav.is_absolute() else wav
+            speech = f"[{wav.name}]({rel}) {res['audio_s']:.1f} s, real-time factor {res['speech_rtf']:.3g}"
+        out.append(f"| {r['mode']} | {args} | {r['expected'] or ''} | {res['reply']} | "
+                   f"{res['time_to_first_token_s']:.3g} | {res.get('tokens_per_s') or ''} | {speech} |")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/demo")
@@ -178,6 +197,7 @@ def main(argv=None) -> int:
         lines += ["", "## Held-out sentences voiced by the vocoder and by Griffin-Lim (from true and codec mels)", ""]
         lines += [f"- [{p.parent.name}/{p.name}]({p.relative_to(runs)})" for p in samples]
     lines += sft_details(evals / "sft_test.json")
+    lines += chat_rows(runs / "chat" / "chat.json", runs)
     lines += ["", "## Loss curves", ""]
     for png in curves(runs, runs):
         lines.append(f"![{png.stem}]({png.name})")

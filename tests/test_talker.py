@@ -295,3 +295,78 @@ def test_sigkill_in_either_part_then_rerun_is_bitwise_identical(tts_data, asr_ck
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {stage}_step_" in (save / "training.log").read_text()
     assert_same_run(reference, save)
+
+
+# --- the Thinker-conditioned Talker ------------------------------------------------------------------------
+def tiny_thinker_artifact(text_data, path):
+    from omni.artifacts import FORMAT
+    from omni.config import to_dict
+    from omni.models.thinker import Thinker, ThinkerConfig
+    torch.manual_seed(0)
+    cfg = ThinkerConfig(vocab_size=320, n_layers=1, d_model=16, n_heads=2, n_kv_heads=1, d_ff=32, ctx_len=8)
+    tok = torch.frombuffer(bytearray((text_data / "tokenizer.model").read_bytes()), dtype=torch.uint8)
+    atomic_save({"kind": "thinker", "format": FORMAT, "model": Thinker(cfg).state_dict(), "model_config":
+                 to_dict(cfg), "config": {}, "tokenizer": tok}, path)
+    return path
+
+
+def test_thinker_tokens_give_every_character_its_token(text_data):
+    from omni.data.tts import thinker_tokens
+    from omni.tokenizer import Tokenizer
+    tok, vocab = Tokenizer(text_data / "tokenizer.model"), TextVocab(" abcdefghijklmnopqrstuvwxyz'")
+    for text in ("The cat sat on 3 mats.", "a", "zzq xj'k"):
+        r = thinker_tokens(tok, vocab, text)
+        spoken = vocab.spoken(text)
+        assert tok.decode(r["tokens"]) == spoken
+        assert len(r["owner"]) == len(vocab.encode(text)) and r["owner"][0] == r["owner"][-1] == -1
+        inner = r["owner"][1:-1]
+        assert inner[-1] == len(r["tokens"]) - 1 and all(np.diff(inner) >= 0)
+        for j, t in enumerate(r["tokens"]):   # the characters a token holds are its text (a space starts a
+            # word; a bare word mark "▁" holds none)
+            chars = "".join(c for c, o in zip(spoken, inner) if o == j)
+            assert chars.strip() == tok.decode([t]).strip()
+
+
+def test_thinker_view_is_the_same_alone_and_padded_in_a_batch(text_data, tmp_path):
+    from omni.artifacts import load_artifact
+    thinker = load_artifact(tiny_thinker_artifact(text_data, tmp_path / "thinker.pt")).model
+    model = tiny_talker(thinker_dim=32)
+    model = Talker(model.cfg, thinker).eval()
+    long_ = torch.tensor([[5, 9, 11, 40, 7, 8, 30, 31, 33, 12]])      # longer than the Thinker's ctx_len 8
+    short = torch.tensor([[5, 9, 11]])
+    own_long = torch.tensor([[-1, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, -1]])
+    own_short = torch.tensor([[-1, 0, 1, 1, 2, -1]])
+    alone = model.thinker_view(short, own_short)
+    both = model.thinker_view(torch.cat([long_, torch.nn.functional.pad(short, (0, 7))]),
+                              torch.cat([own_long, torch.nn.functional.pad(own_short, (0, 8), value=-1)]))
+    assert alone.shape == (1, 6, 32) and torch.allclose(both[1:, :6], alone, atol=1e-6)
+    assert (both[1, 6:] == 0).all() and (alone[0, [0, -1]] == 0).all() and alone[0, 1].abs().sum() > 0
+    assert torch.equal(alone[0, 2], alone[0, 3])                     # one token, two characters
+    with pytest.raises(ValueError, match="Thinker's tokens"):
+        model.encode_text(torch.tensor([[1, 2, 1]]), torch.tensor([3]))
+    assert not any(p.requires_grad for p in model.thinker.parameters())
+
+
+def test_thinker_conditioned_stage_trains_speaks_and_evaluates(tts_data, text_data, asr_ckpt, tmp_path):
+    thinker = tiny_thinker_artifact(text_data, tmp_path / "thinker.pt")
+    save = tmp_path / "run"
+    r = run_script(["train_talker.py", "--config",
+                    str(tiny_talker_config(tts_data, save, thinker_ckpt=str(thinker), roundtrip=0))])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Thinker-conditioned" in (save / "training.log").read_text()
+    state = torch.load(save / "talker.pt", weights_only=True)
+    assert state["model_config"]["thinker_dim"] == 32 and state["thinker_config"]["d_model"] == 16
+    assert state["thinker_source"]["kind"] == "thinker" and any(k.startswith("thinker.") for k in state["model"])
+    speaker = load_speaker(save)
+    assert speaker.tokenizer is not None and speaker.talker.thinker is not None
+    a = speaker.speak_codes(["ab cd", "da"], temperature=0.8, seed=1)
+    b = speaker.speak_codes(["ab cd", "da"], temperature=0.8, seed=1)
+    assert all(torch.equal(x, y) and len(x) > 0 for x, y in zip(a, b))
+    r = run_script(["scripts/evaluate.py", "tts", "--ckpt_dir", str(save), "--data", str(tts_data / "val.csv"),
+                    "--asr_ckpt", str(asr_ckpt)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    val = [m for m in metrics(save, "val") if m["stage"] == "talker"][-1]
+    assert json.loads(r.stdout)["code_perplexity"] == pytest.approx(val["val/code_ppl"], rel=1e-4)
+    bad = tiny_talker_config(tts_data, tmp_path / "bad", thinker_ckpt=str(tts_data / "train.csv"))
+    r = run_script(["train_talker.py", "--config", str(bad)])
+    assert r.returncode != 0 and "train.csv" in r.stderr and "Traceback" not in r.stderr[-300:]

@@ -20,7 +20,7 @@ import torch
 
 from omni.artifacts import load_artifact
 from omni.audio import GriffinLim, MelConfig
-from omni.data.tts import pad_ids
+from omni.data.tts import pad_ids, thinker_batch, thinker_tokens
 from omni.infer.vocoder import VOCODER_FILE, load_vocoder
 from omni.models.codec import MelCodec
 from omni.models.talker import Talker
@@ -38,6 +38,7 @@ class Speaker:
     config: dict = field(default_factory=dict)  # the Talker's training config (its audio_enc_ckpt, ...)
     vocoder: object = None                      # omni.infer.vocoder.Vocoder, or None: Griffin-Lim
     voice: str = "vocoder: Griffin-Lim"         # which one speaks, in one line
+    tokenizer: object = None                    # a Thinker-conditioned Talker's: the Thinker's tokenizer
 
     @property
     def sample_rate(self) -> int:
@@ -48,14 +49,16 @@ class Speaker:
                     seed: int = 0) -> list[torch.Tensor]:
         """Code frames Long[N_i x K] for each text (generated in batches of similar length)."""
         ids = [self.vocab.encode(t) for t in texts]
+        read = [thinker_tokens(self.tokenizer, self.vocab, t) for t in texts] if self.talker.thinker is not None else None
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out: list = [None] * len(texts)
         for s in range(0, len(order), batch_size):
             part = order[s:s + batch_size]
             x, lens = pad_ids([ids[i] for i in part])
+            tb = {k: v.to(self.device) for k, v in thinker_batch([read[i] for i in part]).items()} if read else {}
             codes, lengths = self.talker.generate(x.to(self.device), lens.to(self.device), temperature=temperature,
-                                                  top_k=top_k, generator=gen)
+                                                  top_k=top_k, generator=gen, **tb)
             for j, i in enumerate(part):
                 out[i] = codes[j, :int(lengths[j])].cpu()
         return out
@@ -95,7 +98,7 @@ def load_speaker(ckpt_dir, device="cpu", vocoder: str | None = None) -> Speaker:
     elif vocoder == "":
         voice = "vocoder: Griffin-Lim (asked for)"
     return Speaker(talker.model, codec.model, talker.vocab, codec.features, torch.device(device), talker.config,
-                   voc, voice)
+                   voc, voice, talker.tokenizer)
 
 
 def main(argv=None) -> int:

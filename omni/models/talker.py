@@ -5,8 +5,9 @@
     codes, lengths = talker.generate(text_ids, text_lens, temperature=0.7, top_k=20)
 
 How it learns to speak in minutes:
-- A text encoder (transformer over characters, or over the Thinker's hidden states through `text_embeds`)
-  predicts for each token a mean log-mel frame. Monotonic alignment search (Glow-TTS / Grad-TTS) finds, per
+- A text encoder (transformer over characters; with a Thinker, each character's embedding plus a projection
+  of what the frozen Thinker makes of the token that holds it: its hidden state and input embedding, as
+  Qwen2.5-Omni's Talker reads the Thinker's reply) predicts for each token a mean log-mel frame. Monotonic alignment search (Glow-TTS / Grad-TTS) finds, per
   batch and without gradient, the alignment of tokens to the 10 ms mel frames that fits those means best;
   the means are trained on it, so alignment and encoder improve together from scratch. A duration predictor
   learns each token's frame count from that alignment, for use when speaking.
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from omni.models.audio_encoder import padding_mask, sinusoids
 from omni.models.decoder import CausalDecoder, sample_next
 from omni.models.layers import EncoderBlock, KVCache, RMSNorm, SeqConv1d
+from omni.models.thinker import Thinker
 
 
 @dataclass
@@ -44,7 +46,7 @@ class TalkerConfig:
     codebook_size: int = 256
     n_mels: int = 80              # the aligner's target: the codec's normalised log-mel
     block: int = 8                # fine mel frames per code frame (frame_ms 80)
-    thinker_dim: int = 0          # > 0: `text_embeds` of this width (the Thinker's hidden states) replace chars
+    thinker_dim: int = 0          # > 0: `text_embeds` of this width (the Thinker's view, per character) added
     dropout: float = 0.1
     # training only: the codes of the previous frame are hidden from the decoder at this fraction of frames
     # (Tacotron's pre-net dropout), so it must speak from the text condition, not continue memorised speech
@@ -95,11 +97,18 @@ def durations_to_path(durations: torch.Tensor, frames: int | None = None) -> tor
 
 
 class Talker(nn.Module):
-    def __init__(self, cfg: TalkerConfig):
+    def __init__(self, cfg: TalkerConfig, thinker: Thinker | None = None):
+        """thinker: the frozen Thinker whose reading conditions the characters (cfg.thinker_dim must be twice
+        its width); it is part of the Talker's weights, so talker.pt speaks without another file."""
         super().__init__()
         if cfg.vocab_size < 3:
             raise ValueError(f"TalkerConfig.vocab_size must be set (characters + 2), got {cfg.vocab_size}")
+        if thinker is not None and cfg.thinker_dim != 2 * thinker.cfg.d_model:
+            raise ValueError(f"thinker_dim {cfg.thinker_dim} must be twice the Thinker's width {thinker.cfg.d_model}")
         self.cfg = cfg
+        self.thinker = thinker
+        if thinker is not None:
+            thinker.requires_grad_(False)
         d, K = cfg.d_model, cfg.codebooks
         # text encoder, aligner and duration predictor
         self.text_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
@@ -125,16 +134,47 @@ class Talker(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(d, cfg.codebook_size) for _ in range(K))
         self.end_head = nn.Linear(d, 1)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.thinker is not None:
+            self.thinker.eval()  # frozen: no dropout, whatever the rest does
+        return self
+
     # ---- text side --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def thinker_view(self, tokens: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """What the frozen Thinker makes of the text, per character: tokens Long[B x S] (the Thinker's ids of
+        the spoken text, right-padded), owner Long[B x L] (for each Talker text position the index of the token
+        holding its character; -1 for silence and padding) -> Tensor[B x L x thinker_dim]: the token's last
+        hidden state and its input embedding, each layer-normalised (zeros where owner is -1). The Thinker is
+        causal: padding after a text never changes its states."""
+        n = self.thinker.cfg.ctx_len   # a text longer than the Thinker's context is read in windows
+        out = torch.cat([self.thinker(tokens[:, i:i + n], return_hidden=True, return_logits=False)["hidden"]
+                         for i in range(0, tokens.shape[1], n)], dim=1)
+        d = out.shape[-1]   # each half standardised per token: the states carry large shared offsets
+        both = torch.cat([F.layer_norm(out, (d,)), F.layer_norm(self.thinker.embed(tokens), (d,))], dim=-1)
+        picked = torch.gather(both, 1, owner.clamp_min(0)[..., None].expand(-1, -1, both.shape[-1]))
+        return picked * (owner >= 0)[..., None].to(picked.dtype)
+
     def encode_text(self, text_ids: torch.Tensor | None, text_lens: torch.Tensor,
-                    text_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Long[B x L] character ids, or Tensor[B x L x thinker_dim] hidden states -> Tensor[B x L x d]."""
+                    text_embeds: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+                    owner: torch.Tensor | None = None) -> torch.Tensor:
+        """Long[B x L] character ids and/or Tensor[B x L x thinker_dim] (given, or thinker_view of the Thinker's
+        tokens and owner, omni.data.tts.thinker_tokens) -> Tensor[B x L x d]."""
+        if tokens is not None:
+            if self.thinker is None:
+                raise ValueError("this Talker was trained without a Thinker: it takes text_ids only")
+            text_embeds = self.thinker_view(tokens, owner)
+        elif self.thinker is not None and text_embeds is None:
+            raise ValueError("this Talker reads the Thinker's tokens too: give tokens and owner "
+                             "(omni.data.tts.thinker_tokens)")
+        if text_embeds is not None and self.thinker_proj is None:
+            raise ValueError("this Talker was built without thinker_dim: it takes text_ids only")
+        if text_ids is None and text_embeds is None:
+            raise ValueError("encode_text needs text_ids or text_embeds")
+        x = self.text_embed(text_ids) if text_ids is not None else 0
         if text_embeds is not None:
-            if self.thinker_proj is None:
-                raise ValueError("this Talker was built without thinker_dim: it takes text_ids only")
-            x = self.thinker_proj(text_embeds)
-        else:
-            x = self.text_embed(text_ids)
+            x = x + self.thinker_proj(text_embeds)
         L = x.shape[1]
         x = x + sinusoids(L, self.cfg.d_model).to(x.device, x.dtype)
         mask = padding_mask(text_lens, L)
@@ -201,11 +241,13 @@ class Talker(nn.Module):
         return out
 
     # ---- training ---------------------------------------------------------------------------------
-    def forward(self, text_ids, text_lens, mel, mel_lens, codes, code_lens, text_embeds=None) -> dict:
+    def forward(self, text_ids, text_lens, mel, mel_lens, codes, code_lens, text_embeds=None, tokens=None,
+                owner=None) -> dict:
         """text_ids Long[B x L]; mel: the codec's normalised log-mel Tensor[B x T x n_mels] with lengths
-        mel_lens; codes Long[B x N x K] with lengths code_lens (= ceil(mel_lens / block)).
-        Returns {"loss", "ce" (mean over codebooks), "ce_per_book", "align", "dur", "end"}."""
-        h = self.encode_text(text_ids, text_lens, text_embeds)
+        mel_lens; codes Long[B x N x K] with lengths code_lens (= ceil(mel_lens / block)); tokens / owner: the
+        Thinker's reading (encode_text). Returns {"loss", "ce" (mean over codebooks), "ce_per_book", "align",
+        "dur", "end"}."""
+        h = self.encode_text(text_ids, text_lens, text_embeds, tokens, owner)
         mu = self.to_mel(h)                                                  # [B x L x F]
         with torch.no_grad():  # log N(x_t; mu_i, I) up to a constant
             logp = -0.5 * ((mu.float() ** 2).sum(-1)[..., None] - 2 * mu.float() @ mel.float().transpose(1, 2)
@@ -244,11 +286,11 @@ class Talker(nn.Module):
     def generate(self, text_ids: torch.Tensor | None, text_lens: torch.Tensor, text_embeds=None,
                  temperature: float = 0.0, top_k: int = 20, max_frames: int | None = None, pace: float = 1.0,
                  use_cache: bool = True, generator: torch.Generator | None = None,
-                 durations: torch.Tensor | None = None):
+                 durations: torch.Tensor | None = None, tokens=None, owner=None):
         """Speak the texts: (codes Long[B x N x K], lengths Long[B]). Each row stops at its end-of-speech
         decision; as a guard, at most a quarter (and 8 frames) past its predicted length, or at max_frames.
         Frames past a row's end are padding."""
-        h = self.encode_text(text_ids, text_lens, text_embeds)
+        h = self.encode_text(text_ids, text_lens, text_embeds, tokens, owner)
         if durations is None:  # else given: Long[B x L] fine frames per token (e.g. from an alignment)
             durations = self.predict_durations(h, text_lens, pace)
         cond = self.block_condition(h, durations_to_path(durations))
