@@ -99,6 +99,8 @@ def respond(chat: Chat, history: list[Turn], args, stream: bool, audio_out: str 
            "tokens": n_tok, "tokens_per_s": round(n_tok / total, 1) if total and n_tok else None}
     if audio_out:
         out.update(speak(chat, reply, audio_out, args))
+        # the reply is spoken once it is complete, and its wav written whole: the first audio is ready then
+        out["time_to_first_audio_s"] = round(total + out["speech_s"], 4)
     return out
 
 
