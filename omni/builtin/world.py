@@ -169,14 +169,19 @@ def caption(scene: Scene) -> str:
 def hard_negatives(scene: Scene, rng: np.random.Generator) -> list[str]:
     """Captions of the scene with one thing wrong (NegCLIP's hard negatives): one object's shape replaced by
     another shape, and one object's colour by another colour. A contrastive image encoder must tell them
-    from the true caption, which in-batch captions rarely ask of it."""
+    from the true caption, which in-batch captions rarely ask of it. Only training-side captions: a held-out
+    one (`is_held_out`) is never drawn, so the text tower meets no val or test caption in training."""
     out = []
     for attr, values in (("shape", SHAPES), ("colour", tuple(COLOURS))):
-        objs = list(scene.objects)
-        k = int(rng.integers(len(objs)))
-        other = [v for v in values if v != getattr(objs[k], attr)]
-        objs[k] = replace(objs[k], **{attr: other[int(rng.integers(len(other)))]})
-        out.append(caption(Scene(tuple(objs), scene.background)))
+        k = int(rng.integers(len(scene.objects)))
+        other = [v for v in values if v != getattr(scene.objects[k], attr)]
+        for i in rng.permutation(len(other)):
+            objs = list(scene.objects)
+            objs[k] = replace(objs[k], **{attr: other[int(i)]})
+            text = caption(Scene(tuple(objs), scene.background))
+            if not is_held_out(text):
+                out.append(text)
+                break
     return out
 
 
