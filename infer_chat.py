@@ -84,7 +84,8 @@ def respond(chat: Chat, history: list[Turn], args, stream: bool, audio_out: str 
         if stream:
             print(given, end="", flush=True)
     else:
-        for piece in chat.omni.stream(history, args.max_new_tokens, args.temperature, args.top_k, args.top_p, gen):
+        for piece in chat.omni.stream(history, args.max_new_tokens, args.temperature, args.top_k, args.top_p, gen,
+                                         args.compile):
             if first is None:
                 first = time.perf_counter() - t0
             pieces.append(piece)
@@ -190,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="decode through a torch.compile graph: faster tokens after a one-off build (REPL, long replies)")
     p.add_argument("--json", action="store_true", help="print one JSON object (reply, timings, paths)")
     args = p.parse_args(argv)
     if args.prompt and args.text:

@@ -77,10 +77,11 @@ def thinker_generate(config: str, device, new_tokens: int = 128) -> dict:
     model = Thinker(cfg.model).to(device).eval()
     prompt = torch.randint(0, cfg.model.vocab_size, (1, 16), device=device)
     row = {}
-    for name, cache in (("cached", True), ("uncached", False)):
-        sec = timed(lambda: generate(model, prompt, new_tokens, temperature=0, use_cache=cache), device, 2, 3)
+    for name, kw in (("compiled", {"compile": True}), ("cached", {}), ("uncached", {"use_cache": False})):
+        sec = timed(lambda: generate(model, prompt, new_tokens, temperature=0, **kw), device, 2, 3)
         row[f"{name} tok/s"] = new_tokens / sec
     row["speed-up"] = row["cached tok/s"] / row["uncached tok/s"]
+    row["compiled speed-up"] = row["compiled tok/s"] / row["uncached tok/s"]
     return row
 
 
@@ -294,6 +295,17 @@ def omni_answer(config: str, device, question_tokens: int = 10, answer_tokens: i
             f"ms answer ({answer_tokens} tok)": timed(full, device, 2, 10) * 1000, "prompt_tokens": ids.shape[1]}
 
 
+def spoken_answer(omni_config: str, talker_config: str, device, chars: int = 20) -> dict:
+    """Time to first audio of a spoken answer about a picture: the answer (omni answer's 8 tokens), then the
+    Talker speaks its `chars` characters (generation, codec, Griffin-Lim). The reply is spoken once it is
+    complete, as infer_chat.py --audio_out does today, so the first audio waits for both."""
+    answer = next(v for k, v in omni_answer(omni_config, device).items() if k.startswith("ms answer"))
+    speak = talker_speak(talker_config, device, chars)
+    speech = speak["RTF speak (gen + GL)"] * speak["audio_s"] * 1000
+    return {"ms to first audio": answer + speech, "ms answer": answer, "ms speech": speech,
+            "speech RTF": speak["RTF speak (gen + GL)"]}
+
+
 def _ocr(config: str, device):
     from omni.models.ocr import OCRModel
     from train_ocr import OCRTrainConfig
@@ -412,6 +424,8 @@ ROWS = {
                                                   batch_size=None if d.type == "cuda" else 8),
     "omni answer (demo)": lambda d: omni_answer("configs/demo/omni_sft.json", d),
     "omni answer (tiny)": lambda d: omni_answer("configs/omni_sft_tiny.json", d),
+    "spoken answer (demo)": lambda d: spoken_answer("configs/demo/omni_sft.json", "configs/demo/talker.json", d),
+    "spoken answer (tiny)": lambda d: spoken_answer("configs/omni_sft_tiny.json", "configs/talker_tiny.json", d),
     "vocoder train (demo)": lambda d: vocoder_train("configs/demo/vocoder.json", d),
     "vocoder train (tiny)": lambda d: vocoder_train("configs/vocoder_tiny.json", d,
                                                     batch_size=None if d.type == "cuda" else 2, steps=1),

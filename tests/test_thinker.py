@@ -42,6 +42,37 @@ def test_kv_cached_generation_matches_uncached_logits(kw):
     assert torch.equal(out, generate(m, prompt, max_new_tokens=32, temperature=0, use_cache=False))
 
 
+def test_static_cache_steps_match_the_growing_cache():
+    """The compiled decode path's static cache (whole-buffer attention under a mask, tensor position) gives
+    the logits of the ordinary cache, step by step."""
+    from omni.models.layers import StaticKVCache
+    m = tiny()
+    ids = torch.randint(0, 97, (2, 20))
+    grow, fixed = m.new_cache(2), m.new_cache(2)
+    with torch.no_grad():
+        m(ids[:, :8], cache=grow)
+        m(ids[:, :8], cache=fixed)
+        static = StaticKVCache(fixed)
+        for t in range(8, 20):
+            a = m(ids[:, t:t + 1], cache=grow)["logits"]
+            b = m(ids[:, t:t + 1], cache=static)["logits"]
+            assert (a - b).abs().max().item() < 1e-5
+    assert int(static.pos) == grow.pos == 20
+
+
+def test_compiled_generation_gives_the_same_tokens():
+    """generate(compile=True): one graph for every step, whatever the prompt's length; the same greedy tokens
+    and the same stop at eos as eager decoding."""
+    m = tiny(tie_embeddings=False)
+    for T in (5, 11):
+        prompt = torch.randint(0, 97, (2, T))
+        eager = generate(m, prompt, max_new_tokens=24, temperature=0)
+        assert torch.equal(generate(m, prompt, max_new_tokens=24, temperature=0, compile=True), eager)
+    eos = int(eager[0, T + 3])
+    assert torch.equal(generate(m, prompt, max_new_tokens=24, temperature=0, eos_id=eos, compile=True),
+                       generate(m, prompt, max_new_tokens=24, temperature=0, eos_id=eos))
+
+
 def test_generation_from_embeddings_equals_generation_from_ids():
     """SFT and chat prompt with embeddings: the same prompt as ids or as their embeddings gives the same
     tokens (embeddings return only the new ones), cached and uncached."""

@@ -81,11 +81,11 @@ class Omni:
             return m.embed(ids, **media)
 
     def stream(self, turns: list[Turn], max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
-               top_p: float = 1.0, generator: torch.Generator | None = None) -> Iterator[str]:
-        """The reply's text, piece by piece as it is generated."""
+               top_p: float = 1.0, generator: torch.Generator | None = None, compile: bool = False) -> Iterator[str]:
+        """The reply's text, piece by piece as it is generated (`compile`: see omni.infer.generate)."""
         ids, shown = [], ""
         for nxt in generate_stream(self.model.thinker, self.prompt(turns), max_new_tokens, temperature, top_k,
-                                   top_p, self.template.stop_ids, generator=generator):
+                                   top_p, self.template.stop_ids, generator=generator, compile=compile):
             if int(nxt[0]) in self.template.stop_ids:
                 break
             ids.append(int(nxt[0]))

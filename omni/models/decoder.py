@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from omni.models.layers import MoE, Attention, KVCache, RMSNorm, SwiGLU, rope_tables
+from omni.models.layers import MoE, Attention, KVCache, RMSNorm, StaticKVCache, SwiGLU, rope_tables
 
 
 class Block(nn.Module):
@@ -46,12 +46,15 @@ class CausalDecoder(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        start = cache.pos if cache is not None else 0
         T = x.shape[1]
-        if start + T > self.max_len:
-            raise ValueError(f"sequence of {start + T} positions exceeds the model's context of {self.max_len} "
-                             f"(ctx_len / max_frames)")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if isinstance(cache, StaticKVCache):  # one token at a tensor position (its caller bounds it)
+            cos, sin = self.rope_cos[cache.pos], self.rope_sin[cache.pos]
+        else:
+            start = cache.pos if cache is not None else 0
+            if start + T > self.max_len:
+                raise ValueError(f"sequence of {start + T} positions exceeds the model's context of "
+                                 f"{self.max_len} (ctx_len / max_frames)")
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, i)
         if cache is not None:

@@ -73,6 +73,25 @@ class KVCache:
         return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
 
 
+class StaticKVCache(KVCache):
+    """A prefilled KVCache, continued one token per step with fixed shapes, for a compiled decode step: the
+    position is a tensor (a Python int would be a new constant, so a new graph, at every step) and every step
+    attends over the whole buffer with the slots past the position masked. Shares the buffers of `cache`."""
+
+    def __init__(self, cache: KVCache):
+        self.k, self.v, self.max_len = cache.k, cache.v, cache.max_len
+        self.pos = torch.tensor([cache.pos], device=cache.k.device)   # Long[1]: the slot the next token fills
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer].index_copy_(2, self.pos, k)
+        self.v[layer].index_copy_(2, self.pos, v)
+        return self.k[layer], self.v[layer]
+
+    def mask(self) -> torch.Tensor:
+        """Bool[1 x 1 x 1 x max_len]: the slots written so far, this step's included."""
+        return (torch.arange(self.max_len, device=self.pos.device) <= self.pos).view(1, 1, 1, -1)
+
+
 class Attention(nn.Module):
     """Self-attention with grouped-query heads (n_kv_heads divides n_heads).
 
@@ -117,7 +136,9 @@ class Attention(nn.Module):
             # Causal over the whole key range: query i (absolute position past+i) sees keys 0..past+i.
             if key_padding_mask is not None:
                 raise ValueError("key_padding_mask is for non-causal attention")
-            if past == 0:
+            if isinstance(cache, StaticKVCache):   # one query over the whole buffer
+                mask = cache.mask()
+            elif past == 0:
                 causal = T > 1
             elif T > 1:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
