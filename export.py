@@ -75,10 +75,8 @@ def export(args) -> dict:
             raise ValueError(f"{parts['talker']} does not fit {parts['rvq_codec']}: " +
                              ", ".join(f"{k} {t[k]} vs {c[k]}" for k in keys))
 
-    if out.exists():
-        if not (out / "manifest.json").exists() and any(out.iterdir()):
-            raise FileExistsError(f"{out} exists and is not an export; choose another --output_dir")
-        shutil.rmtree(out)
+    if out.exists() and not (out.is_dir() and ((out / "manifest.json").exists() or not any(out.iterdir()))):
+        raise FileExistsError(f"{out} exists and is not an export; choose another --output_dir")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -90,7 +88,13 @@ def export(args) -> dict:
     sources = {kind: {"path": str(p), "sha256": file_sha256(p)} for kind, p in parts.items()}
     sources["omni"]["trained_from"] = recorded
     manifest = write_manifest(tmp, args.dtype, sources)
-    tmp.rename(out)   # the folder appears whole or not at all
+    # the new folder appears whole or not at all; an earlier export is set aside until it has
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     return manifest
 
 
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         manifest = export(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     size = sum((Path(args.output_dir) / f).stat().st_size for f in manifest["files"])

@@ -30,6 +30,7 @@ import torch
 from omni.builtin.sft import SPOKEN_PROMPT, TRANSCRIBE_PROMPT
 from omni.chat import Turn
 from omni.infer.chat import Chat, ChatError, load_chat, read_text
+from omni.infer.omni import ContextFull
 from omni.text_norm import unsayable
 
 OCR_PREFIX = "the text in the image reads: "
@@ -77,7 +78,7 @@ def respond(chat: Chat, history: list[Turn], args, stream: bool, audio_out: str 
     """Generates the reply to history (ending with the user's turn; `given`: a reply already known, the OCR
     reading), streaming it to stdout when asked, speaks it to audio_out; returns the record (reply, timings,
     paths)."""
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
     t0, first, pieces = time.perf_counter(), None, []
     if given is not None:
         pieces, first = [given], 0.0
@@ -161,10 +162,19 @@ def repl(chat: Chat, args) -> int:
             if args.audio_out:
                 p = Path(args.audio_out)
                 path, n = str(p.with_name(f"{p.stem}_{n}{p.suffix}")), n + 1
-            rec = respond(chat, history + [turn], args, True, path)
+            while True:
+                try:
+                    rec = respond(chat, history + [turn], args, True, path)
+                    break
+                except ContextFull:   # forget the oldest exchange (the system turn stays) and try again
+                    first = 1 if args.system else 0
+                    if len(history) - first < 2:
+                        raise
+                    del history[first:first + 2]
+                    print("(context full: the oldest exchange is forgotten)", file=sys.stderr)
             if path:
                 print(f"(spoken: {path})", file=sys.stderr)
-        except ChatError as e:
+        except (ChatError, ValueError, RuntimeError) as e:
             print(f"error: {e}", file=sys.stderr)
             continue
         history += [turn, Turn("assistant", rec["reply"])]

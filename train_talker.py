@@ -33,6 +33,7 @@ from omni.infer.tts import Speaker
 from omni.metrics import code_cross_entropy
 from omni.models.codec import CodecConfig, MelCodec, TalkerFeatures, usage_perplexity
 from omni.models.talker import Talker, TalkerConfig
+from omni.text_norm import spoken_form
 from omni.train.engine import Stage, run
 from omni.vocab import TextVocab
 
@@ -264,6 +265,7 @@ class TalkerStage(SpeechOutStage):
         self.thinker = self.tokenizer = self.thinker_source = None
         if cfg.thinker_ckpt:
             self.thinker, self.tokenizer, self.thinker_source = read_thinker(cfg.thinker_ckpt)
+            self.frozen_from = ("thinker.",)
             self.log.info(f"Thinker-conditioned: every character also reads the frozen Thinker of "
                           f"{self.thinker_source['path']} ({self.thinker_source['kind']}, d_model "
                           f"{self.thinker.cfg.d_model})")
@@ -344,7 +346,7 @@ class TalkerStage(SpeechOutStage):
             (out / f"{name}_{i}.txt").write_text(t + "\n")
         if not self.asr:
             return {}
-        m, hyps = roundtrip(self.asr, wavs[:cfg.roundtrip], vs.texts[:cfg.roundtrip])
+        m, hyps = roundtrip(self.asr, wavs[:cfg.roundtrip], [spoken_form(t) for t in vs.texts[:cfg.roundtrip]])
         for r, h in list(zip(vs.texts, hyps))[:2]:
             self.log.info(f"  {name} | said: {r}\n  {name} | heard: {h}")
         return {f"{name}/roundtrip_wer": m["wer"], f"{name}/roundtrip_cer": m["cer"]}

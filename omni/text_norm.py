@@ -16,7 +16,7 @@ TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 SCALES = ((10 ** 12, "trillion"), (10 ** 9, "billion"), (10 ** 6, "million"), (1000, "thousand"))
 ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
            "nine": "ninth", "twelve": "twelfth"}
-SYMBOLS = {"%": " percent", "&": " and ", "+": " plus ", "=": " equals ", "@": " at ", "°": " degrees",
+SYMBOLS = {"%": " percent", "&": " and ", "+": " plus ", "=": " equals ", "@": " at ", "°": " degrees ",
            "×": " times ", "/": " slash ", "#": " number ", "*": " star ", "<": " less than ",
            ">": " more than ", "~": " about "}
 CURRENCY = {"$": ("dollar", "cent"), "£": ("pound", "penny"), "€": ("euro", "cent")}
@@ -84,8 +84,8 @@ def spoken_form(text: str) -> str:
     t = re.sub(r"([$£€])\s?(\d[\d,]*)(?:\.(\d{1,2}))?\b", _money, text)
     t = re.sub(r"\b(\d{1,2}):(\d{2})\b", _time, t)
     t = re.sub(r"(\d[\d,]*)\.(\d+)", _decimal, t)
-    t = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: f" {ordinal(int(m.group(1)))} ", t, flags=re.I)
     t = re.sub(r"\d{1,3}(?:,\d{3})+(?!\d)", lambda m: m.group(0).replace(",", ""), t)   # 1,234 -> 1234
+    t = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: f" {ordinal(int(m.group(1)))} ", t, flags=re.I)
     t = re.sub(r"\d+", lambda m: f" {_number(m.group(0))} ", t)
     t = re.sub(r"(?<=\w)-(?=\w)", " ", t)   # twenty-one, 3-4
     for sym, word in SYMBOLS.items():

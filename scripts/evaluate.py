@@ -24,6 +24,7 @@ from omni.audio import LogMel  # noqa: E402
 from omni.data.text import token_cache  # noqa: E402
 from omni.device import resolve_device  # noqa: E402
 from omni.metrics import lm_metrics  # noqa: E402
+from omni.text_norm import spoken_form  # noqa: E402
 
 
 def eval_text(args) -> dict:
@@ -137,10 +138,11 @@ def eval_tts(args) -> dict:
         a = load_artifact(asr_path, "audio_enc", device)
         asr = (a.model, a.vocab, LogMel(a.features))
         gl = GriffinLim(speaker.features)
+        refs = [spoken_form(t) for t in texts]   # "3 stars" is heard as "three stars"
         codec_copies = [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples]
         for key, audio in (("roundtrip", spoken), ("original", wavs), ("griffinlim", [gl(m) for m in mels]),
                            ("codec", codec_copies)):
-            m, _ = evaluate_utterances(*asr, audio, texts, args.batch_size, device)
+            m, _ = evaluate_utterances(*asr, audio, refs, args.batch_size, device)
             result[f"{key}_wer"], result[f"{key}_cer"] = m["wer"], m["cer"]
         result["asr_ckpt"] = str(asr_path)
     else:

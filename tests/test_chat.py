@@ -168,6 +168,7 @@ def test_training_folders_answer_too(runs):
     (["--audio_in", "{d}/notes.txt"], "cannot read audio {d}/notes.txt"),
     (["--image", "{d}/broken.png", "what is it?"], "cannot read image {d}/broken.png"),
     (["--text", "  "], "empty prompt"),
+    (["--text", "the red circle is on the left and " * 20], "no room for a reply"),
 ])
 def test_bad_input_is_one_clear_error(exported, runs, args, message):
     rc, _, err = chat(["--ckpt_dir", str(exported), *[a.format(d=runs) for a in args]])
@@ -191,3 +192,12 @@ def test_the_conversation_keeps_history_and_commands(exported, runs):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("omni> ") == 3
     assert "(attached" in r.stderr and "cannot read audio" in r.stderr and "(history cleared)" in r.stderr
+
+
+def test_a_full_context_forgets_the_oldest_exchange(exported):
+    """The demo Thinker's context is short: a long conversation drops its oldest exchange, and goes on."""
+    long = "the red circle is on the left and the blue star is at the top " * 3
+    r = run_script(["infer_chat.py", "--ckpt_dir", str(exported), "--max_new_tokens", "4"],
+                   input=f"{long}\n{long}\n{long}\n/quit\n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("omni> ") == 3 and "(context full: the oldest exchange is forgotten)" in r.stderr

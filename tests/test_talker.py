@@ -298,11 +298,11 @@ def test_sigkill_in_either_part_then_rerun_is_bitwise_identical(tts_data, asr_ck
 
 
 # --- the Thinker-conditioned Talker ------------------------------------------------------------------------
-def tiny_thinker_artifact(text_data, path):
+def tiny_thinker_artifact(text_data, path, seed: int = 0):
     from omni.artifacts import FORMAT
     from omni.config import to_dict
     from omni.models.thinker import Thinker, ThinkerConfig
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = ThinkerConfig(vocab_size=320, n_layers=1, d_model=16, n_heads=2, n_kv_heads=1, d_ff=32, ctx_len=8)
     tok = torch.frombuffer(bytearray((text_data / "tokenizer.model").read_bytes()), dtype=torch.uint8)
     atomic_save({"kind": "thinker", "format": FORMAT, "model": Thinker(cfg).state_dict(), "model_config":
@@ -367,6 +367,11 @@ def test_thinker_conditioned_stage_trains_speaks_and_evaluates(tts_data, text_da
     assert r.returncode == 0, r.stderr[-3000:]
     val = [m for m in metrics(save, "val") if m["stage"] == "talker"][-1]
     assert json.loads(r.stdout)["code_perplexity"] == pytest.approx(val["val/code_ppl"], rel=1e-4)
+    # a run resumed against a Thinker retrained since it started is an error, not a silent mismatch
+    (save / "talker.pt").unlink()
+    tiny_thinker_artifact(text_data, thinker, seed=1)
+    r = run_script(["train_talker.py", "--config", str(save.parent / f"{save.name}.json")])
+    assert r.returncode != 0 and "changed since the run started" in r.stderr, r.stderr[-2000:]
     bad = tiny_talker_config(tts_data, tmp_path / "bad", thinker_ckpt=str(tts_data / "train.csv"))
     r = run_script(["train_talker.py", "--config", str(bad)])
     assert r.returncode != 0 and "train.csv" in r.stderr and "Traceback" not in r.stderr[-300:]

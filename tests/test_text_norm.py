@@ -26,6 +26,7 @@ def test_ordinal(n, words):
     ("pi is 3.14", "pi is three point one four"),
     ("the 2nd and 21st", "the second and twenty first"),
     ("1,234 people", "one thousand two hundred thirty four people"),
+    ("the 1,000th time at 20°C", "the one thousandth time at twenty degrees C"),
     ("50% & 7+5=12", "fifty percent and seven plus five equals twelve"),
     ("agent 007", "agent zero zero seven"),
     ("twenty-one", "twenty one"),

@@ -26,6 +26,10 @@ from omni.models.omni import OmniModel
 from omni.tokenizer import Tokenizer
 
 
+class ContextFull(ValueError):
+    """The conversation leaves no room for a reply in the Thinker's context."""
+
+
 @dataclass
 class Omni:
     model: OmniModel
@@ -70,6 +74,10 @@ class Omni:
         counted = [Turn(t.role, t.content, [m.image_token_count] * len(t.images),
                         [m.audio_token_count(next(it).shape[0]) for _ in t.audio]) for t in turns]
         r = self.template.render(counted, for_generation=True)
+        ctx = m.thinker.cfg.ctx_len
+        if len(r.ids) >= ctx:
+            raise ContextFull(f"the conversation is {len(r.ids)} tokens, and the Thinker's context of {ctx} leaves "
+                              f"no room for a reply: shorten it (or /reset in the chat)")
         ids = torch.tensor([r.ids], device=self.device)
         media = {}
         with torch.no_grad():

@@ -149,6 +149,8 @@ class Talker(nn.Module):
         hidden state and its input embedding, each layer-normalised (zeros where owner is -1). The Thinker is
         causal: padding after a text never changes its states."""
         n = self.thinker.cfg.ctx_len   # a text longer than the Thinker's context is read in windows
+        if tokens.shape[1] == 0:       # nothing the Thinker reads (silence only)
+            return owner.new_zeros(*owner.shape, 2 * self.thinker.cfg.d_model, dtype=self.thinker.embed.weight.dtype)
         out = torch.cat([self.thinker(tokens[:, i:i + n], return_hidden=True, return_logits=False)["hidden"]
                          for i in range(0, tokens.shape[1], n)], dim=1)
         d = out.shape[-1]   # each half standardised per token: the states carry large shared offsets

@@ -54,6 +54,8 @@ class Stage:
                                      # (one compile, not a static one and then a dynamic one)
     unused_parameters = False        # some parameters get no gradient in some batches (SFT rows without audio,
                                      # a GAN's generator in the discriminator's step): DDP must look for them
+    frozen_from = ()                 # state-dict prefixes of frozen parts read from another artifact: on resume
+                                     # they must equal that artifact now (it was not retrained in between)
 
     def __init__(self, cfg, info: dist.DistInfo, log: RunLogger, fresh: bool = False):
         self.cfg, self.dist, self.log = cfg, info, log
@@ -291,6 +293,13 @@ class Trainer:
         state, path = ckpt.load_newest_valid(self.save_dir, self.name, log=self.log.info)
         if state is None:
             return 0
+        own = self.model.state_dict()
+        changed = [k for k, v in state["model"].items() if self.stage.frozen_from and
+                   k.startswith(tuple(self.stage.frozen_from)) and k in own and not torch.equal(v, own[k])]
+        if changed:
+            raise ckpt.CheckpointError(f"checkpoint {path} holds another {changed[0].split('.')[0]} than the artifact "
+                                       f"this config reads now: it changed since the run started; use --fresh "
+                                       f"to train against the new one")
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
