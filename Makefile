@@ -25,7 +25,7 @@ data: setup
 demo: setup
 	bash scripts/demo.sh
 
-test: setup  # pytest-xdist workers of one thread each: 16.5 -> 8.8 minutes on 2 cores
+test: setup  # pytest-xdist workers of one thread each: 16.5 -> 8.8 minutes on 2 AVX2 cores (234 tests)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 benchmark: setup
