@@ -293,9 +293,10 @@ class Trainer:
         state, path = ckpt.load_newest_valid(self.save_dir, self.name, log=self.log.info)
         if state is None:
             return 0
-        own = self.model.state_dict()
-        changed = [k for k, v in state["model"].items() if self.stage.frozen_from and
-                   k.startswith(tuple(self.stage.frozen_from)) and k in own and not torch.equal(v, own[k])]
+        prefixes = tuple(self.stage.frozen_from)
+        own = self.model.state_dict() if prefixes else {}
+        changed = [k for k, v in state["model"].items()
+                   if k.startswith(prefixes) and k in own and not torch.equal(v, own[k])] if prefixes else []
         if changed:
             raise ckpt.CheckpointError(f"checkpoint {path} holds another {changed[0].split('.')[0]} than the artifact "
                                        f"this config reads now: it changed since the run started; use --fresh "
