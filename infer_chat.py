@@ -96,8 +96,9 @@ def respond(chat: Chat, history: list[Turn], args, stream: bool, audio_out: str 
         print(flush=True)
     reply = "".join(pieces).strip()
     total = time.perf_counter() - t0
-    n_tok = len(chat.omni.tokenizer.encode(reply)) if reply else 0
-    out = {"reply": reply, "time_to_first_token_s": round(first or total, 4), "reply_s": round(total, 4),
+    n_tok = len(chat.omni.tokenizer.encode(reply)) if reply and given is None else 0   # given: none generated
+    out = {"reply": reply, "time_to_first_token_s": None if given is not None else round(first or total, 4),
+           "reply_s": round(total, 4),
            "tokens": n_tok, "tokens_per_s": round(n_tok / total, 1) if total and n_tok else None}
     if audio_out:
         out.update(speak(chat, reply, audio_out, args))

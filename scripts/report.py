@@ -164,8 +164,9 @@ def chat_rows(path: Path, runs: Path) -> list[str]:
             wav = Path(res["audio_out"])
             rel = wav.relative_to(runs.resolve()) if wav.is_absolute() else wav
             speech = f"[{wav.name}]({rel}) {res['audio_s']:.1f} s, real-time factor {res['speech_rtf']:.3g}"
+        first = res["time_to_first_token_s"]   # None: nothing generated (the OCR reading is the reply)
         out.append(f"| {r['mode']} | {args} | {r['expected'] or ''} | {res['reply']} | "
-                   f"{res['time_to_first_token_s']:.3g} | {res.get('tokens_per_s') or ''} | {speech} |")
+                   f"{'' if first is None else format(first, '.3g')} | {res.get('tokens_per_s') or ''} | {speech} |")
     return out
 
 
