@@ -43,7 +43,12 @@ for split in val_world val_emoji test_world; do  # configs are chosen on val_*; 
   evaluate "vision_$split" vision runs/demo/vision/vision.pt "data/demo/images/$split.jsonl"
 done
 
-stage talker train_talker.py configs/demo/talker.json runs/demo/talker/talker.pt  # codec, then Talker; round trip through Stage B
+stage omni_sft sft_omni.py configs/demo/omni_sft.json runs/demo/omni_sft/omni_final.pt  # needs A, B and C
+for split in val test; do  # chosen on val (val_voices); the targets are on test (test voices, unseen scenes)
+  evaluate "sft_$split" sft runs/demo/omni_sft "data/demo/sft/$split.jsonl"
+done
+
+stage talker train_talker.py configs/demo/talker.json runs/demo/talker/talker.pt  # codec, then Talker reading E's Thinker; round trip through B
 for split in test_world test_english; do
   evaluate "tts_$split" tts runs/demo/talker "data/demo/tts/$split.csv"
 done
@@ -58,11 +63,6 @@ for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "griffinlim --griffin_l
   set -- $how
   $PY -m omni.vocode "${@:2}" --out_dir "runs/demo/vocoder/samples/$1" $samples
   $PY -m omni.vocode "${@:2}" --codec runs/demo/talker --out_dir "runs/demo/vocoder/samples/$1_codec" $samples
-done
-
-stage omni_sft sft_omni.py configs/demo/omni_sft.json runs/demo/omni_sft/omni_final.pt  # needs A, B and C
-for split in val test; do  # chosen on val (val_voices); the targets are on test (test voices, unseen scenes)
-  evaluate "sft_$split" sft runs/demo/omni_sft "data/demo/sft/$split.jsonl"
 done
 
 stage ocr train_ocr.py configs/demo/ocr.json runs/demo/ocr/ocr.pt
