@@ -66,8 +66,8 @@ def _step(model: Thinker, x: torch.Tensor, cache) -> torch.Tensor:
 
 
 # one graph per model, batch size and dtype; a new prompt length needs none (the cache spans the context).
-# On the CPU the graph's wrapper is C++ (cpp_wrapper): launching its ~40 kernels from Python cost half of
-# each step (demo Thinker, 1 thread: 1,010 -> 2,150 tokens/s)
+# On the CPU the graph's wrapper is C++ (cpp_wrapper): no Python between its ~40 kernels (with the token-id
+# loop, demo Thinker on 2 Zen 4 cores: 2,700-3,000 -> 2,900-3,700 tokens/s; scripts/benchmark.py --only generate)
 _compiled_step = torch.compile(_step, fullgraph=True, dynamic=False)
 _compiled_step_cpu = torch.compile(_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
 
