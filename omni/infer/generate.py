@@ -53,8 +53,10 @@ def generate_stream(model: Thinker, inputs_embeds: torch.Tensor, max_new_tokens:
             yield nxt
             if all(done):
                 break
-            # cached: the next step takes the token ids (embedded inside the compiled graph); uncached: all
-            step_input = nxt[:, None] if use_cache else torch.cat([step_input, model.embed(nxt[:, None]).to(x.dtype)], 1)
+            if use_cache:   # the next step takes the token ids (embedded inside the compiled graph)
+                step_input = nxt[:, None]
+            else:           # the whole sequence again
+                step_input = torch.cat([step_input, model.embed(nxt[:, None]).to(x.dtype)], dim=1)
 
 
 def _step(model: Thinker, x: torch.Tensor, cache) -> torch.Tensor:
