@@ -105,6 +105,11 @@ class OmniStage(Stage):
             self.val_examples = read_sft(cfg.val_file, cfg.system_prompt) if cfg.val_file else []
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if cfg.freeze.thinker:  # with the Thinker frozen a text-only row has nothing to train
+            n = len(self.train_examples)
+            self.train_examples = [ex for ex in self.train_examples if ex.images or ex.audio]
+            if len(self.train_examples) < n:
+                log.info(f"freeze.thinker: {n - len(self.train_examples):,} text-only training rows left out")
         log.info(f"parts: Thinker {cfg.thinker_ckpt}, ViT {cfg.vision_ckpt or '(none)'}, audio encoder "
                  f"{cfg.audio_enc_ckpt or '(none)'}; frozen: "
                  f"{', '.join(k for k in ('thinker', 'vision', 'audio') if getattr(cfg.freeze, k)) or 'nothing'}")

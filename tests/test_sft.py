@@ -292,6 +292,19 @@ def test_align_steps_keep_the_thinker_still(parts, sft_data, tmp_path):
     assert [m["lr"] > 0 for m in metrics(save)] == [True] * 3  # the log's lr is the projectors'
 
 
+def test_a_frozen_thinker_trains_the_projectors_on_the_media_rows_only(parts, sft_data, tmp_path):
+    save = tmp_path / "frozen"  # a text-only row would give a loss with nothing to train
+    talk = tmp_path / "talk.jsonl"
+    talk.write_text(json.dumps({"prompt": "hello", "answer": "hello!", "task": "dialogue"}) + "\n")
+    r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, save, max_steps=3, freeze={"thinker": True},
+                                                          train_files=[str(sft_data / "train.jsonl"), str(talk)])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "text-only training rows left out" in (save / "training.log").read_text()
+    start = torch.load(parts / "thinker.pt", weights_only=True)["model"]
+    end = final_weights(save, "omni_final")
+    assert_same_weights(start, {k.removeprefix("thinker."): v for k, v in end.items() if k.startswith("thinker.")})
+
+
 def test_unreadable_media_are_skipped_and_counted(parts, sft_data, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

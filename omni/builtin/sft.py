@@ -61,7 +61,7 @@ SIZES = {
     "small": {"train": SFTSizes(30, 24, 1, 12, 20, 12, 0.75, True), "val": SFTSizes(10, 10, 1, 6, 6, 6),
               "test": SFTSizes(10, 10, 1, 6, 6, 6)},
     "full": {"train": SFTSizes(1200, 1500, 2, 2000, 1000, 400, 0.75, True),
-             "val": SFTSizes(60, 100, 1, 60, 60, 40), "test": SFTSizes(60, 100, 1, 60, 60, 40)},
+             "val": SFTSizes(300, 400, 1, 60, 60, 40), "test": SFTSizes(300, 400, 1, 60, 60, 40)},
 }
 
 

@@ -168,7 +168,8 @@ def caption(scene: Scene) -> str:
 
 def hard_negatives(scene: Scene, rng: np.random.Generator) -> list[str]:
     """Captions of the scene with one thing wrong (NegCLIP's hard negatives): one object's shape replaced by
-    another shape, and one object's colour by another colour. A contrastive image encoder must tell them
+    another shape, one object's colour by another colour, and (with two shapes or more) two objects' shapes
+    swapped. A contrastive image encoder must tell them
     from the true caption, which in-batch captions rarely ask of it. Only training-side captions: a held-out
     one (`is_held_out`) is never drawn, so the text tower meets no val or test caption in training."""
     out = []
@@ -182,6 +183,15 @@ def hard_negatives(scene: Scene, rng: np.random.Generator) -> list[str]:
             if not is_held_out(text):
                 out.append(text)
                 break
+    pairs = [(i, j) for i in range(len(scene.objects)) for j in range(i + 1, len(scene.objects))
+             if scene.objects[i].shape != scene.objects[j].shape]
+    if pairs:  # two objects' shapes swapped: the same shapes, at the wrong places (binds shape to position)
+        i, j = pairs[int(rng.integers(len(pairs)))]
+        objs = list(scene.objects)
+        objs[i], objs[j] = replace(objs[i], shape=objs[j].shape), replace(objs[j], shape=objs[i].shape)
+        text = caption(Scene(tuple(objs), scene.background))
+        if not is_held_out(text):
+            out.append(text)
     return out
 
 
