@@ -47,7 +47,8 @@ WORKERS = 2  # speech synthesis processes: both cores of the demo machine
 # images 4: test_world, other held-out scenes (Stage C now reports on them, and chooses on val_world).
 # ocr 1: rendered lines in 8 font families (Lato held out for test_font).
 # sft 9: val and test ask about 300 scenes (was 60) and hold 400 spoken questions (was 100): ~80 rows a task.
-PART_VERSIONS = {"text": 3, "asr": 6, "tts": 3, "images": 6, "sft": 9, "ocr": 1}
+# images 7: a third hard negative per training scene with two shapes or more: two objects' shapes swapped.
+PART_VERSIONS = {"text": 3, "asr": 6, "tts": 3, "images": 7, "sft": 9, "ocr": 1}
 
 
 def part_rng(seed: int, part: str) -> np.random.Generator:

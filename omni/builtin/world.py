@@ -169,9 +169,9 @@ def caption(scene: Scene) -> str:
 def hard_negatives(scene: Scene, rng: np.random.Generator) -> list[str]:
     """Captions of the scene with one thing wrong (NegCLIP's hard negatives): one object's shape replaced by
     another shape, one object's colour by another colour, and (with two shapes or more) two objects' shapes
-    swapped. A contrastive image encoder must tell them
-    from the true caption, which in-batch captions rarely ask of it. Only training-side captions: a held-out
-    one (`is_held_out`) is never drawn, so the text tower meets no val or test caption in training."""
+    swapped. A contrastive image encoder must tell them from the true caption, which in-batch captions rarely
+    ask of it. Only training-side captions: a held-out one (`is_held_out`) is never drawn, so the text tower
+    meets no val or test caption in training."""
     out = []
     for attr, values in (("shape", SHAPES), ("colour", tuple(COLOURS))):
         k = int(rng.integers(len(scene.objects)))
