@@ -26,6 +26,24 @@ def test_shapes_hidden_and_embeddings_input():
     assert torch.allclose(same, out["logits"])
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_on_the_target_positions_only_equals_the_full_loss(weighted):
+    """return_logits=False projects only the target tokens (SFT's answers): same loss, same gradients."""
+    m = tiny().train()
+    ids = torch.randint(0, 97, (3, 12))
+    targets = torch.full_like(ids, -100)
+    targets[0, 8:], targets[1, 3:5], targets[2, 11] = ids[0, 8:], ids[1, 3:5], ids[2, 11]
+    w = torch.rand(3, 12) if weighted else None
+    losses, grads = [], []
+    for full in (True, False):
+        m.zero_grad()
+        loss = m(ids, targets=targets, loss_weights=w, return_logits=full)["loss"]
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(m.embed.weight.grad.clone())
+    assert torch.allclose(*losses, atol=1e-6) and torch.allclose(*grads, atol=1e-6)
+
+
 @pytest.mark.parametrize("kw", [{}, {"n_experts": 4}, {"tie_embeddings": False}], ids=["dense", "moe", "untied"])
 def test_kv_cached_generation_matches_uncached_logits(kw):
     m = tiny(**kw)

@@ -61,19 +61,27 @@ class Thinker(nn.Module):
 
         Returns {"logits": [B x T x V], "hidden": [B x T x d_model] if asked, "loss" if targets (mean
         token cross-entropy plus the MoE balancing term), "ce", "aux_loss"}. loss_weights: Tensor[B x T]
-        makes "ce" the weighted mean over the target tokens instead. return_logits=False (without
-        targets) skips the vocabulary projection, the bulk of the cost when only hidden states are wanted.
+        makes "ce" the weighted mean over the target tokens instead. return_logits=False skips the vocabulary
+        projection, the bulk of the cost at this size: without targets entirely (only hidden states wanted),
+        with targets at every position but the target tokens (SFT's loss covers a few answer tokens a row).
         """
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         hidden = self.decoder(x, cache)
-        out = {"logits": self.lm_head(hidden)} if return_logits or targets is not None else {}
+        out = {"logits": self.lm_head(hidden)} if return_logits else {}
         if return_hidden:
             out["hidden"] = hidden
         if targets is not None:
-            ce = F.cross_entropy(out["logits"].float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index,
-                                 reduction="mean" if loss_weights is None else "none")
-            if loss_weights is not None:
-                w = loss_weights.flatten().float() * (targets.flatten() != ignore_index)
+            t, w = targets.flatten(), None if loss_weights is None else loss_weights.flatten().float()
+            if return_logits:
+                logits = out["logits"].flatten(0, 1)
+            else:  # the target positions only: the same loss without the other positions' logits
+                keep = (t != ignore_index).nonzero().squeeze(1)
+                logits, t = self.lm_head(hidden.flatten(0, 1)[keep]), t[keep]
+                w = None if w is None else w[keep]
+            ce = F.cross_entropy(logits.float(), t, ignore_index=ignore_index,
+                                 reduction="mean" if w is None else "none")
+            if w is not None:
+                w = w * (t != ignore_index)
                 ce = (ce * w).sum() / w.sum().clamp(min=1e-8)
             aux = self.decoder.aux_loss()
             out.update(loss=ce + self.cfg.moe_aux_coef * aux, ce=ce, aux_loss=aux)
