@@ -14,8 +14,9 @@ mels, as HiFi-GAN fine-tunes on its acoustic model's output): first `adv_start` 
 then least-squares adversarial + feature-matching losses against the multi-period and multi-scale
 discriminators, with their own optimizer (generator and discriminators each checkpointed and resumed exactly).
 Validation voices the first `val_utterances` of `val_csv` from their true (and, with a codec, their codec)
-mels and logs log-mel L1 and multi-resolution STFT distance, beside Griffin-Lim's figures. The final
-hifigan.pt holds the generator, its config and the mel settings it expects.
+mels and logs log-mel L1 and multi-resolution STFT distance, beside Griffin-Lim's figures (with `model.refine`,
+also `refined_*`: the generator followed by that many mel-consistency iterations, as the artifact voices). The
+final hifigan.pt holds the generator, its config and the mel settings it expects.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from omni.artifacts import load_artifact
-from omni.audio import GriffinLim, LogMel, load_audio
+from omni.audio import GriffinLim, LogMel, load_audio, mel_refine
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import BatchStream
 from omni.data.speech import read_manifest
@@ -218,7 +219,12 @@ class VocoderStage(Stage):
     def validate(self, model):
         if not self.val:
             return {}
-        m = voice_metrics(model.generator, self.val, self.features, self.codec)
+        gen, refine = model.generator, self.cfg.model.refine
+        m = voice_metrics(gen, self.val, self.features, self.codec)
+        if refine:   # what the artifact voices at synthesis: the generator, then its mel-consistency iterations
+            refined = voice_metrics(lambda mel: mel_refine(gen(mel), mel, self.features, refine), self.val,
+                                    self.features, self.codec)
+            m.update({f"refined_{k}": v for k, v in refined.items()})
         return {**m, **{f"griffinlim_{k}": v for k, v in self.gl_metrics.items()}}
 
     def artifact(self, model):

@@ -144,6 +144,37 @@ def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2,
     return x
 
 
+def mel_basis(cfg: MelConfig) -> torch.Tensor:
+    """The front end's mel filterbank Tensor[n_freq x n_mels] (torchaudio, slaney, as LogMel)."""
+    return torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max or cfg.sample_rate / 2,
+                                                 cfg.n_mels, cfg.sample_rate, norm="slaney", mel_scale="slaney")
+
+
+@torch.no_grad()
+def mel_refine(wav: torch.Tensor, logmel: torch.Tensor, cfg: MelConfig, n_iter: int) -> torch.Tensor:
+    """Brings a waveform's mel onto the raw log-mel it was made from (Tensor[frames x n_mels], normalize "none"),
+    keeping its phase and the detail within each band: `n_iter` times, every STFT bin's magnitude is scaled by
+    the filterbank-weighted mean of the mel bands' power ratios (asked / present), and the STFT inverted. Like
+    Griffin-Lim's iterations, but from a vocoder's spectrum instead of the filterbank's smooth inverse and a
+    random phase. wav: Tensor[(frames - 1) * hop] → the same length."""
+    if n_iter <= 0:
+        return wav
+    basis = mel_basis(cfg).to(wav.device)                                   # [F x M]
+    weight = basis.sum(1, keepdim=True)
+    window = torch.hann_window(cfg.n_fft, device=wav.device)
+    target = logmel.float().to(wav.device).exp().clamp_min(cfg.log_floor).T  # [M x frames]
+    y = wav.float()
+    for _ in range(n_iter):
+        spec = torch.stft(y, cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=True, return_complex=True)
+        n = min(spec.shape[1], target.shape[1])
+        present = (basis.T @ spec[:, :n].abs().square()).clamp_min(cfg.log_floor)
+        gain = (basis @ (target[:, :n] / present)) / weight.clamp_min(1e-8)
+        gain = torch.where(weight > 0, gain, torch.ones_like(gain)).clamp(1e-3, 1e3)
+        y = torch.istft(spec[:, :n] * gain.sqrt(), cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=True,
+                        length=y.numel())
+    return y
+
+
 class GriffinLim(torch.nn.Module):
     """Natural-log mel power frames (LogMel with normalize "none") -> waveform: the mel filterbank inverted by
     least squares (torchaudio InverseMelScale), then Griffin-Lim phase recovery (torchaudio). The default

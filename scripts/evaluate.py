@@ -173,7 +173,10 @@ def eval_vocoder(args) -> dict:
     pairs = [(w, mel(w)) for w in (load_audio(u.wav, features.sample_rate) for u in utts)]
     gl = GriffinLim(features)
     result = {"n": len(pairs), "voice": f"vocoder: {vocoder.describe()}"}
-    for name, voice in (("vocoder", vocoder), ("griffinlim", gl)):
+    voices = [("vocoder", vocoder), ("griffinlim", gl)]
+    if vocoder.refine:   # the generator alone too, without its mel-consistency iterations
+        voices.insert(1, ("vocoder_raw", load_vocoder(args.ckpt, device=device, refine=0)))
+    for name, voice in voices:
         result[name] = voice_metrics(voice, pairs, features, codec.model if codec else None)
     asr_path = args.asr_ckpt
     if not asr_path and codec is not None:
@@ -183,7 +186,7 @@ def eval_vocoder(args) -> dict:
         a = load_artifact(asr_path, "audio_enc", device)
         asr = (a.model, a.vocab, LogMel(a.features))
         texts = [u.text for u in utts]
-        for name, voice in (("vocoder", vocoder), ("griffinlim", gl)):
+        for name, voice in voices:
             for prefix, use_codec in (("", False), ("codec_", True)):
                 if use_codec and codec is None:
                     continue

@@ -1,10 +1,11 @@
 """Voicing log-mel frames: a trained vocoder (hifigan.pt) or Griffin-Lim, the figures that compare them, and
 copy synthesis for users checking a vocoder:
 
-    python -m omni.vocode --ckpt hifigan.pt a.wav b.wav --out_dir D [--griffin_lim] [--codec DIR]
+    python -m omni.vocode --ckpt hifigan.pt a.wav b.wav --out_dir D [--griffin_lim] [--codec DIR] [--refine N]
 
 (wav → the shared log-mel → vocoder → D/<same file name>; `--griffin_lim` voices the same mels with Griffin-Lim;
-`--codec DIR` (a folder with rvq_codec.pt, or the file) sends the mels through the codec's round trip first.)
+`--codec DIR` (a folder with rvq_codec.pt, or the file) sends the mels through the codec's round trip first;
+`--refine N` sets the mel-consistency iterations after the generator, 0 for the generator alone.)
 """
 from __future__ import annotations
 
@@ -17,18 +18,21 @@ import soundfile as sf
 import torch
 
 from omni.artifacts import load_artifact
-from omni.audio import GriffinLim, LogMel, MelConfig, load_audio
+from omni.audio import GriffinLim, LogMel, MelConfig, load_audio, mel_refine
 from omni.config import to_dict
 
 VOCODER_FILE = "hifigan.pt"
 
 
 class Vocoder:
-    """A loaded hifigan.pt: callable on raw log-mel Tensor[T x n_mels] → waveform Tensor[(T-1) * hop]."""
+    """A loaded hifigan.pt: callable on raw log-mel Tensor[T x n_mels] → waveform Tensor[(T-1) * hop]: the
+    generator, then `refine` mel-consistency iterations (the artifact's setting unless given; 0: none)."""
 
-    def __init__(self, generator, features: MelConfig, path: Path, device="cpu", config: dict | None = None):
+    def __init__(self, generator, features: MelConfig, path: Path, device="cpu", config: dict | None = None,
+                 refine: int | None = None):
         self.generator, self.features, self.path, self.device = generator, features, path, torch.device(device)
         self.config = config or {}   # its training config (codec_ckpt, train_on, ...)
+        self.refine = generator.cfg.refine if refine is None else refine
 
     def check_features(self, features: MelConfig) -> None:
         """An error naming the file when the mels to voice have other settings than the vocoder was trained on."""
@@ -41,18 +45,20 @@ class Vocoder:
         wav = self.generator(logmel.float().to(self.device)).cpu()
         if not torch.isfinite(wav).all() or wav.abs().max() == 0:
             raise RuntimeError(f"the vocoder {self.path} produced no signal from {tuple(logmel.shape)} mel frames")
+        wav = mel_refine(wav, logmel, self.features, self.refine)
         peak = wav.abs().max()
         return wav * (0.95 / peak) if peak > 0.95 else wav
 
     def describe(self) -> str:
-        return f"{self.path} ({self.generator.cfg.generator} generator)"
+        refine = f" + {self.refine} mel-consistency iterations" if self.refine else ""
+        return f"{self.path} ({self.generator.cfg.generator} generator{refine})"
 
 
-def load_vocoder(path, features: MelConfig | None = None, device="cpu") -> Vocoder:
+def load_vocoder(path, features: MelConfig | None = None, device="cpu", refine: int | None = None) -> Vocoder:
     """hifigan.pt (or its folder) as a Vocoder. With `features` (the mels it will voice: the codec's), other
-    mel settings are an error naming the file."""
+    mel settings are an error naming the file; `refine` overrides its mel-consistency iterations."""
     a = load_artifact(path, "vocoder", device)
-    vocoder = Vocoder(a.model, a.features, a.path, device, a.config)
+    vocoder = Vocoder(a.model, a.features, a.path, device, a.config, refine)
     if features is not None:
         vocoder.check_features(features)
     return vocoder
@@ -102,6 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--out_dir", required=True)
     p.add_argument("--griffin_lim", action="store_true", help="voice with Griffin-Lim instead of the vocoder")
     p.add_argument("--codec", help="rvq_codec.pt or its folder: the mels go through the codec's round trip first")
+    p.add_argument("--refine", type=int, help="mel-consistency iterations after the generator (default: the "
+                                              "vocoder's own setting; 0: none)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if not args.ckpt and not args.griffin_lim:
@@ -112,7 +120,7 @@ def main(argv=None) -> int:
             c = Path(args.codec)
             codec = load_artifact(c / "rvq_codec.pt" if c.is_dir() else c, "rvq_codec", args.device)
         if args.ckpt:
-            vocoder = load_vocoder(args.ckpt, codec.features if codec else None, args.device)
+            vocoder = load_vocoder(args.ckpt, codec.features if codec else None, args.device, args.refine)
             features = vocoder.features
         else:
             features = codec.features if codec else None

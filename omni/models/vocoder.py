@@ -16,6 +16,8 @@ Two generators, chosen by `generator`:
   the hop) with multi-receptive-field residual blocks.
 Discriminators: multi-period (periods 2, 3, 5, 7, 11: the waveform folded into a 2-D grid of `period` columns)
 and multi-scale (3 scales: raw, then average-pooled ×2, ×4), both on Tensor[B x 1 x T].
+At synthesis (omni.infer.vocoder.Vocoder), `refine` mel-consistency iterations (omni.audio.mel_refine) may
+follow the generator: they bring its output's mel onto the one it was asked to voice, keeping its phase.
 """
 from __future__ import annotations
 
@@ -25,9 +27,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchaudio
 
-from omni.audio import MelConfig
+from omni.audio import MelConfig, mel_basis
 
 
 @dataclass
@@ -42,12 +43,8 @@ class VocoderConfig:
     resblock_kernels: list[int] = field(default_factory=lambda: [3, 7, 11])     # hifigan: MRF kernels
     resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
     disc_channels: int = 32           # width of the discriminators' first layers (HiFi-GAN: 32 MPD, 16 MSD)
-
-
-def _mel_basis(cfg: MelConfig) -> torch.Tensor:
-    """The front end's mel filterbank Tensor[n_freq x n_mels] (torchaudio, slaney, as LogMel)."""
-    return torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max or cfg.sample_rate / 2,
-                                                 cfg.n_mels, cfg.sample_rate, norm="slaney", mel_scale="slaney")
+    refine: int = 0                   # synthesis only: mel-consistency iterations on the generator's output
+                                      # (omni.audio.mel_refine); training never sees them
 
 
 class ConvNeXtBlock(nn.Module):
@@ -79,7 +76,7 @@ class ISTFTGenerator(nn.Module):
             nn.init.zeros_(self.head.bias)
         if cfg.phase not in ("absolute", "integrated"):
             raise ValueError(f"vocoder phase must be 'absolute' or 'integrated', got {cfg.phase!r}")
-        self.register_buffer("pinv", torch.linalg.pinv(_mel_basis(features)).T.contiguous(), persistent=False)
+        self.register_buffer("pinv", torch.linalg.pinv(mel_basis(features)).T.contiguous(), persistent=False)
         # a sinusoid at bin k's centre frequency advances its phase by 2 pi k hop / n_fft from one frame to the next
         advance = 2 * math.pi * torch.arange(n_freq) * features.hop_length / features.n_fft
         self.register_buffer("advance", torch.remainder(advance, 2 * math.pi), persistent=False)
