@@ -156,22 +156,23 @@ def mel_refine(wav: torch.Tensor, logmel: torch.Tensor, cfg: MelConfig, n_iter: 
     keeping its phase and the detail within each band: `n_iter` times, every STFT bin's magnitude is scaled by
     the filterbank-weighted mean of the mel bands' power ratios (asked / present), and the STFT inverted. Like
     Griffin-Lim's iterations, but from a vocoder's spectrum instead of the filterbank's smooth inverse and a
-    random phase. wav: Tensor[(frames - 1) * hop] → the same length."""
+    random phase. wav: Tensor[(frames - 1) * hop] (or [B x ...] with logmel [B x frames x n_mels]) → the same
+    shape."""
     if n_iter <= 0:
         return wav
     basis = mel_basis(cfg).to(wav.device)                                   # [F x M]
     weight = basis.sum(1, keepdim=True)
     window = torch.hann_window(cfg.n_fft, device=wav.device)
-    target = logmel.float().to(wav.device).exp().clamp_min(cfg.log_floor).T  # [M x frames]
+    target = logmel.float().to(wav.device).exp().clamp_min(cfg.log_floor).transpose(-1, -2)  # [.. M x T]
     y = wav.float()
     for _ in range(n_iter):
         spec = torch.stft(y, cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=True, return_complex=True)
-        n = min(spec.shape[1], target.shape[1])
-        present = (basis.T @ spec[:, :n].abs().square()).clamp_min(cfg.log_floor)
-        gain = (basis @ (target[:, :n] / present)) / weight.clamp_min(1e-8)
+        n = min(spec.shape[-1], target.shape[-1])
+        present = (basis.T @ spec[..., :n].abs().square()).clamp_min(cfg.log_floor)
+        gain = (basis @ (target[..., :n] / present)) / weight.clamp_min(1e-8)
         gain = torch.where(weight > 0, gain, torch.ones_like(gain)).clamp(1e-3, 1e3)
-        y = torch.istft(spec[:, :n] * gain.sqrt(), cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=True,
-                        length=y.numel())
+        y = torch.istft(spec[..., :n] * gain.sqrt(), cfg.n_fft, cfg.hop_length, cfg.n_fft, window, center=True,
+                        length=y.shape[-1])
     return y
 
 

@@ -59,7 +59,8 @@ $PY scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/tes
   --vocoder runs/demo/vocoder/hifigan.pt | tee "$EVAL/tts_test_world_vocoder.json"   # the Talker through it
 # a few held-out sentences voiced each way (the report links them), from true mels and from codec mels
 samples=$(sed -n 2,4p data/demo/tts/test_world.csv | cut -d, -f1 | sed 's|^|data/demo/tts/|')
-for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "griffinlim --griffin_lim"; do
+for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "generator_alone --ckpt runs/demo/vocoder/hifigan.pt --refine 0" \
+           "griffinlim --griffin_lim"; do
   set -- $how
   $PY -m omni.vocode "${@:2}" --out_dir "runs/demo/vocoder/samples/$1" $samples
   $PY -m omni.vocode "${@:2}" --codec runs/demo/talker --out_dir "runs/demo/vocoder/samples/$1_codec" $samples
