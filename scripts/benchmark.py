@@ -246,8 +246,10 @@ def _omni(config: str, device):
     return cfg, model.freeze(thinker=cfg.freeze.thinker, vision=cfg.freeze.vision, audio=cfg.freeze.audio)
 
 
-def omni_train(config: str, device, batch_size: int | None = None, text_tokens: int = 24, steps: int = 3) -> dict:
-    """Stage E optimizer steps on image-question rows: cached (frozen) image features, one image per row."""
+def omni_train(config: str, device, batch_size: int | None = None, text_tokens: int = 24, steps: int = 3,
+               answer_tokens: int = 3) -> dict:
+    """Stage E optimizer steps on image-question rows: cached (frozen) image features, one image per row, the
+    loss on the last `answer_tokens` (an answer and its end marker, as SFT's mask)."""
     from omni.models.omni import IMAGE_ID
     cfg, model = _omni(config, device)
     B, n_img = batch_size or cfg.batch_size, model.image_token_count
@@ -255,12 +257,14 @@ def omni_train(config: str, device, batch_size: int | None = None, text_tokens: 
     ids = torch.randint(20, model.cfg.thinker.vocab_size, (B, T), device=device)
     ids[:, 4:4 + n_img] = IMAGE_ID
     feats = torch.randn(B, n_img, model.cfg.vision.d_model, device=device)
+    targets = ids.clone()
+    targets[:, :-answer_tokens] = -100
     opt = build_optimizer(model, cfg.lr, cfg.wd, device)
     fwd = torch.compile(model, dynamic=True) if cfg.use_compile and device.type == "cuda" else model
 
     def step():
         with autocast_context(device, cfg.use_amp):
-            loss = fwd(ids, ids, image_feats=feats, return_logits=False)["loss"]
+            loss = fwd(ids, targets, image_feats=feats, return_logits=False)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -387,8 +391,9 @@ def vocoder_train(config: str, device, batch_size: int | None = None, steps: int
 
 
 def vocoder_synthesis(config: str, device, seconds: float = 4.0) -> dict:
-    """Real-time factor of voicing `seconds` of mel frames (one utterance), against Griffin-Lim (32 iterations)."""
-    from omni.audio import GriffinLim
+    """Real-time factor of voicing `seconds` of mel frames (one utterance): the generator, the generator and its
+    `refine` mel-consistency rounds (what the artifact voices), and Griffin-Lim (32 iterations)."""
+    from omni.audio import GriffinLim, mel_refine
     cfg, model = _vocoder(config, device)
     gen = model.generator.eval()
     frames = int(seconds * cfg.features.sample_rate / cfg.features.hop_length) + 1
@@ -396,8 +401,10 @@ def vocoder_synthesis(config: str, device, seconds: float = 4.0) -> dict:
     gl = GriffinLim(cfg.features).to(device)
     with torch.no_grad():
         t_gen = timed(lambda: gen(mel), device, 1, 3)
+        t_ref = timed(lambda: mel_refine(gen(mel), mel, cfg.features, cfg.model.refine), device, 1, 3)
         t_gl = timed(lambda: gl(mel), device, 1, 3)
-    return {"rtf": t_gen / seconds, "griffin_lim_rtf": t_gl / seconds, "audio_s": seconds}
+    return {"rtf": t_gen / seconds, f"rtf refined ({cfg.model.refine})": t_ref / seconds,
+            "griffin_lim_rtf": t_gl / seconds, "audio_s": seconds}
 
 
 ROWS = {
