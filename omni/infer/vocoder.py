@@ -42,10 +42,11 @@ class Vocoder:
 
     @torch.no_grad()
     def __call__(self, logmel: torch.Tensor) -> torch.Tensor:
-        wav = self.generator(logmel.float().to(self.device)).cpu()
+        logmel = logmel.float().to(self.device)
+        wav = self.generator(logmel)
         if not torch.isfinite(wav).all() or wav.abs().max() == 0:
             raise RuntimeError(f"the vocoder {self.path} produced no signal from {tuple(logmel.shape)} mel frames")
-        wav = mel_refine(wav, logmel, self.features, self.refine)
+        wav = mel_refine(wav, logmel, self.features, self.refine).cpu()   # on the generator's device
         peak = wav.abs().max()
         return wav * (0.95 / peak) if peak > 0.95 else wav
 
