@@ -84,7 +84,8 @@ def export(args) -> dict:
         write_component(state, tmp / kind, args.dtype)
     from omni.tokenizer import Tokenizer
     tok = Tokenizer(model_proto=states["omni"]["tokenizer"].numpy().tobytes())
-    (tmp / "chat_template.json").write_text(json.dumps(ChatTemplate(tok).describe(), indent=1))
+    layout = states["omni"]["model_config"].get("chat_layout", "media_first")   # as omni.models.omni.OmniConfig
+    (tmp / "chat_template.json").write_text(json.dumps(ChatTemplate(tok, layout).describe(), indent=1))
     sources = {kind: {"path": str(p), "sha256": file_sha256(p)} for kind, p in parts.items()}
     sources["omni"]["trained_from"] = recorded
     manifest = write_manifest(tmp, args.dtype, sources)

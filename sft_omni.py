@@ -46,6 +46,7 @@ class SFTConfig(TrainConfig):
     vision_ckpt: str = "checkpoints/vision_tiny/vision.pt"            # Stage C; "" = no image input
     audio_enc_ckpt: str = "checkpoints/audio_enc_tiny/audio_enc.pt"   # Stage B; "" = no audio input
     system_prompt: str = ""            # a system turn added to every conversation without one (also in chat)
+    chat_layout: str = "media_first"   # a user turn's media before its text, or "text_first" (omni.chat)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     freeze: Freeze = field(default_factory=Freeze)
     projector_lr: float = 1e-3         # `lr` is the Thinker's; the log's lr is this one (after the schedule)
@@ -96,9 +97,12 @@ class OmniStage(Stage):
         self.parts = {k: self._artifact(k) for k in KIND}
         thinker, vision, audio = (self.parts[k] for k in ("thinker_ckpt", "vision_ckpt", "audio_enc_ckpt"))
         self.tok = thinker.tokenizer
-        self.template = ChatTemplate(self.tok)
+        try:
+            self.template = ChatTemplate(self.tok, cfg.chat_layout)
+        except ValueError as e:
+            raise ConfigError(f"chat_layout: {e}") from None
         self.model_cfg = OmniConfig(thinker.model.cfg, vision.model.cfg.vision if vision else None,
-                                    audio.model.cfg if audio else None, cfg.projector)
+                                    audio.model.cfg if audio else None, cfg.projector, cfg.chat_layout)
         self.mel = audio.features if audio else None
         try:  # a malformed row is an error naming its file and line
             self.train_examples = [ex for f in cfg.train_files for ex in read_sft(f, cfg.system_prompt)]

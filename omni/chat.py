@@ -11,8 +11,10 @@ tokenizer's reserved markers:
     <|im_end|>                                                           (no line breaks in the sequence)
     <|im_start|><|assistant|> answer<|im_end|>
 
-Media come first in their turn, images before audio; `<|image|>` / `<|audio|>` are placeholders, one per
-media token. Training learns every assistant turn's tokens and its closing <|im_end|> (`trained`); a prompt
+That is the "media_first" layout: media first in their turn, images before audio. In the "text_first" layout a
+user turn is its text, then its audio, then its images, so the image sits right before the assistant's turn:
+its tokens can read the question (attention is causal) and the answer finds them at a fixed distance whatever
+the question's length. `<|image|>` / `<|audio|>` are placeholders, one per media token. Training learns every assistant turn's tokens and its closing <|im_end|> (`trained`); a prompt
 for generation ends with `<|im_start|><|assistant|>` and generation stops at <|im_end|>.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from omni.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
+LAYOUTS = ("media_first", "text_first")
 
 
 @dataclass
@@ -63,8 +66,10 @@ def check_turns(turns: list[Turn], where: str, for_generation: bool = False) -> 
 
 
 class ChatTemplate:
-    def __init__(self, tok: Tokenizer):
-        self.tok = tok
+    def __init__(self, tok: Tokenizer, layout: str = "media_first"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"chat layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.tok, self.layout = tok, layout
         s = tok.special
         self.im_start, self.im_end = s["<|im_start|>"], s["<|im_end|>"]
         self.role = {"system": s["<|system|>"], "user": s["<|user|>"], "assistant": s["<|assistant|>"]}
@@ -81,17 +86,25 @@ class ChatTemplate:
             ids.extend(tokens)
             trained.extend([learn] * len(tokens))
 
-        for t in turns:
-            put([self.im_start, self.role[t.role]])
+        def images(t):
             for n in t.images:
                 put([self.image_start] + [self.image] * n + [self.image_end])
                 img_n.append(n)
+
+        def audio(t):
             for n in t.audio:
                 put([self.audio_start] + [self.audio] * n + [self.audio_end])
                 aud_n.append(n)
-            learn = t.role == "assistant"
-            put(self.tok.encode(t.content) if t.content else [], learn)
-            put([self.im_end], learn)
+
+        def text(t):
+            put(self.tok.encode(t.content) if t.content else [], t.role == "assistant")
+
+        parts = (images, audio, text) if self.layout == "media_first" else (text, audio, images)
+        for t in turns:
+            put([self.im_start, self.role[t.role]])
+            for part in parts:
+                part(t)
+            put([self.im_end], t.role == "assistant")
         if for_generation:
             put([self.im_start, self.role["assistant"]])
         return Rendered(ids, trained, img_n, aud_n)
@@ -100,9 +113,11 @@ class ChatTemplate:
         """The template as data (an export's chat_template.json): the layout and every marker's id."""
         names = ("<|im_start|>", "<|im_end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|image_start|>",
                  "<|image|>", "<|image_end|>", "<|audio_start|>", "<|audio|>", "<|audio_end|>")
-        return {"turn": "<|im_start|><|{role}|>{media}{content}<|im_end|>",
-                "media": "<|image_start|><|image|>*n<|image_end|> per image, then "
-                         "<|audio_start|><|audio|>*m<|audio_end|> per clip (user turns only)",
+        media = ("<|image_start|><|image|>*n<|image_end|> per image", "<|audio_start|><|audio|>*m<|audio_end|> per clip")
+        return {"layout": self.layout,
+                "turn": "<|im_start|><|{role}|>" + ("{media}{content}" if self.layout == "media_first" else
+                                                    "{content}{media}") + "<|im_end|>",
+                "media": " then ".join(media if self.layout == "media_first" else media[::-1]) + " (user turns only)",
                 "generation_prompt": "<|im_start|><|assistant|>", "stop": ["<|im_end|>", "eos"],
                 "roles": list(ROLES), "markers": {n: self.tok.special[n] for n in names}}
 

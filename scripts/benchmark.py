@@ -242,7 +242,7 @@ def _omni(config: str, device):
     thinker = load_config(TextConfig, part("thinker")).model
     vision = load_config(VisionConfig, part("vision")).model.vision
     audio = replace(load_config(AudioEncConfig, part("audio_enc")).model, vocab_size=30)
-    model = OmniModel(OmniConfig(thinker, vision, audio, cfg.projector)).to(device)
+    model = OmniModel(OmniConfig(thinker, vision, audio, cfg.projector, cfg.chat_layout)).to(device)
     return cfg, model.freeze(thinker=cfg.freeze.thinker, vision=cfg.freeze.vision, audio=cfg.freeze.audio)
 
 

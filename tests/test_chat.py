@@ -86,6 +86,8 @@ def test_export_layout_and_manifest(exported, runs):
             "talker/model.safetensors", "rvq_codec/config.json", "ocr/model.safetensors"} <= set(m["files"])
     assert set(m["sources"]) == {"omni", "talker", "rvq_codec", "ocr"} and m["dtype"] == "float32"
     assert not list(exported.rglob("*.pt"))
+    # an artifact from before the layout option has none stored: it was trained media first
+    assert json.loads((exported / "chat_template.json").read_text())["layout"] == "media_first"
 
 
 def test_exported_and_checkpoint_models_compute_the_same(exported, runs):

@@ -83,6 +83,9 @@ def sft_data(tmp_path_factory):
     return d
 
 
+REFERENCE = {"chat_layout": "text_first"}   # the reference run takes the layout that is not the default
+
+
 def sft_config(parts, data, save_dir, **over) -> str:
     cfg = {"save_dir": str(save_dir), "train_files": [str(data / "train.jsonl")], "val_file": str(data / "val.jsonl"),
            "thinker_ckpt": str(parts / "thinker.pt"), "vision_ckpt": str(parts / "vision.pt"),
@@ -163,9 +166,28 @@ def test_vision_layer_picks_an_earlier_block(parts):
         OmniModel(OmniConfig(t.model.cfg, v.model.cfg.vision, a.model.cfg, ProjectorConfig(4, True, vision_layer=3)))
 
 
-def test_training_and_generation_render_the_same_prefix(parts, sft_data):
+def test_layouts_order_a_user_turns_text_and_media(parts):
+    _, tok = tiny_model(parts)
+    turn = [Turn("user", "ab", images=[2], audio=[3]), Turn("assistant", "c")]
+    first, last = ChatTemplate(tok, "media_first"), ChatTemplate(tok, "text_first")
+    img, aud = [first.image_start, first.image, first.image, first.image_end], \
+        [first.audio_start] + [first.audio] * 3 + [first.audio_end]
+    head, text = [first.im_start, first.role["user"]], tok.encode("ab")
+    user = len(head) + len(img) + len(aud) + len(text) + 1
+    assert first.render(turn).ids[:user] == head + img + aud + text + [first.im_end]
+    r = last.render(turn)
+    assert r.ids[:user] == head + text + aud + img + [last.im_end]
+    assert r.image_counts == [2] and r.audio_counts == [3]
+    assert r.trained == first.render(turn).trained   # only the answer and its end marker, in either layout
+    assert last.describe()["layout"] == "text_first"
+    with pytest.raises(ValueError, match="layout"):
+        ChatTemplate(tok, "media_last")
+
+
+@pytest.mark.parametrize("layout", ["media_first", "text_first"])
+def test_training_and_generation_render_the_same_prefix(parts, sft_data, layout):
     model, tok = tiny_model(parts)
-    tpl = ChatTemplate(tok)
+    tpl = ChatTemplate(tok, layout)
     examples = read_sft(sft_data / "val.jsonl")
     media = load_media(examples, model, MelConfig(n_mels=16), "cpu", True, True, progress=False)
     for ex in examples:
@@ -244,7 +266,7 @@ def test_placeholders_and_media_must_agree(parts):
 @pytest.fixture(scope="module")
 def reference(parts, sft_data, tmp_path_factory):
     save = tmp_path_factory.mktemp("sft_ref") / "run"
-    r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, save)])
+    r = run_script(["sft_omni.py", "--config", sft_config(parts, sft_data, save, **REFERENCE)])
     assert r.returncode == 0, r.stderr[-3000:]
     return save
 
@@ -270,7 +292,7 @@ def test_trains_logs_validates_and_writes_a_loadable_omni_model(reference, sft_d
 
 def test_sigkill_then_rerun_is_bitwise_identical(parts, sft_data, reference, tmp_path):
     save = tmp_path / "run"
-    cmd = ["sft_omni.py", "--config", sft_config(parts, sft_data, save)]
+    cmd = ["sft_omni.py", "--config", sft_config(parts, sft_data, save, **REFERENCE)]
     assert kill_at(cmd, save, 7) < 16
     r = run_script(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -391,6 +413,7 @@ def test_chat_prompts_exactly_what_training_saw(reference, sft_data):
     """load_omni's prompt for a conversation = the training sequence's embeddings up to the assistant's turn."""
     from omni.infer.omni import load_omni
     omni = load_omni(reference)
+    assert omni.template.layout == "text_first" == omni.model.cfg.chat_layout   # the run's, kept in the artifact
     ex = next(e for e in read_sft(sft_data / "val.jsonl") if e.task == "spoken_colour")
     media = load_media([ex], omni.model, omni.mel, "cpu", True, True, progress=False)
     r = render(ex, omni.template, omni.model, media)

@@ -45,6 +45,7 @@ class OmniConfig:
     vision: ViTConfig | None = None
     audio: AudioEncoderConfig | None = None
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    chat_layout: str = "media_first"   # omni.chat.LAYOUTS; artifacts written before the option used media_first
 
 
 def image_features(vision: VisionEncoder, pixels: torch.Tensor, n_tokens: int, cls: bool,
