@@ -11,11 +11,12 @@ tokenizer's reserved markers:
     <|im_end|>                                                           (no line breaks in the sequence)
     <|im_start|><|assistant|> answer<|im_end|>
 
-That is the "media_first" layout: media first in their turn, images before audio. In the "text_first" layout a
-user turn is its text, then its audio, then its images, so the image sits right before the assistant's turn:
+That is the "media_first" layout: media first in their turn, images before audio. In the "text_first" layout
+a user turn is its text, then its audio, then its images, so the image sits right before the assistant's turn:
 its tokens can read the question (attention is causal) and the answer finds them at a fixed distance whatever
-the question's length. `<|image|>` / `<|audio|>` are placeholders, one per media token. Training learns every assistant turn's tokens and its closing <|im_end|> (`trained`); a prompt
-for generation ends with `<|im_start|><|assistant|>` and generation stops at <|im_end|>.
+the question's length. `<|image|>` / `<|audio|>` are placeholders, one per media token. Training learns every
+assistant turn's tokens and its closing <|im_end|> (`trained`); a prompt for generation ends with
+`<|im_start|><|assistant|>` and generation stops at <|im_end|>.
 """
 from __future__ import annotations
 
@@ -113,11 +114,13 @@ class ChatTemplate:
         """The template as data (an export's chat_template.json): the layout and every marker's id."""
         names = ("<|im_start|>", "<|im_end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|image_start|>",
                  "<|image|>", "<|image_end|>", "<|audio_start|>", "<|audio|>", "<|audio_end|>")
-        media = ("<|image_start|><|image|>*n<|image_end|> per image", "<|audio_start|><|audio|>*m<|audio_end|> per clip")
+        first = self.layout == "media_first"
+        media = ("<|image_start|><|image|>*n<|image_end|> per image",
+                 "<|audio_start|><|audio|>*m<|audio_end|> per clip")
         return {"layout": self.layout,
-                "turn": "<|im_start|><|{role}|>" + ("{media}{content}" if self.layout == "media_first" else
-                                                    "{content}{media}") + "<|im_end|>",
-                "media": " then ".join(media if self.layout == "media_first" else media[::-1]) + " (user turns only)",
+                "turn": "<|im_start|><|{role}|>" + ("{media}{content}" if first else "{content}{media}") +
+                        "<|im_end|>",
+                "media": " then ".join(media if first else media[::-1]) + " (user turns only)",
                 "generation_prompt": "<|im_start|><|assistant|>", "stop": ["<|im_end|>", "eos"],
                 "roles": list(ROLES), "markers": {n: self.tok.special[n] for n in names}}
 

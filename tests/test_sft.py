@@ -182,6 +182,9 @@ def test_layouts_order_a_user_turns_text_and_media(parts):
     assert last.describe()["layout"] == "text_first"
     with pytest.raises(ValueError, match="layout"):
         ChatTemplate(tok, "media_last")
+    t, v, a = (load_artifact(parts / f) for f in ("thinker.pt", "vision.pt", "audio_enc.pt"))
+    with pytest.raises(ValueError, match="chat_layout"):   # a stored config with an unknown layout never loads
+        OmniModel(OmniConfig(t.model.cfg, v.model.cfg.vision, a.model.cfg, chat_layout="media_last"))
 
 
 @pytest.mark.parametrize("layout", ["media_first", "text_first"])

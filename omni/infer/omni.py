@@ -110,6 +110,6 @@ def load_omni(path: str | Path, device="cpu") -> Omni:
     """A Stage E artifact (omni_final.pt, or the save_dir holding it) ready to talk to."""
     a = load_artifact(path, "omni", device)
     mel = a.features
-    return Omni(a.model, a.tokenizer, ChatTemplate(a.tokenizer, a.model.cfg.chat_layout), mel, a.config.get("system_prompt", ""),
-                torch.device(device))
+    return Omni(a.model, a.tokenizer, ChatTemplate(a.tokenizer, a.model.cfg.chat_layout), mel,
+                a.config.get("system_prompt", ""), torch.device(device))
 

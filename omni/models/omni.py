@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from omni.chat import LAYOUTS
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, padding_mask
 from omni.models.thinker import Thinker, ThinkerConfig
 from omni.models.vision import ViTConfig, VisionEncoder
@@ -101,6 +102,8 @@ class OmniModel(nn.Module):
         if cfg.vision is not None and not -cfg.vision.n_layers <= p.vision_layer < cfg.vision.n_layers:
             raise ValueError(f"projector.vision_layer {p.vision_layer} is outside the ViT's {cfg.vision.n_layers} "
                              f"blocks")
+        if cfg.chat_layout not in LAYOUTS:
+            raise ValueError(f"chat_layout must be one of {', '.join(LAYOUTS)}, got {cfg.chat_layout!r}")
         if p.audio_stack < 1:
             raise ValueError(f"projector.audio_stack must be >= 1, got {p.audio_stack}")
         self.thinker = Thinker(cfg.thinker)
