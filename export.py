@@ -23,6 +23,7 @@ from pathlib import Path
 from omni.artifacts import KINDS, check_entries, file_sha256, read_checkpoint
 from omni.chat import ChatTemplate
 from omni.export import DTYPES, write_component, write_manifest
+from omni.models.omni import OmniConfig
 
 
 def _artifact_file(path: str, kind: str) -> Path:
@@ -84,7 +85,7 @@ def export(args) -> dict:
         write_component(state, tmp / kind, args.dtype)
     from omni.tokenizer import Tokenizer
     tok = Tokenizer(model_proto=states["omni"]["tokenizer"].numpy().tobytes())
-    layout = states["omni"]["model_config"].get("chat_layout", "media_first")   # as omni.models.omni.OmniConfig
+    layout = states["omni"]["model_config"].get("chat_layout", OmniConfig.chat_layout)  # older artifacts: none
     (tmp / "chat_template.json").write_text(json.dumps(ChatTemplate(tok, layout).describe(), indent=1))
     sources = {kind: {"path": str(p), "sha256": file_sha256(p)} for kind, p in parts.items()}
     sources["omni"]["trained_from"] = recorded
