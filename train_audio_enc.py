@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from omni.audio import LogMel, MelConfig, freq_warp, spec_augment
+from omni.audio import LogMel, MelConfig, freq_warp, spec_augment, time_stretch
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.speech import FeatureCache, SpeechBatches, measure, read_manifest
 from omni.infer.asr import evaluate_utterances
@@ -49,6 +49,7 @@ class AudioEncConfig(TrainConfig):
     time_mask_width: int = 40           # frames, at most ...
     time_mask_frac: float = 0.1         # ... and at most this fraction of the utterance
     freq_warp: float = 0.0              # vocal tract length perturbation: mel axis stretched by 1 ± this at most
+    time_stretch: float = 0.0           # tempo perturbation: time axis stretched by 1 ± this at most
     features: MelConfig = field(default_factory=MelConfig)
     model: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
 
@@ -62,6 +63,9 @@ def augment(feats, rng, cfg: AudioEncConfig):
     per-batch rng, so a resumed run augments identically. Module-level, so DataLoader workers can pickle it."""
     if cfg.freq_warp > 0:
         feats = freq_warp(feats, rng, cfg.freq_warp)
+    if cfg.time_stretch > 0:
+        stretched = time_stretch(feats, rng, cfg.time_stretch)
+        feats = stretched if len(stretched) <= cfg.max_mel_length else feats   # never cut into the labels
     if cfg.spec_augment:
         feats = spec_augment(feats, rng, cfg.freq_masks, cfg.freq_mask_width, cfg.time_masks,
                              cfg.time_mask_width, cfg.time_mask_frac)

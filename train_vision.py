@@ -9,6 +9,10 @@ embedding over the Thinker's tokenizer — or a tokenizer trained on the caption
 are decoded once into a pixel cache and jittered with caption-safe augmentations. Validation reports
 image→text and text→image retrieval over the whole split and within random groups of 32. The final
 `vision.pt` holds the ViT, both projections, the text side (with the frozen Thinker) and the tokenizer.
+With `model.caption.n_layers > 0` a caption decoder over the ViT's tokens trains beside the contrastive loss
+(`caption_weight`); it is kept in `vision.pt` (scripts/evaluate.py vision reports its captions).
+Validation also fits linear probes of the shape, colour and count at each place on the pooled tokens Stage E
+reads (`probe_scenes` training scenes, scored on each held-out world split: omni.probe).
 Under DDP each rank contrasts its own micro-batch (negatives are not gathered across ranks).
 """
 from __future__ import annotations
@@ -24,7 +28,9 @@ from omni.artifacts import load_artifact
 from omni.config import TrainConfig, to_dict
 from omni.data.images import AugmentConfig, CaptionedImages, ImageSource, read_manifest
 from omni.metrics import clip_metrics
+from omni.models.omni import image_features
 from omni.models.vision import ClipConfig, ClipModel
+from omni.probe import pick_scenes, probe_images, scene_labels
 from omni.tokenizer import EOS, Tokenizer, train_tokenizer
 from omni.train import dist
 from omni.train.engine import Stage, run
@@ -46,6 +52,9 @@ class VisionConfig(TrainConfig):
     retrieval_group: int = 32                 # i2t_top1_in32: top-1 among this many random pairs
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     hard_negatives: bool = True               # train rows' "negatives" captions as extra wrong texts (NegCLIP)
+    caption_weight: float = 1.0               # the caption decoder's loss beside the contrastive one (if any)
+    probe_scenes: int = 600                   # world training scenes the validation probes fit on (0: none)
+    probe_tokens: int = 9                     # pooled patch tokens (+ CLS) they read, as Stage E does
     model: ClipConfig = field(default_factory=ClipConfig)
 
 
@@ -62,12 +71,13 @@ class Split:
     pixels: np.ndarray | None = None
     negatives: list | None = None       # per row: caption ids of its hard negatives
     caption_tokens: list | None = None  # per caption id: token ids (None = too long)
+    texts: list | None = None           # per row: the caption
 
     def subset(self, keep: np.ndarray) -> "Split":
         idx = np.flatnonzero(keep)
         return Split(self.images, self.image_index[idx], [self.tokens[i] for i in idx], self.caption_ids[idx],
                      self.features, negatives=[self.negatives[i] for i in idx] if self.negatives else None,
-                     caption_tokens=self.caption_tokens)
+                     caption_tokens=self.caption_tokens, texts=[self.texts[i] for i in idx])
 
 
 class VisionStage(Stage):
@@ -109,6 +119,19 @@ class VisionStage(Stage):
                           f"and step)")
         self.log.info(f"images: {len(self.train_set.tokens):,} train; " +
                       ", ".join(f"{len(s.tokens):,} {name}" for name, s in self.val_sets.items()))
+        self.probe_train = self._probe_scenes()
+
+    def _probe_scenes(self) -> tuple[np.ndarray, dict] | None:
+        """(pixels, labels) of the first `probe_scenes` distinct world scenes of the training set, or None
+        when there are none (COCO) or probing is off."""
+        s, n = self.train_set, self.cfg.probe_scenes
+        picked = [i for i in pick_scenes(s.image_index.tolist(), s.texts, n)
+                  if s.images.get(int(s.image_index[i])) is not None]   # an unreadable image is left out
+        if n <= 0 or len(picked) < min(n, 100):
+            return None
+        self.log.info(f"probes: fit on {len(picked)} training scenes, {self.cfg.probe_tokens} pooled tokens + CLS")
+        return (np.stack([s.images.get(int(s.image_index[i])) for i in picked]),
+                scene_labels([s.texts[i] for i in picked]))
 
     def _tokenizer(self) -> Tokenizer:
         """The Thinker's tokenizer.model beside thinker_ckpt; else one trained on the captions (kept in
@@ -175,7 +198,8 @@ class VisionStage(Stage):
         features = self._thinker_features(encoded, max_len) if self.thinker is not None else None
         return Split(images, np.array([where[p] for p, _, _ in rows]), tokens,
                      np.array([index[c] for _, c, _ in rows]), features,
-                     negatives=negatives if any(negatives) else None, caption_tokens=fits)
+                     negatives=negatives if any(negatives) else None, caption_tokens=fits,
+                     texts=[c for _, c, _ in rows])
 
     @torch.no_grad()
     def _thinker_features(self, encoded: list[list[int]], max_len: int, batch: int = 256) -> torch.Tensor:
@@ -196,7 +220,8 @@ class VisionStage(Stage):
 
     def build_model(self):
         text = dataclasses.replace(self.cfg.model.text, vocab_size=self.tok.vocab_size)
-        self.model_cfg = dataclasses.replace(self.cfg.model, text=text)
+        caption = dataclasses.replace(self.cfg.model.caption, vocab_size=self.tok.vocab_size)
+        self.model_cfg = dataclasses.replace(self.cfg.model, text=text, caption=caption)
         model = ClipModel(self.model_cfg, self.thinker)
         if self.thinker is not None:
             f = self.train_set.features
@@ -209,9 +234,16 @@ class VisionStage(Stage):
                                cfg.augment, s.features, negatives=s.negatives, caption_tokens=s.caption_tokens)
 
     def loss(self, model, batch):
+        B, p = batch["images"].shape[0], self.cfg.model.caption.parallel
+        parallel = torch.rand(B) < p if p > 0 else None   # the global RNG: checkpointed, so resume is exact
         out = model(batch["images"], batch["ids"], batch["mask"], batch.get("features"), batch.get("neg_ids"),
-                    batch.get("neg_mask"), batch.get("neg_features"))
-        return out["loss"], {"logit_scale": out["scale"]}, batch["images"].shape[0]
+                    batch.get("neg_mask"), batch.get("neg_features"),
+                    parallel.to(batch["ids"].device) if parallel is not None else None)
+        if "caption_loss" not in out:
+            return out["loss"], {"logit_scale": out["scale"]}, B
+        loss = out["loss"] + self.cfg.caption_weight * out["caption_loss"]
+        return loss, {"clip_loss": out["loss"].detach(), "caption_loss": out["caption_loss"].detach(),
+                      "logit_scale": out["scale"]}, B
 
     @torch.no_grad()
     def validate(self, model):
@@ -222,8 +254,17 @@ class VisionStage(Stage):
                              cfg.retrieval_group, features=s.features)
             prefix = "" if name == "val" else f"{name}/"
             metrics.update({f"{prefix}{k}": v for k, v in m.items()})
+            if self.probe_train is not None and (labels := scene_labels(s.texts)) is not None:
+                metrics.update({f"{prefix}probe_{k}": v for k, v in self._probe(model, s.pixels, labels).items()})
         metrics["logit_scale"] = float(model.scale())
         return metrics
+
+    def _probe(self, model, pixels: np.ndarray, labels: dict) -> dict:
+        """Probe accuracies of the pooled ViT tokens (omni.probe) on a held-out world split."""
+        cfg = self.cfg
+        encode = lambda x: image_features(model.vision, x, cfg.probe_tokens, cls=True).flatten(1)  # noqa: E731
+        return probe_images(encode, *self.probe_train, pixels, labels, cfg.val_batch_size,
+                            next(model.parameters()).device)
 
     def artifact(self, model):
         return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 import torchaudio
 
 
@@ -123,6 +124,15 @@ def freq_warp(x: torch.Tensor, rng: np.random.Generator, max_warp: float = 0.1) 
     hi = (lo + 1).clamp(max=F - 1)
     frac = src - lo
     return x[:, lo] * (1 - frac) + x[:, hi] * frac
+
+
+def time_stretch(x: torch.Tensor, rng: np.random.Generator, max_stretch: float = 0.1) -> torch.Tensor:
+    """Tempo perturbation in the feature domain (after Ko et al. 2015's speed perturbation): the time axis
+    resampled by a factor in [1 - max_stretch, 1 + max_stretch], as a faster or slower speaker would say it.
+    x: Tensor[frames x n_mels]; draws only from `rng`."""
+    rate = float(rng.uniform(1 - max_stretch, 1 + max_stretch))
+    T = max(1, round(x.shape[0] * rate))
+    return F.interpolate(x.t()[None].float(), size=T, mode="linear", align_corners=False)[0].t().to(x.dtype)
 
 
 def spec_augment(x: torch.Tensor, rng: np.random.Generator, freq_masks: int = 2, freq_width: int = 27,

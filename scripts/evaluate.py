@@ -41,10 +41,14 @@ def eval_text(args) -> dict:
 
 def eval_vision(args) -> dict:
     """Image↔text retrieval over the whole manifest (duplicate captions count as one text; see
-    omni.metrics.retrieval_metrics), plus top-1 within random groups of 32 and the whole-split loss."""
+    omni.metrics.retrieval_metrics), plus top-1 within random groups of 32 and the whole-split loss. For world
+    scenes also the linear probes of omni.probe (fit on the first scenes of --probe_train, by default the
+    run's training manifest) and, where the model has a caption decoder, its greedy captions scored by exact
+    match and word F1."""
     import numpy as np
     from omni.data.images import decode_image, read_manifest
     from omni.metrics import clip_metrics
+    from omni.probe import scene_labels
     from omni.tokenizer import EOS
 
     device = resolve_device(args.device)
@@ -66,10 +70,48 @@ def eval_vision(args) -> dict:
     if not pixels:
         raise ValueError(f"{args.data}: no usable rows")
     index = {c: i for i, c in enumerate(sorted(set(captions)))}
+    pixels = np.stack(pixels)
     with torch.no_grad():
-        m = clip_metrics(model, np.stack(pixels), tokens, [index[c] for c in captions], device,
-                         args.batch_size)
+        m = clip_metrics(model, pixels, tokens, [index[c] for c in captions], device, args.batch_size)
+    if (labels := scene_labels(captions)) is not None:
+        m.update(_vision_probe(args, model, a.config, labels, pixels, device))
+    if model.captioner is not None:
+        hyps = [tok.decode(ids) for i in range(0, len(pixels), args.batch_size) for ids in
+                model.describe(torch.from_numpy(pixels[i:i + args.batch_size]).to(device).float() / 255.0)]
+        m["caption_exact"] = float(np.mean([" ".join(h.split()) == c for h, c in zip(hyps, captions)]))
+        m["caption_word_f1"] = float(np.mean([word_f1(c, h) for h, c in zip(hyps, captions)]))
+        m["caption_examples"] = [{"caption": c, "described": h} for c, h in list(zip(captions, hyps))[:3]]
     return {**m, "skipped": skipped, "ckpt": str(args.ckpt), "data": str(args.data)}
+
+
+def _vision_probe(args, model, run_config: dict, labels: dict, pixels, device) -> dict:
+    """omni.probe's accuracies on these scenes, fit on the first probe_scenes of the training manifest."""
+    from omni.data.images import decode_image, read_manifest
+    from omni.models.omni import image_features
+    from omni.probe import pick_scenes, probe_images
+
+    train = args.probe_train or run_config.get("train_file", "")
+    n, n_tokens = run_config.get("probe_scenes", 600) or 600, run_config.get("probe_tokens", 9)
+    if not train or not Path(train).exists():
+        print(f"no probe: the training manifest {train!r} is not here (--probe_train)", file=sys.stderr)
+        return {}
+    rows = read_manifest(train)
+    picked = pick_scenes([p for p, _ in rows], [c for _, c in rows], n)
+    size = model.cfg.vision.image_size
+    train_pixels = [decode_image(rows[i][0], size) for i in picked]
+    keep = [i for i, px in zip(picked, train_pixels) if px is not None]
+    encode = lambda x: image_features(model.vision, x, n_tokens, cls=True).flatten(1)  # noqa: E731
+    acc = probe_images(encode, np.stack([px for px in train_pixels if px is not None]),
+                       scene_labels([rows[i][1] for i in keep]), pixels, labels, args.batch_size, device)
+    return {**{f"probe_{k}": v for k, v in acc.items()}, "probe_train_scenes": len(keep)}
+
+
+def word_f1(ref: str, hyp: str) -> float:
+    """Bag-of-words F1 of a hypothesis against a reference (SQuAD's token F1)."""
+    from collections import Counter
+    r, h = Counter(ref.split()), Counter(hyp.split())
+    common = sum((r & h).values())
+    return 0.0 if not common else 2 * common / (sum(r.values()) + sum(h.values()))
 
 
 def eval_asr(args) -> dict:
@@ -256,6 +298,8 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="tts: sampling temperature (0 = greedy)")
     p.add_argument("--top_k", type=int, default=20, help="tts: sample among the k likeliest codes")
     p.add_argument("--max_new_tokens", type=int, default=48, help="sft: longest reply")
+    p.add_argument("--probe_train", default="", help="vision: the manifest the probes fit on (default: the run's "
+                                                     "train_file)")
     p.add_argument("--samples", type=int, default=0, help="sft: also print the first N replies beside the answers")
     args = p.parse_args(argv)
     try:

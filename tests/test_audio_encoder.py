@@ -94,7 +94,7 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
 
 
 def test_augmentations_draw_only_from_the_given_rng():
-    from omni.audio import freq_warp, spec_augment
+    from omni.audio import freq_warp, spec_augment, time_stretch
     x = torch.zeros(50, 128)
     x[:, 40] = 1.0
     alpha = np.random.default_rng(0).uniform(0.9, 1.1)
@@ -103,6 +103,12 @@ def test_augmentations_draw_only_from_the_given_rng():
     a = spec_augment(torch.randn(200, 128, generator=torch.Generator().manual_seed(0)), np.random.default_rng(5))
     b = spec_augment(torch.randn(200, 128, generator=torch.Generator().manual_seed(0)), np.random.default_rng(5))
     assert torch.equal(a, b) and (a == 0).any()
+    # tempo: an event at frame 100 of 200 stays mid-utterance, in an utterance 1 ± 0.2 times as long
+    x = torch.zeros(200, 8)
+    x[100] = 1.0
+    rate = np.random.default_rng(3).uniform(0.8, 1.2)
+    s = time_stretch(x, np.random.default_rng(3), 0.2)
+    assert s.shape == (round(200 * rate), 8) and abs(int(s[:, 0].argmax()) - 100 * rate) <= 1
 
 
 # --- model ---------------------------------------------------------------------------------------------

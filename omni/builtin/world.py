@@ -297,6 +297,21 @@ def answer(scene: Scene, question: str) -> str | None:
     return None
 
 
+_OBJECT_RE = re.compile(rf"an? (\w+) (\w+) (\w+) ({_POS_RE})")
+
+
+def parse_caption(text: str) -> tuple[Obj, ...] | None:
+    """The objects a canonical world caption names ("a small red circle on the left and ..."), or None when
+    the text is not one (an emoji caption, a COCO caption). The inverse of `caption`, offsets aside."""
+    objs = []
+    for phrase in text.split(" and "):
+        m = _OBJECT_RE.fullmatch(phrase)
+        if not m or m[1] not in SIZES or m[2] not in COLOURS or m[3] not in SHAPES:
+            return None
+        objs.append(Obj(shape=m[3], colour=m[2], size=m[1], position=_PHRASE_POSITION[m[4]]))
+    return tuple(objs)
+
+
 def document(scene: Scene, rng: np.random.Generator, n_questions: int = 3) -> str:
     """A text document grounding questions in a caption: "<caption>. <q>? <a>. ... <statement>."
     (answers-in-context for the text LM: it learns to read the answer off the caption)."""

@@ -1,5 +1,6 @@
-"""Building blocks shared by the models: RMSNorm, RoPE, attention through SDPA, SwiGLU, MoE, and convolutions
-over time that torch.compile leaves out of its graphs."""
+"""Building blocks shared by the models: RMSNorm, RoPE, attention through SDPA (self and cross), SwiGLU, MoE,
+the encoder and cross-attending decoder blocks, and convolutions over time that torch.compile leaves out of
+its graphs."""
 from __future__ import annotations
 
 import math
@@ -221,4 +222,46 @@ class EncoderBlock(nn.Module):
     def forward(self, x, key_padding_mask=None):
         """x: Tensor[B x T x d]; key_padding_mask: Bool[B x T], True where a position is real."""
         x = x + self.drop(self.attn(self.attn_norm(x), key_padding_mask=key_padding_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class CrossAttention(nn.Module):
+    """Queries from a decoder, keys and values from encoder states (computed once per input: `memory_kv`)."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory: Tensor[B x S x d] → (k, v), each Tensor[B x heads x S x head_dim]."""
+        B, S, _ = memory.shape
+        k, v = self.kv(memory).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, kv, memory_mask: torch.Tensor | None = None):
+        """x: Tensor[B x T x d]; memory_mask: Bool[B x S], True on real memory positions (None: all are)."""
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        mask = memory_mask[:, None, None, :] if memory_mask is not None else None
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class CrossDecoderBlock(nn.Module):
+    """Causal RoPE self-attention (with a KV cache), cross-attention to encoder states, SwiGLU; pre-norm.
+    The OCR decoder and Stage C's caption decoder."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0):
+        super().__init__()
+        self.self_norm, self.self_attn = RMSNorm(d_model), Attention(d_model, n_heads, dropout=0.0)
+        self.cross_norm, self.cross_attn = RMSNorm(d_model), CrossAttention(d_model, n_heads)
+        self.mlp_norm, self.mlp = RMSNorm(d_model), SwiGLU(d_model, d_ff)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, cos, sin, kv, memory_mask=None, cache=None, layer=0):
+        x = x + self.drop(self.self_attn(self.self_norm(x), cos, sin, cache, layer))
+        x = x + self.drop(self.cross_attn(self.cross_norm(x), kv, memory_mask))
         return x + self.drop(self.mlp(self.mlp_norm(x)))

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omni.models.audio_encoder import padding_mask, sinusoids
-from omni.models.layers import Attention, EncoderBlock, KVCache, RMSNorm, SwiGLU, rope_tables
+from omni.models.layers import CrossDecoderBlock, EncoderBlock, KVCache, RMSNorm, rope_tables
 
 
 @dataclass
@@ -89,43 +89,6 @@ class LineCNN(nn.Module):
         return self.fold(x).squeeze(2).transpose(1, 2), widths
 
 
-class CrossAttention(nn.Module):
-    """Queries from the decoder, keys and values from the encoder frames (computed once per line: `memory_kv`)."""
-
-    def __init__(self, d_model: int, n_heads: int):
-        super().__init__()
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.q = nn.Linear(d_model, d_model, bias=False)
-        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
-
-    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, S, _ = memory.shape
-        k, v = self.kv(memory).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return k, v
-
-    def forward(self, x, kv, memory_mask):
-        B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=memory_mask[:, None, None, :])
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
-
-
-class DecoderBlock(nn.Module):
-    def __init__(self, cfg: OCRConfig):
-        super().__init__()
-        d = cfg.d_model
-        self.self_norm, self.self_attn = RMSNorm(d), Attention(d, cfg.n_heads, dropout=0.0)
-        self.cross_norm, self.cross_attn = RMSNorm(d), CrossAttention(d, cfg.n_heads)
-        self.mlp_norm, self.mlp = RMSNorm(d), SwiGLU(d, cfg.d_ff)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x, cos, sin, kv, memory_mask, cache=None, layer=0):
-        x = x + self.drop(self.self_attn(self.self_norm(x), cos, sin, cache, layer))
-        x = x + self.drop(self.cross_attn(self.cross_norm(x), kv, memory_mask))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
-
-
 class OCRModel(nn.Module):
     def __init__(self, cfg: OCRConfig):
         super().__init__()
@@ -139,7 +102,8 @@ class OCRModel(nn.Module):
         self.enc_norm = RMSNorm(cfg.d_model)
         self.ctc_head = nn.Linear(cfg.d_model, cfg.vocab_size - 2)   # blank + characters
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_layers))
+        self.blocks = nn.ModuleList(CrossDecoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout)
+                                    for _ in range(cfg.dec_layers))
         self.dec_norm = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.max_len = cfg.max_text_length + 2

@@ -9,6 +9,10 @@
 The text side is either the frozen Thinker (its hidden states, standardised, SPEC §6's default) or a
 trainable token embedding with learned positions; either way a few non-causal blocks and a masked mean pool
 follow, so the text side can learn which colour goes with which shape even over frozen features.
+With `caption.n_layers > 0` a small caption decoder cross-attends to the ViT's CLS and patch tokens and
+writes the caption (CapPa, Tschannen et al. 2023; SigLIP 2's LocCa): captions name each object's shape,
+colour and place, so this loss falls only where the patch tokens carry what sits at each place — the dense
+features Stage E reads, which the contrastive loss on the CLS alone does not give.
 SFT takes `clip.vision` (CLS and patch tokens, d_model wide) and `preprocess` for its images.
 """
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from omni.models.layers import EncoderBlock, RMSNorm
+from omni.models.layers import CrossDecoderBlock, EncoderBlock, RMSNorm, rope_tables
 from omni.models.thinker import Thinker
+from omni.tokenizer import BOS, EOS
 
 # Pixels are scaled to [-1, 1] inside the encoder, so every caller feeds plain [0, 1] images.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
@@ -54,9 +59,22 @@ class TextSideConfig:
 
 
 @dataclass
+class CaptionDecoderConfig:
+    """The caption decoder (a training aid for dense features); n_layers 0 = none, contrastive only."""
+    n_layers: int = 0
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int = 384
+    parallel: float = 0.0        # CapPa: share of rows whose decoder input is mask tokens only, so every
+                                 # caption token must come from the image (0: all autoregressive)
+    vocab_size: int = 0          # 0 = the tokenizer's size, filled in at build
+
+
+@dataclass
 class ClipConfig:
     vision: ViTConfig = field(default_factory=ViTConfig)
     text: TextSideConfig = field(default_factory=TextSideConfig)
+    caption: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)
     embed_dim: int = 128                 # the shared space both towers project into
     init_temperature: float = 0.07       # CLIP: logit scale starts at 1/0.07 ...
     max_logit_scale: float = 100.0       # ... and is clamped here, or it runs away and training goes unstable
@@ -203,6 +221,65 @@ class TextTower(nn.Module):
         return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
 
+class CaptionDecoder(nn.Module):
+    """Writes an image's caption from its ViT tokens: causal blocks with RoPE self-attention and
+    cross-attention to the (projected) CLS + patch tokens, a head tied to the token embedding.
+    Token ids are the text side's (caption + EOS); BOS starts the input, and for the `parallel` share of rows
+    (training only) every input is BOS instead, so the whole caption is read off the image at once."""
+
+    def __init__(self, cfg: CaptionDecoderConfig, d_vision: int, max_len: int):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("caption.vocab_size must be set (the tokenizer's size)")
+        self.cfg = cfg
+        self.memory_proj = nn.Linear(d_vision, cfg.d_model, bias=False)
+        self.memory_norm = RMSNorm(cfg.d_model)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(CrossDecoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff)
+                                    for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        cos, sin = rope_tables(cfg.d_model // cfg.n_heads, max_len + 1, 10000.0)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        _init_weights(self, cfg.n_layers)
+
+    def forward(self, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                parallel: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: Tensor[B x N x d_vision] (CLS + patches); ids: Tensor[B x T] caption + EOS, right-padded;
+        mask: Bool[B x T] on real ids; parallel: Bool[B], rows decoded from BOS inputs only.
+        → logits Tensor[B x T x V], position t predicting ids[:, t]."""
+        memory = self.memory_norm(self.memory_proj(tokens))
+        inputs = torch.cat([torch.full_like(ids[:, :1], BOS), ids[:, :-1]], dim=1)
+        if parallel is not None:
+            inputs = inputs.masked_fill(parallel[:, None], BOS)
+        T = ids.shape[1]
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.embed(inputs)
+        for block in self.blocks:
+            x = block(x, cos, sin, block.cross_attn.memory_kv(memory))
+        return self.norm(x) @ self.embed.weight.t()
+
+    def loss(self, tokens, ids, mask, parallel=None) -> torch.Tensor:
+        """Mean cross-entropy over the real caption tokens."""
+        logits = self(tokens, ids, mask, parallel)
+        return F.cross_entropy(logits.float().flatten(0, 1), ids.masked_fill(~mask, -100).flatten())
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, max_len: int) -> list[list[int]]:
+        """Greedy captions of Tensor[B x N x d_vision] tokens → token ids per row (without EOS). Reruns the
+        prefix each step (captions are a few dozen tokens): this is for evaluation, not serving."""
+        ids = torch.zeros(tokens.shape[0], 0, dtype=torch.long, device=tokens.device)
+        done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for _ in range(max_len):
+            pad = torch.cat([ids, ids.new_zeros(len(ids), 1)], 1)   # the position to predict
+            nxt = self(tokens, pad, torch.ones_like(pad, dtype=torch.bool))[:, -1].argmax(-1)
+            ids = torch.cat([ids, nxt.masked_fill(done, EOS)[:, None]], 1)
+            done |= nxt == EOS
+            if done.all():
+                break
+        return [[i for i in row[:row.index(EOS) if EOS in row else len(row)]] for row in ids.tolist()]
+
+
 class ClipModel(nn.Module):
     """CLIP-style image–text model: ViT + text tower, each projected to embed_dim, one learnable logit scale."""
 
@@ -218,6 +295,8 @@ class ClipModel(nn.Module):
         # named logit_scale: the engine's optimizer keeps it out of weight decay. Shape [1], not 0-d: the
         # engine's DDP weight check views every tensor as bytes, which a 0-d tensor cannot do.
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1 / cfg.init_temperature)]))
+        self.captioner = (CaptionDecoder(cfg.caption, cfg.vision.d_model, cfg.text.max_len)
+                          if cfg.caption.n_layers > 0 else None)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images: Tensor[B x 3 x S x S] in [0, 1] → unit vectors Tensor[B x embed_dim]."""
@@ -232,14 +311,29 @@ class ClipModel(nn.Module):
         """exp(logit_scale) clamped at max_logit_scale: a 0-d tensor."""
         return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()[0]
 
-    def forward(self, images, ids, mask, features=None, neg_ids=None, neg_mask=None, neg_features=None) -> dict:
-        """→ {"loss": symmetric InfoNCE of the batch, "image", "text": Tensor[B x E], "scale": 0-d}. neg_*:
-        hard negative captions (N of them), extra wrong answers for every image (clip_loss)."""
-        img, txt = self.encode_image(images), self.encode_text(ids, mask, features)
+    def forward(self, images, ids, mask, features=None, neg_ids=None, neg_mask=None, neg_features=None,
+                parallel=None) -> dict:
+        """→ {"loss": symmetric InfoNCE of the batch, "image", "text": Tensor[B x E], "scale": 0-d, and with a
+        caption decoder "caption_loss"}. neg_*: hard negative captions (N of them), extra wrong answers for
+        every image (clip_loss). parallel: Bool[B], the caption decoder's parallel-prediction rows."""
+        cls, patches = self.vision(images)
+        img = F.normalize(self.image_proj(cls), dim=-1)
+        txt = self.encode_text(ids, mask, features)
         neg = self.encode_text(neg_ids, neg_mask, neg_features) if neg_ids is not None else None
         scale = self.scale()
-        return {"loss": clip_loss(img, txt, scale, neg), "image": img, "text": txt,
-                "scale": scale.detach()}
+        out = {"loss": clip_loss(img, txt, scale, neg), "image": img, "text": txt, "scale": scale.detach()}
+        if self.captioner is not None:
+            tokens = torch.cat([cls[:, None], patches], dim=1)
+            out["caption_loss"] = self.captioner.loss(tokens, ids, mask, parallel)
+        return out
+
+    @torch.no_grad()
+    def describe(self, images: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
+        """Greedy captions (token ids) of Tensor[B x 3 x S x S] images, by the caption decoder."""
+        if self.captioner is None:
+            raise ValueError("this vision model has no caption decoder (model.caption.n_layers is 0)")
+        cls, patches = self.vision(images)
+        return self.captioner.generate(torch.cat([cls[:, None], patches], dim=1), max_len or self.cfg.text.max_len)
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
