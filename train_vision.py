@@ -31,7 +31,7 @@ from omni.metrics import clip_metrics
 from omni.models.omni import image_features
 from omni.models.vision import ClipConfig, ClipModel
 from omni.probe import pick_scenes, probe_images, scene_labels
-from omni.tokenizer import EOS, Tokenizer, train_tokenizer
+from omni.tokenizer import BOS, EOS, UNK, Tokenizer, train_tokenizer
 from omni.train import dist
 from omni.train.engine import Stage, run
 
@@ -220,9 +220,13 @@ class VisionStage(Stage):
 
     def build_model(self):
         text = dataclasses.replace(self.cfg.model.text, vocab_size=self.tok.vocab_size)
-        caption = dataclasses.replace(self.cfg.model.caption, vocab_size=self.tok.vocab_size)
+        vocab = sorted({t for ids in self.train_set.tokens if ids for t in ids} | {BOS, EOS, UNK})
+        caption = dataclasses.replace(self.cfg.model.caption, vocab_size=len(vocab))
         self.model_cfg = dataclasses.replace(self.cfg.model, text=text, caption=caption)
         model = ClipModel(self.model_cfg, self.thinker)
+        if model.captioner is not None:
+            model.captioner.set_vocab(vocab)
+            self.log.info(f"caption decoder: writes the {len(vocab)} tokens of the training captions")
         if self.thinker is not None:
             f = self.train_set.features
             model.text.set_feature_stats(f, f.abs().sum(-1) > 0)  # zero rows are padding past a caption's end

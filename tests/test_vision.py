@@ -398,6 +398,7 @@ def test_caption_decoder_learns_and_the_probes_run(image_data, tmp_path):
     model = load_artifact(save / "vision.pt", "vision").model
     out = model.describe(torch.rand(2, 3, 32, 32), max_len=6)
     assert len(out) == 2 and all(len(ids) <= 6 for ids in out)
+    assert set(sum(out, [])) <= set(model.captioner.token_ids.tolist())   # tokenizer ids it was built with
 
 
 def test_probe_reads_what_features_hold_and_nothing_else():

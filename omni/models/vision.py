@@ -28,7 +28,7 @@ from PIL import Image
 
 from omni.models.layers import CrossDecoderBlock, EncoderBlock, RMSNorm, rope_tables
 from omni.models.thinker import Thinker
-from omni.tokenizer import BOS, EOS
+from omni.tokenizer import BOS, EOS, UNK
 
 # Pixels are scaled to [-1, 1] inside the encoder, so every caller feeds plain [0, 1] images.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
@@ -67,7 +67,8 @@ class CaptionDecoderConfig:
     d_ff: int = 384
     parallel: float = 0.0        # CapPa: share of rows whose decoder input is mask tokens only, so every
                                  # caption token must come from the image (0: all autoregressive)
-    vocab_size: int = 0          # 0 = the tokenizer's size, filled in at build
+    vocab_size: int = 0          # the tokens it writes: those of the training captions (filled in at build;
+                                 # the head over them costs a tenth of one over the whole tokenizer)
 
 
 @dataclass
@@ -224,8 +225,10 @@ class TextTower(nn.Module):
 class CaptionDecoder(nn.Module):
     """Writes an image's caption from its ViT tokens: causal blocks with RoPE self-attention and
     cross-attention to the (projected) CLS + patch tokens, a head tied to the token embedding.
-    Token ids are the text side's (caption + EOS); BOS starts the input, and for the `parallel` share of rows
-    (training only) every input is BOS instead, so the whole caption is read off the image at once."""
+    Token ids are the text side's (caption + EOS), mapped to the decoder's own vocabulary: the `token_ids` it
+    was built with (set_vocab; the tokens of the training captions, others read as UNK). BOS starts the input,
+    and for the `parallel` share of rows (training only) every input is BOS instead, so the whole caption is
+    read off the image at once."""
 
     def __init__(self, cfg: CaptionDecoderConfig, d_vision: int, max_len: int):
         super().__init__()
@@ -238,20 +241,35 @@ class CaptionDecoder(nn.Module):
         self.blocks = nn.ModuleList(CrossDecoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff)
                                     for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model)
+        self.register_buffer("token_ids", torch.arange(cfg.vocab_size))   # sorted tokenizer ids; saved
         cos, sin = rope_tables(cfg.d_model // cfg.n_heads, max_len + 1, 10000.0)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         _init_weights(self, cfg.n_layers)
 
+    @torch.no_grad()
+    def set_vocab(self, token_ids: list[int]) -> None:
+        """The tokenizer ids it writes (BOS, EOS and UNK among them), len == cfg.vocab_size."""
+        ids = sorted(set(token_ids) | {BOS, EOS, UNK})
+        if len(ids) != self.cfg.vocab_size:
+            raise ValueError(f"caption vocabulary of {len(ids)} tokens, configured for {self.cfg.vocab_size}")
+        self.token_ids.copy_(torch.tensor(ids))
+
+    def to_vocab(self, ids: torch.Tensor) -> torch.Tensor:
+        """Tokenizer ids → indices into token_ids (UNK's for an id it does not write)."""
+        i = torch.searchsorted(self.token_ids, ids).clamp(max=len(self.token_ids) - 1)
+        unk = torch.searchsorted(self.token_ids, torch.tensor(UNK, device=ids.device))
+        return torch.where(self.token_ids[i] == ids, i, unk)
+
     def forward(self, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                 parallel: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: Tensor[B x N x d_vision] (CLS + patches); ids: Tensor[B x T] caption + EOS, right-padded;
         mask: Bool[B x T] on real ids; parallel: Bool[B], rows decoded from BOS inputs only.
-        → logits Tensor[B x T x V], position t predicting ids[:, t]."""
+        → logits Tensor[B x T x V] over token_ids, position t predicting ids[:, t]."""
         memory = self.memory_norm(self.memory_proj(tokens))
-        inputs = torch.cat([torch.full_like(ids[:, :1], BOS), ids[:, :-1]], dim=1)
+        inputs = self.to_vocab(torch.cat([torch.full_like(ids[:, :1], BOS), ids[:, :-1]], dim=1))
         if parallel is not None:
-            inputs = inputs.masked_fill(parallel[:, None], BOS)
+            inputs = inputs.masked_fill(parallel[:, None], int(self.to_vocab(torch.tensor(BOS))))
         T = ids.shape[1]
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed(inputs)
@@ -262,7 +280,7 @@ class CaptionDecoder(nn.Module):
     def loss(self, tokens, ids, mask, parallel=None) -> torch.Tensor:
         """Mean cross-entropy over the real caption tokens."""
         logits = self(tokens, ids, mask, parallel)
-        return F.cross_entropy(logits.float().flatten(0, 1), ids.masked_fill(~mask, -100).flatten())
+        return F.cross_entropy(logits.float().flatten(0, 1), self.to_vocab(ids).masked_fill(~mask, -100).flatten())
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_len: int) -> list[list[int]]:
@@ -272,7 +290,7 @@ class CaptionDecoder(nn.Module):
         done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for _ in range(max_len):
             pad = torch.cat([ids, ids.new_zeros(len(ids), 1)], 1)   # the position to predict
-            nxt = self(tokens, pad, torch.ones_like(pad, dtype=torch.bool))[:, -1].argmax(-1)
+            nxt = self.token_ids[self(tokens, pad, torch.ones_like(pad, dtype=torch.bool))[:, -1].argmax(-1)]
             ids = torch.cat([ids, nxt.masked_fill(done, EOS)[:, None]], 1)
             done |= nxt == EOS
             if done.all():
