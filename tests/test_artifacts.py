@@ -103,8 +103,9 @@ def build_models(path: Path) -> list[torch.nn.Module]:
     if name == "vision":
         cfg = load_config(train_vision.VisionConfig, path)
         thinker = Thinker(ThinkerConfig(vocab_size=64, n_layers=1, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64))
-        text = dataclasses.replace(cfg.model.text, vocab_size=64)
-        return [ClipModel(dataclasses.replace(cfg.model, text=text), thinker if cfg.use_thinker_for_text else None)]
+        text, caption = (dataclasses.replace(c, vocab_size=64) for c in (cfg.model.text, cfg.model.caption))
+        return [ClipModel(dataclasses.replace(cfg.model, text=text, caption=caption),
+                          thinker if cfg.use_thinker_for_text else None)]
     if name == "talker":
         cfg = train_talker.TalkerStage.configure(load_config(train_talker.TalkerTrainConfig, path))
         return [MelCodec(cfg.codec.model), Talker(dataclasses.replace(cfg.model, vocab_size=30))]
