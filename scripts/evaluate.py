@@ -86,9 +86,10 @@ def eval_vision(args) -> dict:
 
 def _vision_probe(args, model, run_config: dict, labels: dict, pixels, device) -> dict:
     """omni.probe's accuracies on these scenes, fit on the first probe_scenes of the training manifest."""
+    import numpy as np
     from omni.data.images import decode_image, read_manifest
     from omni.models.omni import image_features
-    from omni.probe import pick_scenes, probe_images
+    from omni.probe import pick_scenes, probe_images, scene_labels
 
     train = args.probe_train or run_config.get("train_file", "")
     n, n_tokens = run_config.get("probe_scenes", 600) or 600, run_config.get("probe_tokens", 9)

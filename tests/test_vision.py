@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -375,7 +376,7 @@ def write_world_split(folder, name: str, n: int, seed: int, size: int = 32) -> s
     return str(folder / f"{name}.jsonl")
 
 
-def test_caption_decoder_learns_and_the_probes_run(image_data, tmp_path):
+def test_caption_decoder_learns_and_the_probes_run(image_data, tmp_path, capsys):
     """The caption decoder's loss over world scenes falls well below where it starts; validation fits the
     probes on training scenes and reports them for the world split; the decoder travels in vision.pt and
     writes captions there."""
@@ -399,6 +400,13 @@ def test_caption_decoder_learns_and_the_probes_run(image_data, tmp_path):
     out = model.describe(torch.rand(2, 3, 32, 32), max_len=6)
     assert len(out) == 2 and all(len(ids) <= 6 for ids in out)
     assert set(sum(out, [])) <= set(model.captioner.token_ids.tolist())   # tokenizer ids it was built with
+    sys.path.insert(0, str(__import__("conftest").ROOT / "scripts"))
+    import evaluate                       # the probes and the captions on a world split, fit on the run's train_file
+    capsys.readouterr()
+    assert evaluate.main(["vision", "--ckpt", str(save / "vision.pt"), "--data", val]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["probe_train_scenes"] == 48 and 0 <= out["caption_word_f1"] <= 1
+    assert out["probe_shape"] == v["probe_shape"], (out["probe_shape"], v["probe_shape"])
 
 
 def test_probe_reads_what_features_hold_and_nothing_else():
