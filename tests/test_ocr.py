@@ -62,6 +62,32 @@ def test_kv_cached_decoding_equals_uncached():
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
 
 
+def test_decoding_is_bounded_by_the_ctc_reading():
+    """A decoder that never says EOS (a repetition loop) stops at ceil(1.25 x the CTC head's greedy length) + 2
+    characters; without the bound it runs to one character per encoder frame."""
+    model = tiny_model()
+    pixels, widths = batch_lines(random_lines([90, 160], seed=2))
+
+    def looping(ids, kv, mask, cache=None):
+        logits = torch.zeros(ids.shape[0], ids.shape[1], model.cfg.vocab_size)
+        logits[..., 5] = 1.0                       # always the same character, never EOS
+        if cache is not None:
+            cache.pos += ids.shape[1]
+        return logits
+
+    model.decode = looping
+    frames = model.encode(pixels, widths)[1].sum(1).tolist()
+    with torch.no_grad():
+        assert [len(r) for r in model.generate(pixels, widths, ctc_bound=None)] == frames
+        model.ctc_head.weight.data.zero_()
+        model.ctc_head.bias.data.zero_()
+        model.ctc_head.bias.data[0] = 1.0          # the CTC head reads nothing: 0 characters -> at most 2
+        assert [len(r) for r in model.generate(pixels, widths)] == [2, 2]
+        model.ctc_head.bias.data[3] = 2.0          # one character held over every frame: 1 -> at most 4
+        assert [len(r) for r in model.generate(pixels, widths)] == [4, 4]
+    assert min(frames) > 4
+
+
 def KVCacheFor(model, batch):
     from omni.models.layers import KVCache
     c = model.cfg

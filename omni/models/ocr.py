@@ -41,6 +41,14 @@ class OCRConfig:
     max_width: int = 2048        # columns after resizing; wider lines are skipped and counted
 
 
+def ctc_length(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Characters in each row's greedy CTC reading (repeats merged, blanks dropped): Long[B]."""
+    best = logits.argmax(-1)
+    new = torch.ones_like(mask)
+    new[:, 1:] = best[:, 1:] != best[:, :-1]
+    return ((best != 0) & new & mask).sum(1)
+
+
 def conv_width(w, kernel: int, stride: int, pad: int):
     """Output columns of a convolution over `w` input columns (int or Tensor)."""
     return (w + 2 * pad - kernel) // stride + 1
@@ -151,12 +159,17 @@ class OCRModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, pixels, widths, max_chars: int | None = None, use_cache: bool = True) -> list[list[int]]:
+    def generate(self, pixels, widths, max_chars: int | None = None, use_cache: bool = True,
+                 ctc_bound: float | None = 1.25) -> list[list[int]]:
         """Greedy decoding; each row stops at EOS, or after as many characters as it has encoder frames (the
-        most a line of its width can hold: CTC needs a frame per character). → character ids per row (no BOS /
-        EOS)."""
+        most a line of its width can hold: CTC needs a frame per character), or, with `ctc_bound`, after
+        ceil(ctc_bound x the CTC head's greedy length) + 2 characters: what the image holds bounds the output,
+        so a decoder that loses its place past the lengths it trained on cannot run on in a loop.
+        → character ids per row (no BOS / EOS)."""
         memory, mask = self.encode(pixels, widths)
-        frames = mask.sum(1)
+        room = mask.sum(1)   # characters each row may still write
+        if ctc_bound is not None:
+            room = torch.minimum(room, (ctc_bound * ctc_length(self.ctc_head(memory), mask)).ceil().long() + 2)
         kv = self.memory_kv(memory)
         B = pixels.shape[0]
         n_max = min(max_chars or self.cfg.max_text_length, self.cfg.max_text_length)
@@ -168,7 +181,7 @@ class OCRModel(nn.Module):
         out = []
         for _ in range(limit):
             logits = self.decode(ids[:, -1:] if use_cache else ids, kv, mask, cache)[:, -1]
-            nxt = logits.argmax(-1).masked_fill(done | (frames < len(out) + 1), self.eos)
+            nxt = logits.argmax(-1).masked_fill(done | (room < len(out) + 1), self.eos)
             out.append(nxt)
             done |= nxt == self.eos
             ids = torch.cat([ids, nxt[:, None]], 1)
