@@ -1,10 +1,10 @@
 """Final artifacts: the file a stage writes when it finishes, and the one loader that turns any of them into a
-ready model (SPEC §2, §6).
+ready model.
 
 An artifact is a dict saved with torch.save that loads with `weights_only=True`:
     {"kind": "thinker", "format": 1, "model": state_dict, "model_config": {...}, "config": {...}, ...}
 `kind` names what it holds (the stage's name, which is also its file's stem: thinker.pt, audio_enc.pt,
-vision.pt, rvq_codec.pt, talker.pt, ocr.pt; SPEC §2 names two otherwise: Stage E's omni is omni_final.pt, the
+vision.pt, rvq_codec.pt, talker.pt, ocr.pt; two are named otherwise: Stage E's omni is omni_final.pt, the
 vocoder's hifigan.pt) and `format` the layout of this file. `KINDS` lists, per kind, the entries it must hold and how it becomes a model. Loading
 is strict: an unknown kind or format, a missing entry or weights that do not fit the stored config is an error
 naming the file, never a silently random model.

@@ -1,5 +1,5 @@
 """The chat template: one conversation → one token sequence, written once and used by SFT training,
-evaluation and chat inference alike (SPEC §6).
+evaluation and chat inference alike.
 
 A conversation is a list of `Turn(role, content, images, audio)` with role "system", "user" or "assistant";
 a user turn may carry media: for rendering, the number of tokens each medium occupies (the projected media

@@ -1,4 +1,4 @@
-"""Strict JSON configs loaded into typed dataclasses (SPEC §3).
+"""Strict JSON configs loaded into typed dataclasses.
 
 Every stage declares a dataclass that extends `TrainConfig`; nested dataclasses (a model's dimensions, say)
 become nested JSON objects. An unknown key, a wrong type or a malformed `--set` is an error that names the

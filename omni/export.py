@@ -1,4 +1,4 @@
-"""Exported models: final artifacts as safetensors + JSON, loadable with the `omni` package alone (SPEC §2).
+"""Exported models: final artifacts as safetensors + JSON, loadable with the `omni` package alone.
 
 An export folder (export.py writes it):
 

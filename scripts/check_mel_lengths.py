@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Length distribution of an ASR/TTS manifest, and the max_mel_length to set, in the stage's unit (SPEC §3).
+"""Length distribution of an ASR/TTS manifest, and the max_mel_length to set, in the stage's unit.
 
     python scripts/check_mel_lengths.py --csv data/demo/asr/train.csv [--csv more.csv] [--limit 2048]
     python scripts/check_mel_lengths.py --stage talker --csv data/demo/tts/train.csv [--limit 2048]

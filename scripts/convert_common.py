@@ -69,7 +69,7 @@ def check_image(path: Path) -> str:
 
 
 def relative_to_manifest(path: Path, manifest: Path) -> str:
-    """Paths in a manifest are relative to its folder (SPEC §9), so the data can move with it."""
+    """Paths in a manifest are relative to its folder, so the data can move with it."""
     return os.path.relpath(Path(path).resolve(), Path(manifest).resolve().parent)
 
 

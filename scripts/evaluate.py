@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate one trained stage on data in SPEC §9's formats; prints its metrics as one JSON object.
+"""Evaluate one trained stage on data in the formats the README describes; prints its metrics as one JSON object.
 
     python scripts/evaluate.py text --ckpt runs/demo/thinker/thinker.pt --data data/demo/text/val.txt
     python scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv

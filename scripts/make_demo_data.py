@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the built-in dataset offline from installed packages (SPEC §9).
+"""Build the built-in dataset offline from installed packages.
 
     python scripts/make_demo_data.py --out data/demo [--size small|full] [--seed N] [--only text,...]
 

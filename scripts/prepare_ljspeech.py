@@ -4,8 +4,7 @@
     python scripts/prepare_ljspeech.py --root data/LJSpeech-1.1 --out data/ljspeech [--val 100]
 
 Layout read (https://keithito.com/LJ-Speech-Dataset/): <root>/metadata.csv, one "id|raw text|normalized
-text" line per clip (no header; `|` separated), and <root>/wavs/<id>.wav (22.05 kHz mono; loaders resample,
-SPEC §9). Writes <out>/train.csv and <out>/val.csv (the last --val clips in id order: whole chapters of the
+text" line per clip (no header; `|` separated), and <root>/wavs/<id>.wav (22.05 kHz mono; loaders resample). Writes <out>/train.csv and <out>/val.csv (the last --val clips in id order: whole chapters of the
 book stay unseen). Text: the normalized column (numbers spelled out), lower-cased to letters, apostrophe and
 space. Skipped, counted and reported: malformed lines, empty text, missing or unreadable audio.
 """

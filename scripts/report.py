@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write runs/demo/report.md: one metrics table against SPEC §7's demo targets, and loss curves as PNG.
+"""Write runs/demo/report.md: one metrics table against the demo targets, and loss curves as PNG.
 
     python scripts/report.py [--runs runs/demo]
 

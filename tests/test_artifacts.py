@@ -144,5 +144,5 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
 def test_every_kind_has_a_final_file_name_of_its_own():
     assert len({k.filename for k in KINDS.values()}) == len(KINDS)
     assert all(k.filename == f"{name}.pt" for name, k in KINDS.items() if name not in ("omni", "vocoder"))
-    assert KINDS["omni"].filename == "omni_final.pt"   # SPEC §2's names for Stage E and the vocoder
+    assert KINDS["omni"].filename == "omni_final.pt"   # the two names that are not the kind's
     assert KINDS["vocoder"].filename == "hifigan.pt"

@@ -166,6 +166,22 @@ def test_vision_layer_picks_an_earlier_block(parts):
         OmniModel(OmniConfig(t.model.cfg, v.model.cfg.vision, a.model.cfg, ProjectorConfig(4, True, vision_layer=3)))
 
 
+def test_image_slots_tell_the_cells_apart(parts):
+    """With image_slots the same feature in two cells projects to two tokens (a learned embedding per cell, part
+    of the image projector); without (the default, and what older artifacts' configs build) there is none."""
+    t, v, a = (load_artifact(parts / f) for f in ("thinker.pt", "vision.pt", "audio_enc.pt"))
+    model = OmniModel(OmniConfig(t.model.cfg, v.model.cfg.vision, a.model.cfg,
+                                 ProjectorConfig(4, True, 2, image_slots=True)))
+    slot = model.image_proj.slot
+    assert slot.shape == (model.image_token_count, t.model.cfg.d_model)
+    feats = torch.randn(1, 1, v.model.cfg.vision.d_model).expand(2, model.image_token_count, -1)
+    tokens = model.image_proj(feats)
+    assert not torch.allclose(tokens[0, 0], tokens[0, 1]) and torch.equal(tokens[0], tokens[1])
+    tokens.sum().backward()
+    assert slot.grad is not None and slot.grad.abs().sum() > 0
+    plain = OmniModel(OmniConfig(t.model.cfg, v.model.cfg.vision, a.model.cfg, ProjectorConfig(4, True, 2)))
+    assert plain.image_proj.slot is None and not any("slot" in k for k in plain.state_dict())
+
 def test_layouts_order_a_user_turns_text_and_media(parts):
     _, tok = tiny_model(parts)
     turn = [Turn("user", "ab", images=[2], audio=[3]), Turn("assistant", "c")]

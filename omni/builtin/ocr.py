@@ -1,4 +1,4 @@
-"""Rendered text lines of the built-in dataset, for OCR (SPEC §9).
+"""Rendered text lines of the built-in dataset, for OCR.
 
 data/demo/ocr/
     train.csv                     lines of training sentences in every training font, clean and degraded
@@ -6,7 +6,7 @@ data/demo/ocr/
     test_clean.csv, test_degraded.csv   other held-out sentences: only reported
     test_font.csv                 held-out sentences in a font family no training line uses (TEST_FAMILY)
     lines/*.png
-CSV `image,text` (SPEC §9). Lines are short runs of words (at most MAX_CHARS characters) cut from world
+CSV `image,text`. Lines are short runs of words (at most MAX_CHARS characters) cut from world
 sentences, real English (the text corpus's held-out rule decides the side) and generated strings with digits
 and symbols (numbers, prices, times, codes), so every printable ASCII character occurs. The two held-out
 halves (val / test) are split by a hash of the sentence, so no sentence is in both.

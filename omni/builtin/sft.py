@@ -1,6 +1,6 @@
 """Paired tasks for multimodal SFT (Stage E): data/demo/sft/{train,val,test}.jsonl with its own images and audio.
 
-Rows (SPEC §9): {"prompt", "answer", "task", optional "image", "audio"}, or {"messages": [...], "task"}; world rows also carry "scene"
+Rows: {"prompt", "answer", "task", optional "image", "audio"}, or {"messages": [...], "task"}; world rows also carry "scene"
 (world.Scene.to_dict()), so any answer can be re-derived from the picture it is about, and audio rows the
 "speaker" (as in the ASR manifests). Tasks:
 

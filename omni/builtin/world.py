@@ -1,6 +1,6 @@
 """The built-in *world*: scenes of 1–3 coloured shapes, their pictures, and the language about them.
 
-Every modality of the demo is grounded here (SPEC §9): a scene is drawn from a numpy Generator, rendered
+Every modality of the demo is grounded here: a scene is drawn from a numpy Generator, rendered
 with Pillow, described by a caption, and questioned with exact answers. The language is about a hundred
 words, so a CPU model learns it in minutes, yet it has many thousands of distinct sentences, so held-out
 sentences and scenes test composition rather than memory.

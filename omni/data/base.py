@@ -1,4 +1,4 @@
-"""Resumable, sharded batch streams: the one data mechanism every stage builds on (SPEC §5).
+"""Resumable, sharded batch streams: the one data mechanism every stage builds on.
 
 A `BatchStream` is an IterableDataset that yields whole micro-batches for one epoch. The order of an epoch
 is a function of (seed, epoch) only; global batch g holds `batch_size * world_size` sample indices, rank r

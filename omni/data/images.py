@@ -24,7 +24,7 @@ from omni.data.hints import data_hint
 
 def read_manifest(path: str | Path, negatives: bool = False) -> list[tuple]:
     """[(image path, caption)] of a JSONL manifest of {"image", "caption"} rows; relative image paths are
-    relative to the manifest's folder (SPEC §9). Rows with an empty caption are an error naming the line.
+    relative to the manifest's folder. Rows with an empty caption are an error naming the line.
     negatives: [(image path, caption, [hard negative captions])], from the rows' optional "negatives" (captions
     that almost describe the image: one detail wrong)."""
     path = Path(path)

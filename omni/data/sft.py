@@ -1,4 +1,4 @@
-"""SFT data (SPEC §9): conversations from JSONL, their media as model inputs, and length-bucketed batches.
+"""SFT data: conversations from JSONL, their media as model inputs, and length-bucketed batches.
 
 Rows, one per line (paths relative to the file's folder unless absolute; other keys are kept as metadata):
     {"prompt": str, "answer": str, "image": path?, "audio": path?, "task": str?}            one turn

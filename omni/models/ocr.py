@@ -1,4 +1,4 @@
-"""The OCR model (SPEC §6): a line image of any width → its characters.
+"""The OCR model: a line image of any width → its characters.
 
     model = OCRModel(OCRConfig(vocab_size=len(vocab) + 2))
     out = model(pixels, widths, targets)            # pixels: Tensor[B x 1 x H x W], widths: real columns per row

@@ -1,4 +1,4 @@
-"""The omni model of Stage E: the Thinker reading images and speech through projectors (SPEC §6).
+"""The omni model of Stage E: the Thinker reading images and speech through projectors.
 
     model = OmniModel(OmniConfig(thinker=..., vision=..., audio=..., projector=ProjectorConfig()))
     out = model(ids, targets, image_feats=..., audio_feats=..., audio_counts=...)   # or pixels=, mels=
@@ -37,6 +37,7 @@ class ProjectorConfig:
     audio_stack: int = 4         # encoder frames per audio token (25 fps / 4: 6.25 tokens a second)
     hidden: int = 0              # MLP width; 0: the Thinker's d_model
     vision_layer: int = -1       # the ViT block whose tokens are used (-2: the one before the last, as LLaVA)
+    image_slots: bool = False    # a learned embedding per image token: which cell it came from, as content
 
 
 @dataclass
@@ -79,15 +80,19 @@ def audio_token_count(audio_cfg: AudioEncoderConfig, stack: int, mel_frames: int
 
 
 class Projector(nn.Module):
-    """LLaVA-1.5's 2-layer MLP: Linear → GELU → Linear."""
+    """LLaVA-1.5's 2-layer MLP: Linear → GELU → Linear; with `slots`, a learned embedding added to each of the
+    `slots` tokens of an input (x: Tensor[N x slots x d_in]), so that the Thinker's attention can find a place's
+    token by what it holds, not by counting positions."""
 
-    def __init__(self, d_in: int, hidden: int, d_out: int):
+    def __init__(self, d_in: int, hidden: int, d_out: int, slots: int = 0):
         super().__init__()
         self.inp = nn.Linear(d_in, hidden)
         self.out = nn.Linear(hidden, d_out)
+        self.slot = nn.Parameter(torch.randn(slots, d_out) * 0.02) if slots else None
 
     def forward(self, x):
-        return self.out(F.gelu(self.inp(x)))
+        x = self.out(F.gelu(self.inp(x)))
+        return x if self.slot is None else x + self.slot
 
 
 class OmniModel(nn.Module):
@@ -110,7 +115,8 @@ class OmniModel(nn.Module):
         self.vision = VisionEncoder(cfg.vision) if cfg.vision is not None else None
         self.audio = AudioEncoder(cfg.audio) if cfg.audio is not None else None
         hidden = p.hidden or d
-        self.image_proj = Projector(cfg.vision.d_model, hidden, d) if self.vision is not None else None
+        slots = self.image_token_count if p.image_slots else 0
+        self.image_proj = Projector(cfg.vision.d_model, hidden, d, slots) if self.vision is not None else None
         self.audio_proj = Projector(cfg.audio.d_model * p.audio_stack, hidden, d) if self.audio is not None else None
         self.frozen: set[str] = set()
 

@@ -1,4 +1,4 @@
-"""The vision encoder (a ViT) and the contrastive image–text model that trains it (Stage C, SPEC §6).
+"""The vision encoder (a ViT) and the contrastive image–text model that trains it (Stage C).
 
     enc = VisionEncoder(ViTConfig())                 # images: Tensor[B x 3 x S x S] in [0, 1]
     cls, patches = enc(images)                       # Tensor[B x d], Tensor[B x N x d], N = (S / patch)²
@@ -6,7 +6,7 @@
     clip = a.model
     clip.encode_image(images), clip.encode_text(ids, mask)   # unit vectors in the shared embed_dim space
 
-The text side is either the frozen Thinker (its hidden states, standardised, SPEC §6's default) or a
+The text side is either the frozen Thinker (its hidden states, standardised; the default) or a
 trainable token embedding with learned positions; either way a few non-causal blocks and a masked mean pool
 follow, so the text side can learn which colour goes with which shape even over frozen features.
 With `caption.n_layers > 0` a small caption decoder cross-attends to the ViT's CLS and patch tokens and

@@ -1,4 +1,4 @@
-"""The neural vocoder (SPEC §6): raw log-mel frames (the shared front end, `omni.audio.LogMel` with the Talker's
+"""The neural vocoder: raw log-mel frames (the shared front end, `omni.audio.LogMel` with the Talker's
 `TalkerFeatures`) → waveform, and the HiFi-GAN discriminators and losses that train it.
 
     gen = Generator(VocoderConfig(), features)     # features: the MelConfig of the mels it voices

@@ -1,4 +1,4 @@
-"""Step checkpoints: newest-valid discovery, pruning, and RNG state capture (SPEC §5); atomic writes come
+"""Step checkpoints: newest-valid discovery, pruning, and RNG state capture; atomic writes come
 from omni.artifacts.
 
 A step checkpoint is `<name>_step_<N>.pt` and loads with `torch.load(weights_only=True)`: every field is a

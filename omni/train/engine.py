@@ -1,4 +1,4 @@
-"""The training loop every stage shares (SPEC §4, §5).
+"""The training loop every stage shares.
 
 A stage script defines a `Stage` (model, data, batch → loss, validation metric, final artifact) and calls
 `run(MyStage)`. Everything else lives here, written once: config loading, distributed set-up, AMP and
