@@ -10,10 +10,11 @@ TEST_WORKERS ?= 2
 
 setup: $(VENV)/.installed system
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-eval.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-eval.txt
 	touch $@
 
 system:

@@ -33,8 +33,9 @@ from omni.audio import GriffinLim, LogMel, load_audio, mel_refine
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import BatchStream
 from omni.data.speech import read_manifest
-from omni.infer.vocoder import codec_round_trip, voice_metrics
+from omni.infer.vocoder import RefinedGriffinLim, codec_round_trip, voice_metrics
 from omni.models.codec import TalkerFeatures
+from omni.perceptual import available
 from omni.models.vocoder import (Discriminators, Generator, VocoderConfig, discriminator_loss,
                                  feature_matching_loss, generator_adv_loss, mr_stft_loss)
 from omni.train.engine import Stage, run
@@ -178,8 +179,15 @@ class VocoderStage(Stage):
             for u in read_manifest(cfg.val_csv)[:cfg.val_utterances]:
                 wav = load_audio(u.wav, self.features.sample_rate)
                 self.val.append((wav, mel(wav)))
-            gl = GriffinLim(self.features)
-            self.gl_metrics = voice_metrics(gl, self.val, self.features, self.codec)
+            self.perceptual = available()
+            if not self.perceptual:
+                self.log.info("no PESQ / STOI in validation: pip install -r requirements-eval.txt")
+            self.gl_metrics = voice_metrics(GriffinLim(self.features), self.val, self.features, self.codec,
+                                            self.perceptual)
+            if self.cfg.model.refine:   # the fair baseline of the refined vocoder
+                refined = voice_metrics(RefinedGriffinLim(self.features, self.cfg.model.refine), self.val,
+                                        self.features, self.codec, self.perceptual)
+                self.gl_metrics.update({f"refined_{k}": v for k, v in refined.items()})
             self.log.info("Griffin-Lim on the validation utterances: " +
                           " | ".join(f"{k} {v:.4g}" for k, v in self.gl_metrics.items()))
 
@@ -220,10 +228,10 @@ class VocoderStage(Stage):
         if not self.val:
             return {}
         gen, refine = model.generator, self.cfg.model.refine
-        m = voice_metrics(gen, self.val, self.features, self.codec)
+        m = voice_metrics(gen, self.val, self.features, self.codec, self.perceptual)
         if refine:   # what the artifact voices at synthesis: the generator, then its mel-consistency iterations
             refined = voice_metrics(lambda mel: mel_refine(gen(mel), mel, self.features, refine), self.val,
-                                    self.features, self.codec)
+                                    self.features, self.codec, self.perceptual)
             m.update({f"refined_{k}": v for k, v in refined.items()})
         return {**m, **{f"griffinlim_{k}": v for k, v in self.gl_metrics.items()}}
 

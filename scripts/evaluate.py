@@ -196,12 +196,14 @@ def eval_tts(args) -> dict:
 def eval_vocoder(args) -> dict:
     """The vocoder beside Griffin-Lim on a TTS/ASR manifest: from true mels and from the codec's reconstruction
     of them (with --codec, or the codec the vocoder was trained with): log-mel L1, multi-resolution STFT
-    distance, real-time factor, and round-trip WER / CER through Stage B (--asr_ckpt, or the codec's Talker
-    config's)."""
+    distance, real-time factor, wideband PESQ and STOI (requirements-eval.txt), and round-trip WER / CER through
+    Stage B (--asr_ckpt, or the codec's Talker config's). Griffin-Lim runs 32 iterations, and again followed by
+    the vocoder's mel-consistency iterations where it has them."""
     from omni.audio import GriffinLim, LogMel, load_audio
     from omni.data.speech import read_manifest
     from omni.infer.asr import evaluate_utterances
-    from omni.infer.vocoder import codec_round_trip, load_vocoder, voice_metrics
+    from omni.infer.vocoder import RefinedGriffinLim, codec_round_trip, load_vocoder, voice_metrics
+    from omni.perceptual import available
 
     device = resolve_device(args.device)
     vocoder = load_vocoder(args.ckpt, device=device)
@@ -217,10 +219,14 @@ def eval_vocoder(args) -> dict:
     gl = GriffinLim(features)
     result = {"n": len(pairs), "voice": f"vocoder: {vocoder.describe()}"}
     voices = [("vocoder", vocoder), ("griffinlim", gl)]
-    if vocoder.refine:   # the generator alone too, without its mel-consistency iterations
+    if vocoder.refine:   # the generator alone too, and Griffin-Lim with the same mel-consistency iterations
         voices.insert(1, ("vocoder_raw", load_vocoder(args.ckpt, device=device, refine=0)))
+        voices.append(("griffinlim_refined", RefinedGriffinLim(features, vocoder.refine)))
+    perceptual = available()
+    if not perceptual:
+        print("no PESQ / STOI: pip install -r requirements-eval.txt", file=sys.stderr)
     for name, voice in voices:
-        result[name] = voice_metrics(voice, pairs, features, codec.model if codec else None)
+        result[name] = voice_metrics(voice, pairs, features, codec.model if codec else None, perceptual)
     asr_path = args.asr_ckpt
     if not asr_path and codec is not None:
         talker_cfg = Path(codec.path).parent / "talker.pt"

@@ -74,18 +74,21 @@ def codec_round_trip(codec, logmel: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def voice_metrics(voice, utterances: list, features: MelConfig, codec=None) -> dict:
+def voice_metrics(voice, utterances: list, features: MelConfig, codec=None, perceptual: bool = False) -> dict:
     """How well `voice` (a Vocoder, GriffinLim or a generator: log-mel → waveform) voices (wav, true log-mel)
     pairs: log-mel L1 of its output against the mel it was given, multi-resolution STFT distance against the
-    original audio, and the real-time factor; with a codec, the same from the codec's reconstruction of each
-    mel (codec_*: the mel L1 against that reconstruction, what the vocoder was asked to say)."""
+    original audio, and the real-time factor; with `perceptual`, wideband PESQ and STOI against the original
+    audio (omni.perceptual); with a codec, the same from the codec's reconstruction of each mel (codec_*: the
+    mel L1 against that reconstruction, what the vocoder was asked to say)."""
     from omni.models.vocoder import mr_stft_loss
+    from omni.perceptual import perceptual_scores
     mel = LogMel(features)
     out = {}
     for prefix, use_codec in (("", False), ("codec_", True)):
         if use_codec and codec is None:
             continue
         l1 = stft = seconds = audio = 0.0
+        heard = {"pesq_wb": 0.0, "stoi": 0.0}
         for wav, true_mel in utterances:
             source = codec_round_trip(codec, true_mel) if use_codec else true_mel
             t0 = time.perf_counter()
@@ -97,9 +100,27 @@ def voice_metrics(voice, utterances: list, features: MelConfig, codec=None) -> d
             l1 += float((m[:n] - source[:n].float()).abs().mean())
             k = min(y.numel(), wav.numel())
             stft += float(mr_stft_loss(y[None, :k], wav[None, :k].float()))
+            if perceptual:
+                for name, v in perceptual_scores(wav, y, features.sample_rate).items():
+                    heard[name] += v
         out.update({f"{prefix}mel_l1": l1 / len(utterances), f"{prefix}mr_stft": stft / len(utterances),
                     f"{prefix}rtf": seconds / max(audio, 1e-9)})
+        if perceptual:
+            out.update({f"{prefix}{name}": v / len(utterances) for name, v in heard.items()})
     return out
+
+
+class RefinedGriffinLim:
+    """Griffin-Lim followed by the vocoder's mel-consistency iterations: the fair baseline for a vocoder that
+    refines its own output so."""
+
+    def __init__(self, features: MelConfig, refine: int, n_iter: int = 32):
+        self.gl, self.features, self.refine = GriffinLim(features, n_iter), features, refine
+
+    def __call__(self, logmel: torch.Tensor) -> torch.Tensor:
+        wav = mel_refine(self.gl(logmel), logmel, self.features, self.refine)
+        peak = wav.abs().max()
+        return wav * (0.95 / peak) if peak > 0.95 else wav
 
 
 def main(argv=None) -> int:
