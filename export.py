@@ -20,9 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from omni.artifacts import KINDS, check_entries, file_sha256, read_checkpoint
+from omni.artifacts import KINDS, check_entries, read_checkpoint
 from omni.chat import ChatTemplate
-from omni.export import DTYPES, write_component, write_manifest
+from omni.export import DTYPES, file_sha256, write_component, write_manifest
 from omni.models.omni import OmniConfig
 
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from omni.builtin.sft import SPOKEN_PROMPT, TRANSCRIBE_PROMPT
 from omni.chat import Turn
 from omni.infer.chat import Chat, ChatError, load_chat, read_text
 from omni.infer.omni import ContextFull
+from omni.prompts import SPOKEN_PROMPT, TRANSCRIBE_PROMPT
 from omni.text_norm import unsayable
 
 OCR_PREFIX = "the text in the image reads: "

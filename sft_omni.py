@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omni.artifacts import file_sha256, load_artifact
+from omni.artifacts import load_artifact
 from omni.chat import ChatTemplate
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.sft import LOSS_PER, SFTBatches, load_media, read_sft, render
+from omni.export import file_sha256
 from omni.infer.sft_eval import evaluate_sft
 from omni.models.omni import MEDIA_KEYS, OmniConfig, OmniModel, ProjectorConfig
 from omni.train.engine import Stage, run

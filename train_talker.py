@@ -22,15 +22,16 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from omni.artifacts import KINDS, file_sha256, load_artifact
+from omni.artifacts import KINDS, load_artifact
 from omni.audio import LogMel, load_audio, pad_frames
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import LengthBucketed
 from omni.data.speech import read_manifest
 from omni.data.tts import collate, make_sample
+from omni.export import file_sha256
 from omni.infer.asr import evaluate_utterances
+from omni.infer.evaluate import code_cross_entropy
 from omni.infer.tts import Speaker
-from omni.metrics import code_cross_entropy
 from omni.models.codec import CodecConfig, MelCodec, TalkerFeatures, usage_perplexity
 from omni.models.talker import Talker, TalkerConfig
 from omni.text_norm import spoken_form

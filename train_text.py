@@ -17,8 +17,8 @@ import torch
 
 from omni.config import TrainConfig, to_dict
 from omni.data.text import PackedTokens, token_cache
+from omni.infer.evaluate import lm_metrics
 from omni.infer.generate import generate
-from omni.metrics import lm_metrics
 from omni.models.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import Tokenizer, train_tokenizer
 from omni.train import dist

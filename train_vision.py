@@ -27,7 +27,7 @@ import torch
 from omni.artifacts import load_artifact
 from omni.config import TrainConfig, to_dict
 from omni.data.images import AugmentConfig, CaptionedImages, ImageSource, read_manifest
-from omni.metrics import clip_metrics
+from omni.infer.evaluate import clip_metrics
 from omni.models.omni import image_features
 from omni.models.vision import ClipConfig, ClipModel
 from omni.probe import pick_scenes, probe_images, scene_labels

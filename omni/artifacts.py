@@ -16,7 +16,6 @@ Nothing here imports the training engine: inference, export and chat load throug
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable
 import torch
 
 from omni.config import from_dict
+from omni.export import is_component, read_component
 
 FORMAT = 1  # layout of every artifact written by this code; bump when an entry changes meaning
 
@@ -47,15 +47,6 @@ def atomic_save(obj, path: str | Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks (artifact sources, token caches)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -202,7 +193,6 @@ def load_artifact(path: str | Path, kind: str | None = None, device="cpu") -> Ar
     """Any final artifact as a ready model in eval mode on `device`: a .pt file, a stage's save_dir (with
     `kind`), an exported component folder or an export folder (with `kind`; omni.export). `kind` insists on
     one kind (an artifact of another kind is an error naming the file)."""
-    from omni.export import is_component, read_component
     path = Path(path)
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}; known: {', '.join(KINDS)}")

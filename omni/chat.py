@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omni.tokenizer import Tokenizer
+from omni.tokenizer import LAYOUTS, Tokenizer
 
 ROLES = ("system", "user", "assistant")
-LAYOUTS = ("media_first", "text_first")
 
 
 @dataclass

@@ -14,9 +14,12 @@ A component folder holds exactly what the artifact (omni.artifacts) held: `read_
 the same dict, so `load_artifact("merged_model/omni")` (or `load_artifact("merged_model", "omni")`) builds
 the model through the one loader every stage's artifact goes through. Every file is checked against the
 manifest's sha256 before it is used.
+
+Nothing here imports the rest of omni: omni.artifacts loads exported components through this module.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -26,6 +29,15 @@ from safetensors.torch import load_file, save_file
 EXPORT_FORMAT = 1
 MANIFEST, WEIGHTS, CONFIG, TOKENIZER = "manifest.json", "model.safetensors", "config.json", "tokenizer.model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (manifests, artifact sources, token caches)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def is_component(path: Path) -> bool:
@@ -87,7 +99,6 @@ def read_component(path: Path) -> dict:
 def verify(root: Path, files: list[Path]) -> None:
     """Each file's sha256 must be the one root/manifest.json records: a changed, missing or unlisted file is an
     error naming it."""
-    from omni.artifacts import file_sha256
     manifest_path = root / MANIFEST
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path} not found: {root} is not a complete export (export.py writes it)")
@@ -104,7 +115,6 @@ def verify(root: Path, files: list[Path]) -> None:
 
 def write_manifest(root: Path, dtype: str, sources: dict) -> dict:
     """manifest.json over every file under root (except itself)."""
-    from omni.artifacts import file_sha256
     files = {p.relative_to(root).as_posix(): file_sha256(p) for p in sorted(root.rglob("*"))
              if p.is_file() and p.name != MANIFEST}
     manifest = {"format": EXPORT_FORMAT, "dtype": dtype, "files": files, "sources": sources}

@@ -3,8 +3,9 @@
     spoken_form("3 apples cost $4.50 on the 2nd") -> "three apples cost four dollars fifty cents on the second"
     unsayable("hi 🙂 #1")                         -> "#🙂"   (what spoken_form leaves that no word reads)
 
-The Talker is trained on letters (omni.builtin.speech.normalize_transcript); whatever the Thinker writes goes
-through spoken_form first, and the characters that still have no reading are reported by the caller.
+The Talker is trained on letters (normalize_transcript, which cleans every speech transcript too); whatever
+the Thinker writes goes through spoken_form first, and the characters that still have no reading are
+reported by the caller.
 """
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ SYMBOLS = {"%": " percent", "&": " and ", "+": " plus ", "=": " equals ", "@": "
            ">": " more than ", "~": " about "}
 CURRENCY = {"$": ("dollar", "cent"), "£": ("pound", "penny"), "€": ("euro", "cent")}
 PLAIN = re.compile(r"[a-zA-Z' \t\n.,!?;:\-\"()]")   # what normalize_transcript reads or drops as punctuation
+
+
+def normalize_transcript(text: str) -> str:
+    """Lower-case to letters, apostrophe and single spaces: "Don't go, Sir!" -> "don't go sir"."""
+    t = re.sub(r"[^a-z' ]+", " ", text.lower())
+    t = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", t)  # quotes, not apostrophes inside words
+    return " ".join(t.split())
 
 
 def cardinal(n: int) -> str:

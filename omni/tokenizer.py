@@ -17,6 +17,9 @@ SPECIAL_TOKENS = [
     "<|speech|>", "<|ocr|>",
 ]
 SPECIAL_IDS = {t: 4 + i for i, t in enumerate(SPECIAL_TOKENS)}  # fixed: every μOmni tokenizer has them here
+# Orders of a user turn's media and text that omni.chat renders; here, beside the markers, so the omni model
+# (which stores its layout) checks the name without importing the chat template.
+LAYOUTS = ("media_first", "text_first")
 
 
 class Tokenizer:

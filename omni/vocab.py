@@ -2,9 +2,8 @@
 input characters."""
 from __future__ import annotations
 
-from omni.builtin.speech import normalize_transcript
 from omni.models.talker import SIL  # the Talker's reserved ids: 0 padding, 1 silence
-from omni.text_norm import spoken_form
+from omni.text_norm import normalize_transcript, spoken_form
 
 BLANK = 0  # CTC blank
 

@@ -23,7 +23,7 @@ from omni.artifacts import load_artifact  # noqa: E402
 from omni.audio import LogMel  # noqa: E402
 from omni.data.text import token_cache  # noqa: E402
 from omni.device import resolve_device  # noqa: E402
-from omni.metrics import lm_metrics  # noqa: E402
+from omni.infer.evaluate import lm_metrics  # noqa: E402
 from omni.text_norm import spoken_form  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def eval_vision(args) -> dict:
     match and word F1."""
     import numpy as np
     from omni.data.images import decode_image, read_manifest
-    from omni.metrics import clip_metrics
+    from omni.infer.evaluate import clip_metrics
     from omni.probe import scene_labels
     from omni.tokenizer import EOS
 
@@ -139,8 +139,8 @@ def eval_tts(args) -> dict:
     from omni.data.speech import read_manifest
     from omni.data.tts import make_sample
     from omni.infer.asr import evaluate_utterances
+    from omni.infer.evaluate import code_cross_entropy
     from omni.infer.tts import load_speaker
-    from omni.metrics import code_cross_entropy
     from omni.models.codec import usage_perplexity
 
     device = resolve_device(args.device)

@@ -32,10 +32,8 @@ from omni.builtin.images import write_jsonl
 from omni.builtin.speech import Utterance, Voice, normalize_transcript, synthesize_all
 from omni.builtin.spoken import pick_voice, utterance, voice_split
 from omni.builtin.text import is_held_out, wordnet_documents, wordnet_entries
+from omni.prompts import CAPTION_PROMPTS, SPOKEN_PROMPT, TRANSCRIBE_PROMPT
 
-CAPTION_PROMPTS = ("describe the image.", "what is in the picture?", "caption this image.")
-SPOKEN_PROMPT = "answer the spoken question about the picture."
-TRANSCRIBE_PROMPT = "transcribe the audio."
 SMALL_TALK = [
     ("hello", "hello! what would you like to know?"),
     ("who are you?", "i am a tiny omni model. i can read, look at pictures and listen to speech."),

@@ -20,6 +20,7 @@ from pathlib import Path
 import soundfile as sf
 
 from omni.builtin.text import MissingSource
+from omni.text_norm import normalize_transcript
 
 SAMPLE_RATE = 16000
 FLITE_VOICES = ("slt", "awb", "kal16", "rms")  # flite's 16 kHz voices (`kal` is 8 kHz: left out)
@@ -142,13 +143,6 @@ def synthesize_all(utts: list[Utterance], workers: int = 2, desc: str = "speech"
 
 _ABBREV = re.compile(r"\b(mr|mrs|ms|dr|st|jr|sr|vs|etc|e\.g|i\.e|no)\.", re.I)
 _SPEAKABLE = re.compile(r"^[A-Za-z' ,.;:!?\"()\-]+$")  # no digits or symbols whose spoken form is ambiguous
-
-
-def normalize_transcript(text: str) -> str:
-    """Lower-case to letters, apostrophe and single spaces: "Don't go, Sir!" -> "don't go sir"."""
-    t = re.sub(r"[^a-z' ]+", " ", text.lower())
-    t = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", t)  # quotes, not apostrophes inside words
-    return " ".join(t.split())
 
 
 def speakable_sentences(document: str, min_words: int = 4, max_words: int = 16) -> list[str]:

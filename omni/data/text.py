@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni.artifacts import file_sha256
 from omni.data.base import BatchStream
 from omni.data.hints import data_hint
+from omni.export import file_sha256
 from omni.tokenizer import EOS, Tokenizer
 
 

@@ -19,11 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omni.chat import LAYOUTS
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, padding_mask
 from omni.models.thinker import Thinker, ThinkerConfig
 from omni.models.vision import ViTConfig, VisionEncoder
-from omni.tokenizer import SPECIAL_IDS
+from omni.tokenizer import LAYOUTS, SPECIAL_IDS
 
 IMAGE_ID, AUDIO_ID = SPECIAL_IDS["<|image|>"], SPECIAL_IDS["<|audio|>"]  # the chat template's placeholders
 # a batch's media inputs: cached features, or raw media for the encoders (omni.data.sft.media_batch makes them)
@@ -47,7 +46,7 @@ class OmniConfig:
     vision: ViTConfig | None = None
     audio: AudioEncoderConfig | None = None
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    chat_layout: str = "media_first"   # omni.chat.LAYOUTS; artifacts written before the option used media_first
+    chat_layout: str = "media_first"   # omni.tokenizer.LAYOUTS; artifacts written before the option used media_first
 
 
 def image_features(vision: VisionEncoder, pixels: torch.Tensor, n_tokens: int, cls: bool,

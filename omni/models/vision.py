@@ -13,18 +13,16 @@ With `caption.n_layers > 0` a small caption decoder cross-attends to the ViT's C
 writes the caption (CapPa, Tschannen et al. 2023; SigLIP 2's LocCa): captions name each object's shape,
 colour and place, so this loss falls only where the patch tokens carry what sits at each place — the dense
 features Stage E reads, which the contrastive loss on the CLS alone does not give.
-SFT takes `clip.vision` (CLS and patch tokens, d_model wide) and `preprocess` for its images.
+SFT takes `clip.vision` (CLS and patch tokens, d_model wide); images reach it through omni.data.images.to_pixels.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
 from omni.models.layers import CrossDecoderBlock, EncoderBlock, RMSNorm, rope_tables
 from omni.models.thinker import Thinker
@@ -116,7 +114,8 @@ class VisionEncoder(nn.Module):
         returned (-1 the last, -2 the one before, as LLaVA's feature layer; through the final norm too)."""
         S = self.cfg.image_size
         if images.shape[-2:] != (S, S):
-            raise ValueError(f"expected {S}x{S} images, got {tuple(images.shape[-2:])}; use preprocess()")
+            raise ValueError(f"expected {S}x{S} images, got {tuple(images.shape[-2:])}; resize them with "
+                             "omni.data.images.to_pixels")
         x = self.patch_embed((images - PIXEL_MEAN) / PIXEL_STD).flatten(2).transpose(1, 2)   # [B x N x d]
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         n = len(self.blocks)
@@ -146,12 +145,6 @@ def _stem(cfg: ViTConfig) -> nn.Module:
         c_in, c = c, c * 2
     layers.append(nn.Conv2d(c_in, cfg.d_model, p // 4, stride=p // 4))
     return nn.Sequential(*layers)
-
-
-def preprocess(image: Image.Image, size: int) -> torch.Tensor:
-    """A PIL image → Tensor[3 x size x size] float in [0, 1], resized as in training."""
-    from omni.data.images import to_pixels
-    return torch.from_numpy(to_pixels(image, size).astype(np.float32) / 255.0)
 
 
 class TextTower(nn.Module):
