@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omni.artifacts import KINDS, check_entries, read_checkpoint
 from omni.chat import ChatTemplate
+from omni.errors import ArtifactError, UserError, exit_on_user_error
 from omni.export import DTYPES, file_sha256, write_component, write_manifest
 from omni.models.omni import OmniConfig
 
@@ -37,7 +38,7 @@ def _read(path: Path, kind: str, flag: str) -> dict:
     state = read_checkpoint(path)
     check_entries(state, path)
     if state["kind"] != kind:
-        raise ValueError(f"{flag}: {path} is a {state['kind']} artifact, not a {kind} ({KINDS[kind].filename})")
+        raise ArtifactError(f"{flag}: {path} is a {state['kind']} artifact, not a {kind} ({KINDS[kind].filename})")
     return state
 
 
@@ -52,7 +53,7 @@ def export(args) -> dict:
             parts["vocoder"] = beside
     if args.vocoder_ckpt:
         if not args.talker_ckpt:
-            raise ValueError("--vocoder_ckpt voices the Talker's speech: give --talker_ckpt too")
+            raise UserError("--vocoder_ckpt voices the Talker's speech: give --talker_ckpt too")
         parts["vocoder"] = _artifact_file(args.vocoder_ckpt, "vocoder")
     if args.ocr_ckpt:
         parts["ocr"] = _artifact_file(args.ocr_ckpt, "ocr")
@@ -65,19 +66,19 @@ def export(args) -> dict:
         if given:
             f = _artifact_file(given, kind)
             if kind not in recorded:
-                raise ValueError(f"{parts['omni']} was trained without a {kind} part; drop the flag for {f}")
+                raise UserError(f"{parts['omni']} was trained without a {kind} part; drop the flag for {f}")
             if file_sha256(f) != recorded[kind]["sha256"]:
-                raise ValueError(f"{f} is not the {kind} artifact {parts['omni']} was trained from "
+                raise UserError(f"{f} is not the {kind} artifact {parts['omni']} was trained from "
                                  f"({recorded[kind]['path']}); its weights are inside the omni artifact already")
     if "talker" in states:
         t, c = states["talker"]["model_config"], states["rvq_codec"]["model_config"]
         keys = ("codebooks", "codebook_size", "n_mels", "block")
         if any(t[k] != c[k] for k in keys):
-            raise ValueError(f"{parts['talker']} does not fit {parts['rvq_codec']}: " +
+            raise ArtifactError(f"{parts['talker']} does not fit {parts['rvq_codec']}: " +
                              ", ".join(f"{k} {t[k]} vs {c[k]}" for k in keys))
 
     if out.exists() and not (out.is_dir() and ((out / "manifest.json").exists() or not any(out.iterdir()))):
-        raise FileExistsError(f"{out} exists and is not an export; choose another --output_dir")
+        raise UserError(f"{out} exists and is not an export; choose another --output_dir")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -112,11 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--audio_ckpt", help="check: the Stage B artifact the omni model was trained from")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         manifest = export(args)
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     size = sum((Path(args.output_dir) / f).stat().st_size for f in manifest["files"])
     print(f"exported {', '.join(manifest['sources'])} to {args.output_dir} ({len(manifest['files'])} files, "
           f"{size / 1e6:.1f} MB, {args.dtype})")

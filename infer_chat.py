@@ -14,8 +14,9 @@ alone asks for a transcription and --image with --audio_in for the answer to the
 prompts the model was trained with). --ocr reads the image with the OCR model and puts its text in the
 prompt (without a prompt the reply is the reading). With no prompt and no --audio_in, a conversation
 starts: /image PATH and /audio PATH attach media to the next message, /reset forgets the history, /quit ends.
-Errors (a missing file, audio that is not audio, a corrupt image, an empty prompt, a part the model lacks)
-print one line and exit with status 1.
+Errors of the input (a missing file, audio that is not audio, a corrupt image, an empty prompt, a part the
+model lacks) print one line and exit with status 1; in a conversation they print and the conversation goes on.
+Any other error is a bug and shows its traceback.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from omni.chat import Turn
+from omni.errors import UserError, exit_on_user_error, one_line
 from omni.infer.chat import Chat, ChatError, load_chat, read_text
 from omni.infer.omni import ContextFull
 from omni.prompts import SPOKEN_PROMPT, TRANSCRIBE_PROMPT
@@ -48,7 +50,7 @@ def check_inputs(image: str | None, audio: str | None) -> None:
     if audio:
         try:
             load_audio(audio)
-        except ValueError as e:
+        except UserError as e:   # unreadable or empty
             raise ChatError(str(e)) from None
 
 
@@ -118,7 +120,7 @@ def speak(chat: Chat, text: str, path: str, args) -> dict:
     t0 = time.perf_counter()
     try:
         wav = sp.speak([text], temperature=args.temperature, top_k=args.top_k or 20, seed=args.seed)[0]
-    except (ValueError, RuntimeError) as e:
+    except UserError as e:   # a letter the Talker never saw, a Talker or vocoder that gave no sound
         raise ChatError(f"cannot speak the reply: {e}") from None
     took = time.perf_counter() - t0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -175,8 +177,8 @@ def repl(chat: Chat, args) -> int:
                     print("(context full: the oldest exchange is forgotten)", file=sys.stderr)
             if path:
                 print(f"(spoken: {path})", file=sys.stderr)
-        except (ChatError, ValueError, RuntimeError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except UserError as e:   # a bad turn (ChatError, ContextFull, unreadable media): say so, go on
+            print(f"error: {one_line(e)}", file=sys.stderr)
             continue
         history += [turn, Turn("assistant", rec["reply"])]
         image = audio = None
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
         p.error("give the message once: as the argument or as --text")
     args.prompt_text = (args.text if args.text is not None else args.prompt)
     one_shot = args.prompt_text is not None or args.audio_in or args.ocr
-    try:
+    with exit_on_user_error():
         if one_shot:   # inputs are checked before the models load
             check_inputs(args.image, args.audio_in)
         chat = load_chat(args.ckpt_dir, args.device, args.talker_ckpt, args.vocoder_ckpt, args.ocr_ckpt,
@@ -226,9 +228,6 @@ def main(argv=None) -> int:
         history = [Turn("system", args.system)] if args.system else []
         turn, extra = user_turn(chat, (args.prompt_text or "").strip(), args.image, args.audio_in, args.ocr)
         rec = respond(chat, history + [turn], args, not args.json, args.audio_out, extra.pop("reply", None))
-    except (ChatError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     rec = {**extra, **rec, "parts": chat.where}
     if args.json:
         print(json.dumps(rec))

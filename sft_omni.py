@@ -24,6 +24,7 @@ from omni.artifacts import load_artifact
 from omni.chat import ChatTemplate
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.sft import LOSS_PER, SFTBatches, load_media, read_sft, render
+from omni.errors import UserError
 from omni.export import file_sha256
 from omni.infer.sft_eval import evaluate_sft
 from omni.models.omni import MEDIA_KEYS, OmniConfig, OmniModel, ProjectorConfig
@@ -85,7 +86,7 @@ class OmniStage(Stage):
             raise FileNotFoundError(f"{key} {path} not found: train that stage first (`python {script} --config "
                                     f"configs/demo/{name}.json` for the demo, configs/{name}_tiny.json at the "
                                     f"seed's sizes) or point {key} at your own") from None
-        except (ValueError, RuntimeError) as e:
+        except UserError as e:   # not the artifact asked for, or unreadable
             raise ConfigError(f"{key}: {e}") from None
         self.sources[KIND[key]] = {"path": str(path), "sha256": file_sha256(a.path)}
         return a
@@ -100,7 +101,7 @@ class OmniStage(Stage):
         self.tok = thinker.tokenizer
         try:
             self.template = ChatTemplate(self.tok, cfg.chat_layout)
-        except ValueError as e:
+        except UserError as e:
             raise ConfigError(f"chat_layout: {e}") from None
         self.model_cfg = OmniConfig(thinker.model.cfg, vision.model.cfg.vision if vision else None,
                                     audio.model.cfg if audio else None, cfg.projector, cfg.chat_layout)
@@ -108,7 +109,7 @@ class OmniStage(Stage):
         try:  # a malformed row is an error naming its file and line
             self.train_examples = [ex for f in cfg.train_files for ex in read_sft(f, cfg.system_prompt)]
             self.val_examples = read_sft(cfg.val_file, cfg.system_prompt) if cfg.val_file else []
-        except ValueError as e:
+        except UserError as e:
             raise ConfigError(str(e)) from None
         if cfg.freeze.thinker:  # with the Thinker frozen a text-only row has nothing to train
             n = len(self.train_examples)
@@ -142,7 +143,7 @@ class OmniStage(Stage):
             self.media = load_media(examples, model, self.mel, next(model.parameters()).device,
                                     encode_images=cfg.freeze.vision, encode_audio=cfg.freeze.audio,
                                     media=getattr(self, "media", None), progress=self.dist.is_main)
-        except ValueError as e:  # images or audio for a model without that encoder
+        except UserError as e:  # images or audio for a model without that encoder
             raise ConfigError(str(e)) from None
         keep, rendered, long, bad = [], [], 0, 0
         for ex in examples:

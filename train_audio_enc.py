@@ -23,6 +23,7 @@ import torch
 from omni.audio import LogMel, MelConfig, freq_warp, spec_augment, time_stretch
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.speech import FeatureCache, SpeechBatches, measure, read_manifest
+from omni.errors import UserError
 from omni.infer.asr import evaluate_utterances
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, ctc_frames_needed, ctc_loss, encoder_frames
 from omni.train.engine import Stage, run
@@ -121,8 +122,8 @@ class AudioEncStage(Stage):
         self.log.info(f"vocabulary: {len(self.vocab) - 1} characters + blank: {self.vocab.chars!r}")
         self.log.info("val: " + ", ".join(f"{name} {len(v)}" for name, v in self.val_sets.items()))
         if bad > cfg.max_bad_fraction * len(train):
-            raise RuntimeError(f"{bad} of {len(train)} utterances in {', '.join(sources)} are unreadable or have no "
-                               f"text, over max_bad_fraction {cfg.max_bad_fraction:.1%}")
+            raise UserError(f"{bad} of {len(train)} utterances in {', '.join(sources)} are unreadable or have no "
+                            f"text, over max_bad_fraction {cfg.max_bad_fraction:.1%}")
         self.mel = LogMel(cfg.features)
         self.cache = None
         if cfg.cache_features:

@@ -22,6 +22,7 @@ from PIL import Image
 from omni.builtin.ocr import PRINTABLE
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.ocr import LineBatches, line_width, load_lines, read_manifest
+from omni.errors import UserError
 from omni.infer.ocr import evaluate_lines
 from omni.models.audio_encoder import ctc_frames_needed, ctc_loss
 from omni.models.ocr import LineCNN, OCRConfig, OCRModel
@@ -97,8 +98,8 @@ class OCRStage(Stage):
         self.log.info(f"vocabulary: {len(self.vocab) - 1} characters: {self.vocab.chars!r}")
         self.log.info("val: " + ", ".join(f"{name} {len(v)}" for name, v in self.val_sets.items()))
         if bad > cfg.max_bad_fraction * len(rows):
-            raise RuntimeError(f"{bad} of {len(rows)} line images in {', '.join(sources)} are unreadable, over "
-                               f"max_bad_fraction {cfg.max_bad_fraction:.1%}")
+            raise UserError(f"{bad} of {len(rows)} line images in {', '.join(sources)} are unreadable, over "
+                            f"max_bad_fraction {cfg.max_bad_fraction:.1%}")
 
     def build_model(self):
         return OCRModel(self.model_cfg)

@@ -28,6 +28,7 @@ from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import LengthBucketed
 from omni.data.speech import read_manifest
 from omni.data.tts import collate, make_sample
+from omni.errors import UserError
 from omni.export import file_sha256
 from omni.infer.asr import evaluate_utterances
 from omni.infer.evaluate import code_cross_entropy
@@ -98,7 +99,7 @@ class SpeechSet:
         for u in utts:
             try:
                 self.mels.append(mel(load_audio(u.wav, mel.cfg.sample_rate)).half())
-            except ValueError as e:
+            except UserError as e:   # unreadable or empty
                 self.bad += 1
                 if log:
                     log(f"WARNING: skipped {e}")
@@ -114,7 +115,7 @@ def read_sets(cfg: TalkerTrainConfig, log) -> tuple[SpeechSet, dict[str, SpeechS
     mel = LogMel(cfg.features)
     train = SpeechSet(cfg.train_csv, mel, log)
     if train.bad > cfg.max_bad_fraction * (len(train) + train.bad):
-        raise RuntimeError(f"{train.bad} unreadable files in {cfg.train_csv}, over max_bad_fraction")
+        raise UserError(f"{train.bad} unreadable files in {cfg.train_csv}, over max_bad_fraction")
     if cfg.val_csvs:
         return train, {Path(p).stem: SpeechSet(p, mel, log) for p in cfg.val_csvs}
     if cfg.val_split <= 0:
@@ -286,7 +287,7 @@ class TalkerStage(SpeechOutStage):
         self.val_samples = {k: [self._sample(t, m) for t, m in zip(v.texts, v.mels)] for k, v in self.val_sets.items()}
         for k, v in self.val_samples.items():
             if any(s is None for s in v):
-                raise ValueError(f"validation file {k} holds sentences longer (in characters) than their audio "
+                raise UserError(f"validation file {k} holds sentences longer (in characters) than their audio "
                                  f"(in 10 ms frames); fix the manifest")
         hours = sum(len(s["mel"]) for s in self.samples) * cfg.features.hop_length / cfg.features.sample_rate / 3600
         self.log.info(f"talker: {len(self.samples)} of {len(train)} utterances ({hours:.2f} h) from "

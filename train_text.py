@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from omni.config import TrainConfig, to_dict
+from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.text import PackedTokens, token_cache
 from omni.infer.evaluate import lm_metrics
 from omni.infer.generate import generate
@@ -64,8 +64,8 @@ class TextStage(Stage):
         dist.barrier(self.dist)
         self.tok = Tokenizer(tok_path)
         if self.tok.vocab_size != cfg.model.vocab_size:
-            raise ValueError(f"{tok_path} has {self.tok.vocab_size} tokens but model.vocab_size is "
-                             f"{cfg.model.vocab_size}; make them agree")
+            raise ConfigError(f"{tok_path} has {self.tok.vocab_size} tokens but model.vocab_size is "
+                              f"{cfg.model.vocab_size}; make them agree")
         cache = save_dir / "cache"
         # rank 0 tokenizes first; the others then find the cache
         for turn in (True, False):

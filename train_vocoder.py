@@ -33,6 +33,7 @@ from omni.audio import GriffinLim, LogMel, load_audio, mel_refine
 from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import BatchStream
 from omni.data.speech import read_manifest
+from omni.errors import UserError
 from omni.infer.vocoder import RefinedGriffinLim, codec_round_trip, voice_metrics
 from omni.models.codec import TalkerFeatures
 from omni.perceptual import available
@@ -170,10 +171,10 @@ class VocoderStage(Stage):
                       f"skipped {short} shorter than segment_frames {cfg.segment_frames}, {bad} unreadable; "
                       f"training on {cfg.train_on} mels")
         if bad > cfg.max_bad_fraction * len(utts):
-            raise RuntimeError(f"{bad} of {len(utts)} files in {', '.join(sources)} are unreadable, over "
-                               f"max_bad_fraction {cfg.max_bad_fraction:.1%}")
+            raise UserError(f"{bad} of {len(utts)} files in {', '.join(sources)} are unreadable, over "
+                            f"max_bad_fraction {cfg.max_bad_fraction:.1%}")
         if not self.wavs:
-            raise RuntimeError(f"no utterance of {', '.join(sources)} is {cfg.segment_frames} frames long")
+            raise UserError(f"no utterance of {', '.join(sources)} is {cfg.segment_frames} frames long")
         self.val = []
         if cfg.val_csv:
             for u in read_manifest(cfg.val_csv)[:cfg.val_utterances]:

@@ -7,7 +7,7 @@ An artifact is a dict saved with torch.save that loads with `weights_only=True`:
 vision.pt, rvq_codec.pt, talker.pt, ocr.pt; two are named otherwise: Stage E's omni is omni_final.pt, the
 vocoder's hifigan.pt) and `format` the layout of this file. `KINDS` lists, per kind, the entries it must hold and how it becomes a model. Loading
 is strict: an unknown kind or format, a missing entry or weights that do not fit the stored config is an error
-naming the file, never a silently random model.
+naming the file (ArtifactError, a omni.errors.UserError), never a silently random model.
 
     a = load_artifact("runs/demo/thinker/thinker.pt")            # any kind; kind="thinker" to insist
     a.model, a.tokenizer                                          # Thinker in eval mode, its Tokenizer
@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from omni.config import from_dict
+from omni.errors import ArtifactError
 from omni.export import is_component, read_component
 
 FORMAT = 1  # layout of every artifact written by this code; bump when an entry changes meaning
@@ -57,9 +58,9 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torn, truncated or foreign file
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {type(e).__name__}: {e}") from None
+        raise ArtifactError(f"checkpoint {path} is unreadable or corrupt: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict):
-        raise RuntimeError(f"checkpoint {path} holds a {type(state).__name__}, not a μOmni checkpoint")
+        raise ArtifactError(f"checkpoint {path} holds a {type(state).__name__}, not a μOmni checkpoint")
     return state
 
 
@@ -171,21 +172,21 @@ KINDS: dict[str, Kind] = {
 def check_entries(state: dict, path: str | Path) -> Kind:
     """The Kind of an artifact dict, or an error naming the file and what is wrong with it."""
     if "optimizer" in state or "optimizers" in state:
-        raise ValueError(f"{path} is a step checkpoint (training state), not a final artifact; the stage writes "
+        raise ArtifactError(f"{path} is a step checkpoint (training state), not a final artifact; the stage writes "
                          f"its final artifact ({', '.join(k.filename for k in KINDS.values())}) when it "
                          f"finishes, and that is what loads here")
     if "kind" not in state:
-        raise ValueError(f"{path} has no 'kind' entry: not a μOmni artifact of format {FORMAT} (artifacts "
+        raise ArtifactError(f"{path} has no 'kind' entry: not a μOmni artifact of format {FORMAT} (artifacts "
                          f"written before kinds existed must be trained again: rerun the stage with --fresh)")
     kind = KINDS.get(state["kind"])
     if kind is None:
-        raise ValueError(f"{path}: unknown artifact kind {state['kind']!r}; this code loads {', '.join(KINDS)}")
+        raise ArtifactError(f"{path}: unknown artifact kind {state['kind']!r}; this code loads {', '.join(KINDS)}")
     if state.get("format") != FORMAT:
-        raise ValueError(f"{path}: artifact format {state.get('format')!r}, but this code reads format {FORMAT}; "
+        raise ArtifactError(f"{path}: artifact format {state.get('format')!r}, but this code reads format {FORMAT}; "
                          f"use the μOmni version that wrote it, or train the stage again")
     missing = [k for k in COMMON + kind.entries if k not in state]
     if missing:
-        raise ValueError(f"{path}: {state['kind']} artifact lacks the entries {missing}")
+        raise ArtifactError(f"{path}: {state['kind']} artifact lacks the entries {missing}")
     return kind
 
 
@@ -201,14 +202,14 @@ def load_artifact(path: str | Path, kind: str | None = None, device="cpu") -> Ar
     state = read_component(path) if path.is_dir() and is_component(path) else read_checkpoint(path)
     spec = check_entries(state, path)
     if kind is not None and state["kind"] != kind:
-        raise ValueError(f"{path} is a {state['kind']} artifact, but a {kind} ({KINDS[kind].filename}) is "
+        raise ArtifactError(f"{path} is a {state['kind']} artifact, but a {kind} ({KINDS[kind].filename}) is "
                          f"needed here")
     try:
         model, extras = spec.build(state, str(path))
     except ValueError as e:  # a stored config this code does not know (ConfigError), a broken vocabulary
-        raise ValueError(f"{path}: cannot rebuild its {state['kind']} model: {e}") from None
+        raise ArtifactError(f"{path}: cannot rebuild its {state['kind']} model: {e}") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise RuntimeError(f"{path}: weights do not match the stored model config: {e}") from None
+        raise ArtifactError(f"{path}: weights do not match the stored model config: {e}") from None
     return Artifact(state["kind"], path, model.to(device).eval(), state["config"], **extras)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from omni.errors import UserError
+
 
 @dataclass
 class MelConfig:
@@ -65,9 +67,9 @@ def load_audio(path, target_sr: int = 16000) -> torch.Tensor:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=False)
     except Exception as e:  # soundfile raises its own LibsndfileError, RuntimeError or OSError
-        raise ValueError(f"cannot read audio {path}: {e}") from None
+        raise UserError(f"cannot read audio {path}: {e}") from None
     if data.size == 0:
-        raise ValueError(f"audio file {path} is empty")
+        raise UserError(f"audio file {path} is empty")
     return to_mono_resampled(torch.from_numpy(data), sr, target_sr)
 
 
@@ -209,5 +211,5 @@ class GriffinLim(torch.nn.Module):
         wav = self.gl(power)
         peak = wav.abs().max()
         if not torch.isfinite(peak) or peak == 0:
-            raise RuntimeError(f"Griffin-Lim produced no signal from {tuple(logmel.shape)} mel frames")
+            raise UserError(f"Griffin-Lim produced no signal from {tuple(logmel.shape)} mel frames")
         return wav * (0.95 / peak) if peak > 0.95 else wav

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from omni.errors import UserError
 from omni.tokenizer import LAYOUTS, Tokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -48,27 +49,27 @@ class Rendered:
 
 def check_turns(turns: list[Turn], where: str, for_generation: bool = False) -> None:
     """An optional system turn, then user and assistant turns alternating, ending with the assistant (or, for
-    generation, with the user); media only on user turns. Raises ValueError naming `where`."""
+    generation, with the user); media only on user turns. Raises UserError naming `where`."""
     roles = [t.role for t in turns]
     bad = [r for r in roles if r not in ROLES]
     if bad:
-        raise ValueError(f"{where}: unknown role {bad[0]!r}; roles are {', '.join(ROLES)}")
+        raise UserError(f"{where}: unknown role {bad[0]!r}; roles are {', '.join(ROLES)}")
     body = roles[1:] if roles and roles[0] == "system" else roles
     want = ["user", "assistant"] * ((len(body) + 1) // 2)
     if not body or body != want[:len(body)]:
-        raise ValueError(f"{where}: turns must alternate user, assistant (after an optional system turn), got "
+        raise UserError(f"{where}: turns must alternate user, assistant (after an optional system turn), got "
                          f"{roles}")
     if body[-1] != ("user" if for_generation else "assistant"):
-        raise ValueError(f"{where}: the last turn must be {'a user' if for_generation else 'an assistant'} turn")
+        raise UserError(f"{where}: the last turn must be {'a user' if for_generation else 'an assistant'} turn")
     for t in turns:
         if t.role != "user" and (t.images or t.audio):
-            raise ValueError(f"{where}: only user turns may carry an image or audio")
+            raise UserError(f"{where}: only user turns may carry an image or audio")
 
 
 class ChatTemplate:
     def __init__(self, tok: Tokenizer, layout: str = "media_first"):
         if layout not in LAYOUTS:
-            raise ValueError(f"chat layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+            raise UserError(f"chat layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         self.tok, self.layout = tok, layout
         s = tok.special
         self.im_start, self.im_end = s["<|im_start|>"], s["<|im_end|>"]

@@ -14,9 +14,11 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from omni.errors import UserError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(UserError):
+    """A config file, key or --set override that is wrong; the message names the file and the key."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ the same dict, so `load_artifact("merged_model/omni")` (or `load_artifact("merge
 the model through the one loader every stage's artifact goes through. Every file is checked against the
 manifest's sha256 before it is used.
 
-Nothing here imports the rest of omni: omni.artifacts loads exported components through this module.
+Nothing here imports the rest of omni (but its error types): omni.artifacts loads exported components through this module.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from omni.errors import ArtifactError, UserError
 
 EXPORT_FORMAT = 1
 MANIFEST, WEIGHTS, CONFIG, TOKENIZER = "manifest.json", "model.safetensors", "config.json", "tokenizer.model"
@@ -49,7 +51,7 @@ def write_component(state: dict, out_dir: Path, dtype: str = "float32") -> list[
     as tokenizer.model in out_dir's parent). Floating weights are cast to `dtype`; tied weights are written
     once and recorded. Returns the files written."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors, tied, seen = {}, {}, {}
     for name, t in state["model"].items():
@@ -68,7 +70,7 @@ def write_component(state: dict, out_dir: Path, dtype: str = "float32") -> list[
         tok = out_dir.parent / TOKENIZER
         data = state["tokenizer"].numpy().tobytes()
         if tok.exists() and tok.read_bytes() != data:
-            raise ValueError(f"{tok} already holds another tokenizer than the {state['kind']} artifact's")
+            raise ArtifactError(f"{tok} already holds another tokenizer than the {state['kind']} artifact's")
         tok.write_bytes(data)
         config["tokenizer"] = f"../{TOKENIZER}"
         written.append(tok)
@@ -87,7 +89,7 @@ def read_component(path: Path) -> dict:
     try:
         weights = load_file(str(path / WEIGHTS))
     except Exception as e:  # a torn or foreign file
-        raise RuntimeError(f"{path / WEIGHTS} is unreadable: {type(e).__name__}: {e}") from None
+        raise ArtifactError(f"{path / WEIGHTS} is unreadable: {type(e).__name__}: {e}") from None
     for name, source in tied.items():
         weights[name] = weights[source]
     state["model"] = weights
@@ -106,11 +108,11 @@ def verify(root: Path, files: list[Path]) -> None:
     for f in files:
         rel = f.resolve().relative_to(root.resolve()).as_posix()
         if rel not in recorded:
-            raise ValueError(f"{f} is not listed in {manifest_path}")
+            raise ArtifactError(f"{f} is not listed in {manifest_path}")
         if not f.exists():
             raise FileNotFoundError(f"{f} is missing from the export {root}")
         if file_sha256(f) != recorded[rel]:
-            raise ValueError(f"checksum mismatch: {f} is not the file {manifest_path} records (changed or corrupt)")
+            raise ArtifactError(f"checksum mismatch: {f} is not the file {manifest_path} records (changed or corrupt)")
 
 
 def write_manifest(root: Path, dtype: str, sources: dict) -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from omni.errors import UserError
+
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 # Chat and modality markers reserved now, so SFT later needs no new tokenizer (ids 4.. in this order).
 SPECIAL_TOKENS = [
@@ -36,12 +38,12 @@ class Tokenizer:
         try:
             self.sp.LoadFromSerializedProto(model_proto)
         except Exception as e:
-            raise ValueError(f"{path or 'tokenizer bytes'}: not a SentencePiece model ({e})") from None
+            raise UserError(f"{path or 'tokenizer bytes'}: not a SentencePiece model ({e})") from None
         self.vocab_size = self.sp.get_piece_size()
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = PAD, UNK, BOS, EOS
         self.special = {t: self.sp.piece_to_id(t) for t in SPECIAL_TOKENS}
         if self.sp.eos_id() != EOS or self.special != SPECIAL_IDS:
-            raise ValueError(f"{path} is not a μOmni tokenizer (special token ids differ)")
+            raise UserError(f"{path} is not a μOmni tokenizer (special token ids differ)")
 
     def encode(self, text: str | list[str]) -> list[int] | list[list[int]]:
         return self.sp.encode(text)
@@ -73,7 +75,7 @@ def train_tokenizer(text_files: list[str | Path], out_path: str | Path, vocab_si
     for f in text_files:
         lines.extend(l for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip())
     if not lines:
-        raise ValueError(f"no text to train a tokenizer on in {', '.join(map(str, text_files))}")
+        raise UserError(f"no text to train a tokenizer on in {', '.join(map(str, text_files))}")
     random.Random(seed).shuffle(lines)
     # Long documents are cut: SentencePiece ignores sentences over max_sentence_length bytes.
     sample = [l[:4000] for l in lines[:max_sentences]]

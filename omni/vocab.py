@@ -2,6 +2,7 @@
 input characters."""
 from __future__ import annotations
 
+from omni.errors import UserError
 from omni.models.talker import SIL  # the Talker's reserved ids: 0 padding, 1 silence
 from omni.text_norm import normalize_transcript, spoken_form
 
@@ -60,5 +61,5 @@ class TextVocab:
         (characters without a reading, omni.text_norm.unsayable, are the caller's to report)."""
         bad = self.unknown(text)
         if bad:
-            raise ValueError(f"cannot speak {bad!r} in {text!r}: the Talker knows only {self.chars!r}")
+            raise UserError(f"cannot speak {bad!r} in {text!r}: the Talker knows only {self.chars!r}")
         return [SIL] + [self.index[c] for c in self.spoken(text)] + [SIL]

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from omni.vocab import CharVocab  # noqa: E402
 from omni.audio import MelConfig  # noqa: E402
 from omni.data.speech import measure, read_manifest  # noqa: E402
+from omni.errors import exit_on_user_error  # noqa: E402
 from omni.models.audio_encoder import ctc_frames_needed, encoder_frames  # noqa: E402
 
 
@@ -47,11 +48,8 @@ def main(argv=None) -> int:
         p.error(f"--frame_ms must be a multiple of the {mel_ms:g} ms mel hop")
     block = int(args.frame_ms // mel_ms) if args.stage == "talker" else 1   # log-mel frames per stage frame
     rounding = args.round or (8 if args.stage == "talker" else 64)
-    try:
+    with exit_on_user_error():
         utts = [u for path in args.csv for u in measure(read_manifest(path), cfg)]
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     bad = [u for u in utts if u.frames < 0]
     good = [u for u in utts if u.frames >= 0]
     if not good:

@@ -13,9 +13,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the omni package, for every converter
 
-class ConversionError(RuntimeError):
-    pass
+from omni.errors import UserError, exit_on_user_error  # noqa: E402
+
+
+class ConversionError(UserError, RuntimeError):
+    """Input a converter cannot use: a wrong folder, a missing file, a dataset mostly unreadable."""
 
 
 class Skips:
@@ -95,9 +99,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def run(main) -> None:
-    """Entry point: a ConversionError is a one-line error and exit status 1, not a traceback."""
-    try:
+    """Entry point: a user error (a ConversionError, a missing file) is a one-line error and exit status 1,
+    not a traceback; any other exception keeps its traceback."""
+    with exit_on_user_error():
         sys.exit(main())
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)

@@ -23,6 +23,7 @@ from omni.artifacts import load_artifact  # noqa: E402
 from omni.audio import LogMel  # noqa: E402
 from omni.data.text import token_cache  # noqa: E402
 from omni.device import resolve_device  # noqa: E402
+from omni.errors import UserError, exit_on_user_error  # noqa: E402
 from omni.infer.evaluate import lm_metrics  # noqa: E402
 from omni.text_norm import spoken_form  # noqa: E402
 
@@ -68,7 +69,7 @@ def eval_vision(args) -> dict:
         tokens.append(ids + [EOS])
         captions.append(caption)
     if not pixels:
-        raise ValueError(f"{args.data}: no usable rows")
+        raise UserError(f"{args.data}: no usable rows")
     index = {c: i for i, c in enumerate(sorted(set(captions)))}
     pixels = np.stack(pixels)
     with torch.no_grad():
@@ -158,7 +159,7 @@ def eval_tts(args) -> dict:
         mels.append(logmel)
         wavs.append(u.wav)
     if not texts:
-        raise ValueError(f"{args.data}: no utterance the Talker can speak")
+        raise UserError(f"{args.data}: no utterance the Talker can speak")
     samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer) for t, m in zip(texts, mels)]
     with torch.no_grad():
         se = n = 0.0
@@ -309,11 +310,8 @@ def main(argv=None) -> int:
                                                      "train_file)")
     p.add_argument("--samples", type=int, default=0, help="sft: also print the first N replies beside the answers")
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         result = STAGES[args.stage](args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     print(json.dumps(result))
     return 0
 

@@ -28,12 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from convert_common import ConversionError, Skips, relative_to_manifest, run, write_jsonl  # noqa: E402
 from omni.builtin.sft import CAPTION_PROMPTS, TRANSCRIBE_PROMPT  # noqa: E402
 from omni.data import images as image_data, speech as speech_data  # noqa: E402
+from omni.errors import UserError  # noqa: E402
 
 
 def _read(reader, path: Path) -> list:
     try:
         return reader(path)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, UserError) as e:
         raise ConversionError(str(e)) from None
 
 

@@ -15,10 +15,13 @@ from conftest import (SR, assert_same_weights, final_weights, kill_at, metrics, 
 
 from omni.artifacts import load_artifact
 from omni.audio import LogMel, MelConfig, load_audio, num_frames
+from omni.data.speech import read_manifest
 from omni.infer.asr import ctc_greedy, transcribe
 from omni.metrics import cer, edit_distance, wer
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, ctc_frames_needed
+from omni.train.engine import run
 from omni.vocab import CharVocab
+from train_audio_enc import AudioEncStage
 
 @pytest.fixture(scope="module")
 def tone_data(tmp_path_factory):
@@ -255,10 +258,9 @@ def test_evaluate_and_check_mel_lengths(tone_data, reference):
     assert result["n"] == 6
     assert result["cer"] == pytest.approx(metrics(reference, "val")[-1]["val/cer"])
     # the error rates are those of the model's own transcripts, counted here edit by edit
-    asr = load_artifact(reference / "audio_enc.pt", "audio_enc")
-    refs = [line.split(",")[1] for line in (tone_data / "val.csv").read_text().splitlines()[1:]]
-    hyps = transcribe(asr.model, asr.vocab, LogMel(asr.features), [tone_data / "wavs" / f"val_{i}.wav"
-                                                                   for i in range(6)])
+    asr, utts = load_artifact(reference / "audio_enc.pt", "audio_enc"), read_manifest(tone_data / "val.csv")
+    refs = [u.text for u in utts]
+    hyps = transcribe(asr.model, asr.vocab, LogMel(asr.features), [u.wav for u in utts])
     chars = lambda s: list(" ".join(s.split()))
     assert result["cer"] == pytest.approx(sum(edit_distance(chars(a), chars(b)) for a, b in zip(refs, hyps)) /
                                           sum(len(chars(a)) for a in refs))
@@ -267,6 +269,27 @@ def test_evaluate_and_check_mel_lengths(tone_data, reference):
     r = run_script(["scripts/check_mel_lengths.py", "--csv", str(tone_data / "train.csv"), "--limit", "300"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "over max_mel_length 300: 1 " in r.stdout and "--set max_mel_length=384" in r.stdout
+
+
+def test_a_short_run_learns_to_read_its_training_utterances(tmp_path):
+    """200 steps on 12 tone-alphabet utterances: greedy CER on them falls to 0.00 (each of seeds 0-5 and 1337;
+    0.00-0.14 after 100 steps), where the same encoder untrained scores 0.67-0.95."""
+    r = np.random.default_rng(0)
+    words = lambda n: " ".join("".join(r.choice(list("abcd"), r.integers(1, 4))) for _ in range(n))
+    texts = [words(r.integers(1, 4)) for _ in range(12)]
+    write_split(tmp_path, "train", texts)
+    save = tmp_path / "run"
+    model = {"n_mels": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "dropout": 0.0}
+    cfg = tiny_asr_config(tmp_path, save, val_csvs=[], val_split=0.0, max_steps=200, checkpoint_freq=1000,
+                          val_freq=1000, print_freq=50, spec_augment=False, model=model)
+    run(AudioEncStage, ["--config", str(cfg)])
+    asr = load_artifact(save / "audio_enc.pt", "audio_enc")
+    wavs, mel = [tmp_path / "wavs" / f"train_{i}.wav" for i in range(12)], LogMel(asr.features)
+    torch.manual_seed(0)
+    untrained = AudioEncoder(asr.model.cfg).eval()
+    trained_cer = cer(texts, transcribe(asr.model, asr.vocab, mel, wavs))
+    untrained_cer = cer(texts, transcribe(untrained, asr.vocab, mel, wavs))
+    assert trained_cer <= 0.1 and untrained_cer >= 0.5, (trained_cer, untrained_cer)
 
 
 def assert_same_run(ref, run):

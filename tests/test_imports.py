@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top. A module may import its own unit (a subpackage such as omni.models, a top-level module, a root
 # script) and units of lower layers only: never a higher layer, never another unit of its own layer.
 LAYERS = [
+    ("errors", ("omni.errors",)),   # the user-error type: every layer raises it, so it imports no omni module
     ("foundations", ("omni", "omni.config", "omni.device", "omni.audio", "omni.tokenizer", "omni.text_norm",
                      "omni.prompts", "omni.metrics", "omni.perceptual", "omni.export")),
     ("models, chat template, dataset builder", ("omni.models", "omni.chat", "omni.builtin")),

@@ -15,7 +15,11 @@ from conftest import assert_same_weights, final_weights, kill_at, load_script, m
 from omni.artifacts import load_artifact
 from omni.builtin import ocr as builtin
 from omni.data.ocr import batch_lines, line_pixels, target_ids
+from omni.infer.ocr import read_lines
+from omni.metrics import cer
 from omni.models.ocr import OCRConfig, OCRModel
+from omni.train.engine import run
+from train_ocr import OCRStage
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 WORDS = ["red", "blue", "Star", "left", "top 3", "a $5 box", "(x)", "large", "Circle", "2 + 2 = 4"]
@@ -179,6 +183,32 @@ def test_cli_and_evaluate_script(reference, ocr_data):
     assert m["n"] == 10 and {"cer", "wer", "line_acc"} <= set(m)
     r = run_script(["-m", "omni.ocr", "--ckpt", str(reference / "ocr.pt"), str(ocr_data / "nope.png")])
     assert r.returncode == 1 and "nope.png" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_short_run_reads_its_lines_back(tmp_path):
+    """300 steps on six short texts, each rendered twice: every line is read back exactly (CER 0.00 for each of
+    seeds 0-6; 0.00-0.11 after 200 steps, 0.15-0.48 after 150), where the same model untrained scores 1.6-3.3
+    (it reads long strings of noise)."""
+    texts = ["red", "blue", "star", "left", "top 3", "box"]
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for k in range(2):
+        for i, text in enumerate(texts):
+            builtin.render_line(text, FONT, rng, degraded=False).save(tmp_path / "img" / f"{i}_{k}.png")
+            rows.append((f"img/{i}_{k}.png", text))
+    builtin.write_csv(tmp_path / "train.csv", rows)
+    model = {"channels": 8, "d_model": 32, "enc_layers": 1, "dec_layers": 1, "n_heads": 4, "d_ff": 64, "dropout": 0.0}
+    cfg = ocr_config(tmp_path, tmp_path / "run", val_csvs=[], max_steps=300, val_freq=1000, checkpoint_freq=1000,
+                     print_freq=100, model=model)
+    run(OCRStage, ["--config", cfg])
+    a = load_artifact(tmp_path / "run" / "ocr.pt", "ocr")
+    lines, refs = [tmp_path / p for p, _ in rows], [t for _, t in rows]
+    torch.manual_seed(0)
+    untrained = OCRModel(a.model.cfg).eval()
+    trained_cer = cer(refs, read_lines(a.model, a.vocab, lines))
+    untrained_cer = cer(refs, read_lines(untrained, a.vocab, lines))
+    assert trained_cer <= 0.15 and untrained_cer >= 1.0, (trained_cer, untrained_cer)
 
 
 def test_sigkill_then_rerun_is_bitwise_identical(ocr_data, reference, tmp_path):

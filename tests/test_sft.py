@@ -3,6 +3,8 @@ loading, evaluation and the generation entry point — on tiny artifacts and dat
 from __future__ import annotations
 
 import json
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -20,6 +22,8 @@ from omni.models.omni import AUDIO_ID, IMAGE_ID, OmniConfig, OmniModel, Projecto
 from omni.models.thinker import Thinker, ThinkerConfig
 from omni.models.vision import ClipConfig, ClipModel, TextSideConfig, ViTConfig
 from omni.tokenizer import Tokenizer
+from omni.train.engine import run
+from sft_omni import OmniStage
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
@@ -402,13 +406,22 @@ def test_a_mismatched_omni_artifact_is_an_error(reference, tmp_path):
 
 
 def test_evaluate_script_prints_every_task(reference, sft_data):
-    r = run_script(["scripts/evaluate.py", "sft", "--ckpt", str(reference), "--data", str(sft_data / "val.jsonl")])
+    r = run_script(["scripts/evaluate.py", "sft", "--ckpt", str(reference), "--data", str(sft_data / "val.jsonl"),
+                    "--samples", "6"])
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert set(out["tasks"]) >= {"colour", "spoken_colour", "transcribe", "dialogue"}
     assert out["tasks"]["colour"]["n"] == 3 and "accuracy" in out["tasks"]["colour"]
     assert "perplexity" in out["tasks"]["dialogue"] and "wer" in out["tasks"]["transcribe"]
-    assert 0 <= out["overall"] <= 1 and "shuffled_images" in out and "prior" in out
+    assert "shuffled_images" in out and "prior" in out
+    # the accuracies are those of the replies (the first six generated: the question rows), counted here
+    replies = out["samples"]
+    right = [re.sub(r"[.!?]+$", "", s["reply"].strip().lower()) == s["answer"] for s in replies]
+    assert sorted(s["task"] for s in replies) == ["colour"] * 3 + ["spoken_colour"] * 3
+    assert out["overall"] == pytest.approx(np.mean(right))
+    for task in ("colour", "spoken_colour"):
+        assert out["tasks"][task]["accuracy"] == pytest.approx(np.mean([x for x, s in zip(right, replies)
+                                                                        if s["task"] == task]))
     g = out["grounding"]["images"]
     assert g["n"] == 3 and set(g) == {"accuracy", "shuffled", "prior", "lost", "n"}
 
@@ -421,6 +434,43 @@ def test_scores_normalise_answers_and_measure_grounding():
     g = grounding(rows, ["yes", "yes", "yes", "no"], ["yes", "yes", "yes", "yes"])
     assert (g["accuracy"], g["shuffled"], g["prior"]) == (1.0, 0.75, 0.75) and g["lost"] == pytest.approx(1.0)
     assert grounding(rows, ["yes"] * 4, ["no"] * 4)["lost"] is None   # no margin over the prior
+
+
+GROUNDING_COLOURS = {"red": (220, 35, 35), "green": (30, 165, 60), "blue": (35, 75, 225), "yellow": (235, 215, 40)}
+
+
+def colour_rows(folder, name: str, n: int, rng) -> str:
+    """n "what colour is it?" rows over the four colours in turn, each with its own jittered 16 px image."""
+    (folder / "img").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        c = list(GROUNDING_COLOURS)[i % len(GROUNDING_COLOURS)]
+        pixels = np.array(GROUNDING_COLOURS[c]) + rng.integers(-20, 21, 3) + rng.integers(-8, 9, (16, 16, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / "img" / f"{name}_{i}.png")
+        rows.append({"prompt": "what colour is it?", "answer": c, "image": f"img/{name}_{i}.png", "task": "colour"})
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(folder / f"{name}.jsonl")
+
+
+def test_answers_come_from_the_picture(parts, tmp_path):
+    """A tiny world where only the picture tells the answer: 300 steps on 32 rows answer 16 unseen pictures
+    right (accuracy 1.0 for each of seeds 0-5), and with the pictures shuffled among the rows the answers follow
+    the pictures, not the rows (0.1875 for every seed: the share of rows whose shuffled picture has their own
+    colour; the answer prior is 0.25)."""
+    from omni.infer.omni import load_omni
+    from omni.infer.sft_eval import evaluate_sft
+    rng = np.random.default_rng(0)
+    train, val = colour_rows(tmp_path, "train", 32, rng), colour_rows(tmp_path, "val", 16, rng)
+    save = tmp_path / "run"
+    run(OmniStage, ["--config", sft_config(parts, tmp_path, save, train_files=[train], val_file="",
+                                           audio_enc_ckpt="", batch_size=8, lr=1e-2, projector_lr=1e-2,
+                                           warmup_steps=3, max_steps=300, print_freq=100, checkpoint_freq=1000)])
+    omni = load_omni(save)
+    examples = read_sft(val)
+    media = load_media(examples, omni.model, omni.mel, "cpu", True, True, progress=False)
+    g = evaluate_sft(omni.model, omni.template, examples, media, "cpu", max_new_tokens=8)["grounding"]["images"]
+    assert g["n"] == 16 and g["prior"] == 0.25
+    assert g["accuracy"] >= 0.85 and g["shuffled"] <= g["accuracy"] - 0.5, g
 
 
 def read_row(answer: str):

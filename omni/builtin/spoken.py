@@ -20,6 +20,7 @@ import numpy as np
 from omni.builtin import sentences
 from omni.builtin.speech import FLITE_VOICES, Utterance, Voice, espeak_accents, espeak_voices, normalize_transcript, \
     synthesize_all
+from omni.builtin.text import MissingSource
 
 HELD_OUT_ACCENTS = ("en-029",)  # Caribbean English: heard only in the test splits
 HELD_OUT_FLITE = ("rms",)
@@ -57,7 +58,7 @@ def voice_split() -> VoiceSplit:
     accents = espeak_accents()
     missing = [a for a in HELD_OUT_ACCENTS + VAL_ACCENTS if a not in accents]
     if missing:
-        raise RuntimeError(f"espeak-ng lacks the held-out accent(s) {missing}; it offers {accents}")
+        raise MissingSource(f"espeak-ng lacks the held-out accent(s) {missing}; it offers {accents}")
     train = espeak_voices([a for a in accents if a not in HELD_OUT_ACCENTS + VAL_ACCENTS])
     train += [Voice("flite", v) for v in FLITE_VOICES if v not in HELD_OUT_FLITE]
     val = espeak_voices(list(VAL_ACCENTS))

@@ -12,13 +12,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from omni.errors import UserError
+
 WORDNET = Path("/usr/share/wordnet")
 FORTUNES = Path("/usr/share/games/fortunes")
 FORTUNE_FILES = ["fortunes", "literature", "riddles"]  # fortunes-min: the mild files
 
 
-class MissingSource(RuntimeError):
-    pass
+class MissingSource(UserError, RuntimeError):
+    """A system package the built-in dataset reads from is not installed; the message names it."""
 
 
 def _need(ok: bool, what: str, package: str) -> None:

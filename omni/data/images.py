@@ -20,6 +20,7 @@ from PIL import Image
 
 from omni.data.base import BadSample, BatchStream
 from omni.data.hints import data_hint
+from omni.errors import UserError
 
 
 def read_manifest(path: str | Path, negatives: bool = False) -> list[tuple]:
@@ -40,16 +41,16 @@ def read_manifest(path: str | Path, negatives: bool = False) -> list[tuple]:
                 image, caption = row["image"], " ".join(str(row["caption"]).split())
                 negs = [" ".join(str(c).split()) for c in row.get("negatives", [])]
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise ValueError(f"{path}:{n}: expected a JSON object with 'image' and 'caption' ({e})") from None
+                raise UserError(f"{path}:{n}: expected a JSON object with 'image' and 'caption' ({e})") from None
             if not caption:
-                raise ValueError(f"{path}:{n}: empty caption")
+                raise UserError(f"{path}:{n}: empty caption")
             if not isinstance(row.get("negatives", []), list) or not all(negs):
-                raise ValueError(f"{path}:{n}: 'negatives' must be a list of non-empty captions")
+                raise UserError(f"{path}:{n}: 'negatives' must be a list of non-empty captions")
             image = Path(image)
             image = image if image.is_absolute() else path.parent / image
             rows.append((image, caption, [c for c in negs if c != caption]) if negatives else (image, caption))
     if not rows:
-        raise ValueError(f"{path} holds no rows")
+        raise UserError(f"{path} holds no rows")
     return rows
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from omni.data.base import BadSample, LengthBucketed
 from omni.data.hints import data_hint
+from omni.errors import UserError
 
 
 def read_manifest(path: str | Path) -> list[tuple[str, str]]:
@@ -29,15 +30,15 @@ def read_manifest(path: str | Path) -> list[tuple[str, str]]:
         reader = csv.DictReader(f)
         missing = {"image", "text"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected header image,text")
+            raise UserError(f"{path}: missing column(s) {sorted(missing)}; expected header image,text")
         for n, r in enumerate(reader, 2):
             text = (r["text"] or "").strip()
             if not text or not r["image"]:
-                raise ValueError(f"{path}:{n}: empty image path or text")
+                raise UserError(f"{path}:{n}: empty image path or text")
             image = Path(r["image"])
             rows.append((str(image if image.is_absolute() else path.parent / image), text))
     if not rows:
-        raise ValueError(f"{path} holds no lines")
+        raise UserError(f"{path} holds no lines")
     return rows
 
 

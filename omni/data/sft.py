@@ -24,6 +24,7 @@ from omni.chat import ChatTemplate, Rendered, Turn, check_turns
 from omni.data.base import BadSample, LengthBucketed
 from omni.data.hints import data_hint
 from omni.data.images import decode_image
+from omni.errors import UserError
 
 
 @dataclass
@@ -51,35 +52,35 @@ def _paths(value, base: Path, key: str, where: str) -> list[str]:
         return []
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, str) and v for v in values):
-        raise ValueError(f"{where}: '{key}' must be a path or a list of paths, got {value!r}")
+        raise UserError(f"{where}: '{key}' must be a path or a list of paths, got {value!r}")
     return [v if Path(v).is_absolute() else str(base / v) for v in values]
 
 
 def parse_row(row: dict, base: Path, where: str, system: str = "") -> Example:
-    """One JSONL row → Example; a malformed row is a ValueError naming `where`."""
+    """One JSONL row → Example; a malformed row is a UserError naming `where`."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if "messages" in row:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
-            raise ValueError(f"{where}: 'messages' must be a list of objects")
+            raise UserError(f"{where}: 'messages' must be a list of objects")
         turns = []
         for i, m in enumerate(msgs):
             if not isinstance(m.get("content"), str) or "role" not in m:
-                raise ValueError(f"{where}: messages[{i}] needs 'role' and a string 'content'")
+                raise UserError(f"{where}: messages[{i}] needs 'role' and a string 'content'")
             turns.append(Turn(m["role"], m["content"], _paths(m.get("image"), base, "image", where),
                               _paths(m.get("audio"), base, "audio", where)))
     else:
         missing = [k for k in ("prompt", "answer") if not isinstance(row.get(k), str)]
         if missing:
-            raise ValueError(f"{where}: missing string key(s) {missing} (or give 'messages')")
+            raise UserError(f"{where}: missing string key(s) {missing} (or give 'messages')")
         turns = [Turn("user", row["prompt"], _paths(row.get("image"), base, "image", where),
                       _paths(row.get("audio"), base, "audio", where)), Turn("assistant", row["answer"])]
     if system and turns[0].role != "system":
         turns.insert(0, Turn("system", system))
     check_turns(turns, where)
     if not turns[-1].content.strip():
-        raise ValueError(f"{where}: empty answer")
+        raise UserError(f"{where}: empty answer")
     meta = {k: v for k, v in row.items() if k not in ("messages", "prompt", "answer", "image", "audio", "task")}
     return Example(turns, str(row.get("task", "sft")), where, meta)
 
@@ -96,10 +97,10 @@ def read_sft(path: str | Path, system: str = "") -> list[Example]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+                raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
             out.append(parse_row(row, path.parent, f"{path}:{n}", system))
     if not out:
-        raise ValueError(f"{path} holds no examples")
+        raise UserError(f"{path} holds no examples")
     return out
 
 
@@ -134,7 +135,7 @@ def _read_audio(path: str, mel: LogMel):
         return None, f"missing audio {path}"
     try:
         return mel(load_audio(path, mel.cfg.sample_rate)), None
-    except ValueError as e:
+    except UserError as e:   # unreadable or empty
         return None, str(e)
 
 
@@ -152,7 +153,7 @@ def load_media(examples: list[Example], model, mel_cfg: MelConfig | None, device
     want_aud = list(dict.fromkeys(p for ex in examples for p in ex.audio if p not in known))
     if want_img:
         if model.vision is None:
-            raise ValueError(f"{examples[0].where}: the data has images but the model has no vision encoder")
+            raise UserError(f"{examples[0].where}: the data has images but the model has no vision encoder")
         size = model.cfg.vision.image_size
         for s in tqdm(range(0, len(want_img), batch_size), desc="images", leave=False, disable=not progress):
             chunk = [(p, *_read_image(p, size)) for p in want_img[s:s + batch_size]]
@@ -165,7 +166,7 @@ def load_media(examples: list[Example], model, mel_cfg: MelConfig | None, device
             media.images.update(good)
     if want_aud:
         if model.audio is None:
-            raise ValueError(f"{examples[0].where}: the data has audio but the model has no audio encoder")
+            raise UserError(f"{examples[0].where}: the data has audio but the model has no audio encoder")
         mel = LogMel(mel_cfg)
         mels = [(p, *_read_audio(p, mel)) for p in tqdm(want_aud, desc="audio", leave=False, disable=not progress)]
         media.errors.update({p: why for p, x, why in mels if x is None})

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from omni.audio import LogMel, MelConfig, audio_info, load_audio, num_frames, pad_frames, resampled_length
 from omni.data.base import BadSample, LengthBucketed
 from omni.data.hints import data_hint
+from omni.errors import UserError
 
 
 @dataclass
@@ -31,11 +32,11 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         reader = csv.DictReader(f)
         missing = {"wav", "text"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected header wav,text[,speaker]")
+            raise UserError(f"{path}: missing column(s) {sorted(missing)}; expected header wav,text[,speaker]")
         rows = [Utterance(str(path.parent / r["wav"]) if not Path(r["wav"]).is_absolute() else r["wav"],
                           (r["text"] or "").strip(), r.get("speaker") or "") for r in reader]
     if not rows:
-        raise ValueError(f"{path} holds no utterances")
+        raise UserError(f"{path} holds no utterances")
     return rows
 
 
@@ -63,7 +64,7 @@ class FeatureCache:
         for i, u in enumerate(tqdm(utts, desc="features", leave=False, disable=not show_progress)):
             try:
                 f = mel(load_audio(u.wav, mel.cfg.sample_rate)).to(torch.float16)
-            except ValueError as e:
+            except UserError as e:   # an unreadable or empty file
                 self.failed.append(str(e))
                 self.lengths[i] = -1
                 continue
@@ -103,7 +104,7 @@ class SpeechBatches(LengthBucketed):
         else:
             try:
                 feats = self.mel(load_audio(u.wav, self.mel.cfg.sample_rate))
-            except ValueError as e:
+            except UserError as e:
                 raise BadSample(str(e)) from None
         if feats.shape[0] > self.max_frames:  # the header lied; never truncate into a misaligned label
             raise BadSample(f"{u.wav}: {feats.shape[0]} frames > max_mel_length {self.max_frames}")

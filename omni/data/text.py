@@ -11,6 +11,7 @@ import torch
 
 from omni.data.base import BatchStream
 from omni.data.hints import data_hint
+from omni.errors import UserError
 from omni.export import file_sha256
 from omni.tokenizer import EOS, Tokenizer
 
@@ -29,13 +30,13 @@ def read_documents(path: str | Path) -> list[str]:
                 try:
                     text = json.loads(line)["text"]
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e})") from None
+                    raise UserError(f"{path}:{n}: expected a JSON object with a 'text' field ({e})") from None
             else:
                 text = line.rstrip("\n")
             if text.strip():
                 docs.append(text)
     if not docs:
-        raise ValueError(f"{path} holds no documents")
+        raise UserError(f"{path} holds no documents")
     return docs
 
 

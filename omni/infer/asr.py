@@ -19,6 +19,7 @@ import torch
 from omni.artifacts import load_artifact
 from omni.audio import LogMel, audio_info, load_audio, num_frames, pad_frames, resampled_length
 from omni.device import resolve_device
+from omni.errors import exit_on_user_error
 from omni.metrics import cer, wer
 from omni.models.audio_encoder import BLANK, AudioEncoder, ctc_frames_needed, ctc_loss
 from omni.vocab import CharVocab
@@ -95,14 +96,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=16)
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         device = resolve_device(args.device)
         asr = load_artifact(args.ckpt, "audio_enc", device)
         texts = transcribe(asr.model, asr.vocab, LogMel(asr.features), [Path(a) for a in args.audio],
                            args.batch_size, device)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     for path, text in zip(args.audio, texts):
         print(f"{path}\t{text}")
     return 0

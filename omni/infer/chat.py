@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from omni.artifacts import KINDS, load_artifact
+from omni.errors import UserError
 from omni.export import is_component
 
 
-class ChatError(ValueError):
+class ChatError(UserError):
     """A request that cannot be served (missing part, unreadable input): a message for the user, no trace."""
 
 
@@ -84,5 +85,5 @@ def read_text(chat: Chat, image: str) -> str:
     a = chat.need("ocr", "export with --ocr_ckpt, or give --ocr_ckpt (train_ocr.py writes ocr.pt)")
     try:
         return read_lines(a.model, a.vocab, [image], device=next(a.model.parameters()).device)[0]
-    except ValueError as e:
+    except UserError as e:   # an unreadable image
         raise ChatError(str(e)) from None

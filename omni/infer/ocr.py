@@ -11,6 +11,7 @@ from PIL import Image
 from omni.artifacts import load_artifact
 from omni.data.ocr import batch_lines, line_pixels, load_line
 from omni.device import resolve_device
+from omni.errors import UserError, exit_on_user_error
 from omni.infer.asr import ctc_greedy
 from omni.metrics import cer, wer
 from omni.models.ocr import OCRModel
@@ -26,7 +27,7 @@ def _lines(images: list, height: int) -> list:
             continue
         a = line_pixels(im, height) if isinstance(im, Image.Image) else load_line(str(im), height)
         if a is None:
-            raise ValueError(f"cannot read image {im} (missing, or not an image)")
+            raise UserError(f"cannot read image {im} (missing, or not an image)")
         out.append(a)
     return out
 
@@ -77,13 +78,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     args = p.parse_args(argv)
-    try:
+    with exit_on_user_error():
         device = resolve_device(args.device)
         a = load_artifact(args.ckpt, "ocr", device)
         texts = read_lines(a.model, a.vocab, args.images, args.batch_size, device)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     for path, text in zip(args.images, texts):
         print(f"{path}\t{text}")
     return 0

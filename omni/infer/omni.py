@@ -21,12 +21,13 @@ import torch
 from omni.artifacts import load_artifact
 from omni.audio import LogMel, MelConfig, load_audio, pad_frames
 from omni.chat import ChatTemplate, Turn, check_turns
+from omni.errors import UserError
 from omni.infer.generate import generate_stream
 from omni.models.omni import OmniModel
 from omni.tokenizer import Tokenizer
 
 
-class ContextFull(ValueError):
+class ContextFull(UserError):
     """The conversation leaves no room for a reply in the Thinker's context."""
 
 
@@ -51,7 +52,7 @@ class Omni:
         else:
             x = decode_image(Path(image), size)
             if x is None:
-                raise ValueError(f"cannot read image {image}")
+                raise UserError(f"cannot read image {image}")
         return torch.from_numpy(x.copy()).float() / 255
 
     def _mel(self, audio) -> torch.Tensor:
@@ -65,9 +66,9 @@ class Omni:
         check_turns(turns, "conversation", for_generation=True)
         m = self.model
         if any(t.images for t in turns) and m.vision is None:
-            raise ValueError("this omni model has no vision encoder")
+            raise UserError("this omni model has no vision encoder")
         if any(t.audio for t in turns) and m.audio is None:
-            raise ValueError("this omni model has no audio encoder")
+            raise UserError("this omni model has no audio encoder")
         pixels = [self._pixels(i) for t in turns for i in t.images]
         mels = [self._mel(a) for t in turns for a in t.audio]
         it = iter(mels)

@@ -21,6 +21,7 @@ import torch
 from omni.artifacts import load_artifact
 from omni.audio import GriffinLim, MelConfig
 from omni.data.tts import pad_ids, thinker_batch, thinker_tokens
+from omni.errors import ArtifactError, UserError, exit_on_user_error
 from omni.infer.vocoder import VOCODER_FILE, load_vocoder
 from omni.models.codec import MelCodec
 from omni.models.talker import Talker
@@ -67,7 +68,7 @@ class Speaker:
     def codes_to_logmel(self, codes: torch.Tensor) -> torch.Tensor:
         """Long[N x K] -> raw log-mel Tensor[N*block x n_mels]."""
         if codes.shape[0] == 0:
-            raise RuntimeError("the Talker produced no speech frames (it stopped at once)")
+            raise UserError("the Talker produced no speech frames (it stopped at once)")
         return self.codec.denormalize(self.codec.decode(codes[None].to(self.device)))[0].cpu()
 
     def speak(self, texts: list[str], **kw) -> list[torch.Tensor]:
@@ -86,7 +87,7 @@ def load_speaker(ckpt_dir, device="cpu", vocoder: str | None = None) -> Speaker:
     codec = load_artifact(d, "rvq_codec", device)
     tc, cc = talker.model.cfg, codec.model.cfg
     if (tc.codebooks, tc.codebook_size, tc.n_mels, tc.block) != (cc.codebooks, cc.codebook_size, cc.n_mels, cc.block):
-        raise ValueError(f"{talker.path} was trained for {tc.codebooks} x {tc.codebook_size} codes of {tc.block} x "
+        raise ArtifactError(f"{talker.path} was trained for {tc.codebooks} x {tc.codebook_size} codes of {tc.block} x "
                          f"{tc.n_mels} mel frames, but {codec.path} has {cc.codebooks} x "
                          f"{cc.codebook_size} of {cc.block} x {cc.n_mels}")
     voc, voice = None, f"vocoder: Griffin-Lim (no {VOCODER_FILE} in {d})"
@@ -118,16 +119,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if bool(args.text) == bool(args.texts):
         p.error("give --text (with --out) or --texts (with --out_dir)")
-    if args.text:
-        if not args.out:
-            p.error("--text needs --out")
-        texts, outs = [args.text], [Path(args.out)]
-    else:
-        if not args.out_dir:
-            p.error("--texts needs --out_dir")
-        texts = [line.strip() for line in Path(args.texts).read_text(encoding="utf-8").splitlines() if line.strip()]
-        outs = [Path(args.out_dir) / f"{i:04d}.wav" for i in range(len(texts))]
-    try:
+    if args.text and not args.out:
+        p.error("--text needs --out")
+    if args.texts and not args.out_dir:
+        p.error("--texts needs --out_dir")
+    with exit_on_user_error():
+        if args.text:
+            texts, outs = [args.text], [Path(args.out)]
+        else:
+            texts = [line.strip() for line in Path(args.texts).read_text(encoding="utf-8").splitlines() if line.strip()]
+            outs = [Path(args.out_dir) / f"{i:04d}.wav" for i in range(len(texts))]
         speaker = load_speaker(args.ckpt_dir, args.device, "" if args.griffin_lim else args.vocoder)
         print(speaker.voice, file=sys.stderr)
         for i, text in enumerate(texts):   # numbers and symbols are read out; what has no reading is reported
@@ -135,9 +136,6 @@ def main(argv=None) -> int:
                 print(f"note: {'--text' if args.text else f'{args.texts} text {i + 1}'}: no reading for "
                       f"{unsayable(text)!r}; left out", file=sys.stderr)
         wavs = speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     for text, out, wav in zip(texts, outs, wavs):
         out.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(out), wav.numpy(), speaker.sample_rate)

@@ -20,6 +20,7 @@ import torch
 from omni.artifacts import load_artifact
 from omni.audio import GriffinLim, LogMel, MelConfig, load_audio, mel_refine
 from omni.config import to_dict
+from omni.errors import ArtifactError, UserError, exit_on_user_error
 
 VOCODER_FILE = "hifigan.pt"
 
@@ -37,7 +38,7 @@ class Vocoder:
     def check_features(self, features: MelConfig) -> None:
         """An error naming the file when the mels to voice have other settings than the vocoder was trained on."""
         if to_dict(self.features) != to_dict(features):
-            raise ValueError(f"{self.path} voices mels of other settings than these ({to_dict(self.features)} "
+            raise ArtifactError(f"{self.path} voices mels of other settings than these ({to_dict(self.features)} "
                              f"against {to_dict(features)}): train it on this codec's features (codec_ckpt)")
 
     @torch.no_grad()
@@ -45,7 +46,7 @@ class Vocoder:
         logmel = logmel.float().to(self.device)
         wav = self.generator(logmel)
         if not torch.isfinite(wav).all() or wav.abs().max() == 0:
-            raise RuntimeError(f"the vocoder {self.path} produced no signal from {tuple(logmel.shape)} mel frames")
+            raise UserError(f"the vocoder {self.path} produced no signal from {tuple(logmel.shape)} mel frames")
         wav = mel_refine(wav, logmel, self.features, self.refine).cpu()   # on the generator's device
         peak = wav.abs().max()
         return wav * (0.95 / peak) if peak > 0.95 else wav
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.ckpt and not args.griffin_lim:
         p.error("give --ckpt (a vocoder), or --griffin_lim")
-    try:
+    with exit_on_user_error():
         codec = None
         if args.codec:
             c = Path(args.codec)
@@ -163,9 +164,6 @@ def main(argv=None) -> int:
             out = out_dir / Path(path).name
             sf.write(str(out.with_suffix(".wav")), wav.numpy(), features.sample_rate)
             print(f"{path}\t{out.with_suffix('.wav')}\t{wav.numel() / features.sample_rate:.2f}s")
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from omni.artifacts import atomic_save, read_checkpoint  # noqa: F401  (the engine saves through this module)
+from omni.errors import UserError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A save_dir whose checkpoints cannot be used: the run stops with this one line, not a traceback."""
 
 

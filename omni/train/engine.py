@@ -37,6 +37,7 @@ from tqdm import tqdm
 from omni.artifacts import FORMAT, KINDS, check_entries
 from omni.config import ConfigError, TrainConfig, load_config, to_dict
 from omni.data.base import BatchStream, to_device
+from omni.errors import UserError, exit_on_user_error
 from omni.models.layers import use_sdpa
 from omni.train import checkpoint as ckpt
 from omni.train import dist
@@ -165,10 +166,7 @@ class Optim:
 class Trainer:
     def __init__(self, stage_cls, argv=None):
         args = parse_args(stage_cls, argv)
-        try:
-            self.cfg = stage_cls.configure(load_config(stage_cls.config_cls, args.config, args.overrides))
-        except ConfigError as e:
-            sys.exit(f"config error: {e}")
+        self.cfg = stage_cls.configure(load_config(stage_cls.config_cls, args.config, args.overrides))
         self.fresh = args.fresh
         cfg = self.cfg
         self.dist = dist.setup(cfg.device)
@@ -247,8 +245,8 @@ class Trainer:
         ds.set_distributed(self.dist.rank, self.dist.world_size)
         self.per_epoch = ds.batches_per_epoch()
         if self.per_epoch == 0:
-            raise RuntimeError(f"training data has {len(ds)} samples, fewer than one global batch "
-                               f"({ds.global_batch}); lower batch_size or add data")
+            raise UserError(f"training data has {len(ds)} samples, fewer than one global batch "
+                            f"({ds.global_batch}); lower batch_size or add data")
         self.total = cfg.max_steps or (cfg.max_epochs * self.per_epoch) // cfg.gradient_accumulation_steps
         if self.total <= 0:
             raise ConfigError("set max_steps or max_epochs")
@@ -397,8 +395,8 @@ class Trainer:
             self.samples_seen += n_samples * self.dist.world_size
             if not batch:  # every sample of this micro-batch was bad: nothing to learn from
                 if self.dist.enabled:  # the other ranks would wait forever in the gradient all-reduce
-                    raise RuntimeError(f"rank {self.dist.rank}: every sample of a micro-batch was bad "
-                                       f"at epoch {self.epoch}; see the skipped-sample warnings")
+                    raise UserError(f"rank {self.dist.rank}: every sample of a micro-batch was bad "
+                                    f"at epoch {self.epoch}; see the skipped-sample warnings")
                 continue
             batches.append(to_device(batch, self.device))
         return batches, epoch_done
@@ -472,8 +470,8 @@ class Trainer:
         frac = bad / max(seen, 1)
         self.log.info(f"skipped {bad} bad samples of {seen} in the last window ({frac:.1%})")
         if frac > self.cfg.max_bad_fraction:
-            raise RuntimeError(f"{frac:.1%} of samples were bad, over max_bad_fraction "
-                               f"{self.cfg.max_bad_fraction:.1%}; see the warnings above for the files")
+            raise UserError(f"{frac:.1%} of samples were bad, over max_bad_fraction "
+                            f"{self.cfg.max_bad_fraction:.1%}; see the warnings above for the files")
 
     def _stop(self, saved: bool) -> None:
         if not saved:
@@ -566,9 +564,7 @@ class Trainer:
 
 
 def run(stage_cls, argv=None) -> None:
-    """Entry point of every stage script. Errors a user can fix (a missing file, a bad config or checkpoint)
-    end the run with one clear line instead of a traceback."""
-    try:
+    """Entry point of every stage script. Errors a user can fix (omni.errors.UserError: a bad config, data file
+    or checkpoint; a missing file) end the run with one clear line; any other error keeps its traceback."""
+    with exit_on_user_error():
         Trainer(stage_cls, argv).run()
-    except (ConfigError, FileNotFoundError, ckpt.CheckpointError) as e:
-        sys.exit(f"error: {e}")
