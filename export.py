@@ -6,8 +6,11 @@
 
 The omni artifact (Stage E) already holds the tuned Thinker, both projectors and the encoders it was trained
 with; --thinker_ckpt / --vision_ckpt / --audio_ckpt only check that they are the artifacts it was trained
-from (by sha256: a different file is an error). Speech output needs --talker_ckpt (Stage D's save_dir:
-talker.pt + rvq_codec.pt); its hifigan.pt is taken when there is one beside them, or from --vocoder_ckpt.
+from (by sha256: a different file is an error). Speech output needs a Talker (Stage D's save_dir: talker.pt +
+rvq_codec.pt) and reading text an OCR model: without their flags, the ones in the omni run's runs folder are
+taken (a Talker trained on another Thinker's reading is passed over; the vocoder is the one beside the Talker
+or the one trained on its codec), and what was taken from where is printed; --only_given takes only the
+parts the flags name.
 The layout (omni/export.py): manifest.json (every file's sha256, the sources), tokenizer.model,
 chat_template.json, and a folder per component (omni, talker, rvq_codec, vocoder, ocr) with model.safetensors
 and config.json.
@@ -42,9 +45,67 @@ def _read(path: Path, kind: str, flag: str) -> dict:
     return state
 
 
+def _recorded(path: Path, key: str) -> Path | None:
+    """The artifact path an artifact's training config recorded under `key` (a file, or the folder's artifact
+    file), resolved from the current folder; None when it recorded none."""
+    given = (read_checkpoint(path).get("config") or {}).get(key) or ""
+    return Path(given).resolve() if given else None
+
+
+def _same(recorded: Path | None, target: Path) -> bool:
+    return recorded is not None and target.resolve() in (recorded, recorded / target.name)
+
+
+def find_parts(omni_file: Path, args) -> dict[str, tuple[Path, str]]:
+    """The Talker (with its codec), vocoder and OCR model the runs folder of `omni_file` holds beside it, for
+    the parts no flag names: {kind: (path, why)}. A Talker trained on another Thinker's reading is passed over
+    (its conditioning would not match), a vocoder must voice the found codec's mels, and where two candidates
+    fit equally, none is taken and the flag to give is said."""
+    root, found = omni_file.resolve().parent.parent, {}
+
+    def candidates(kind):
+        return sorted(root.glob(f"*/{KINDS[kind].filename}"))
+
+    if not args.talker_ckpt:
+        fits = []
+        for t in candidates("talker"):
+            thinker = _recorded(t, "thinker_ckpt")
+            if (t.parent / KINDS["rvq_codec"].filename).exists() and (thinker is None or _same(thinker, omni_file)):
+                fits.append(t)
+        if len(fits) == 1:
+            found["talker"] = (fits[0], "found beside the omni run")
+        elif fits:
+            print(f"several Talkers fit {omni_file} ({', '.join(map(str, fits))}): give --talker_ckpt",
+                  file=sys.stderr)
+    talker = _artifact_file(args.talker_ckpt, "talker") if args.talker_ckpt else found.get("talker", (None,))[0]
+    if not args.vocoder_ckpt and talker is not None:
+        codec = talker.parent / KINDS["rvq_codec"].filename
+        beside = talker.parent / KINDS["vocoder"].filename
+        fits = [beside] if beside.exists() else [v for v in candidates("vocoder")
+                                                   if _same(_recorded(v, "codec_ckpt"), codec)]
+        if len(fits) == 1:
+            found["vocoder"] = (fits[0], "found: it voices that Talker's codec")
+        elif fits:
+            print(f"several vocoders voice {codec} ({', '.join(map(str, fits))}): give --vocoder_ckpt",
+                  file=sys.stderr)
+    if not args.ocr_ckpt:
+        fits = candidates("ocr")
+        if len(fits) == 1:
+            found["ocr"] = (fits[0], "found beside the omni run")
+        elif fits:
+            print(f"several OCR models beside {omni_file} ({', '.join(map(str, fits))}): give --ocr_ckpt",
+                  file=sys.stderr)
+    return found
+
+
 def export(args) -> dict:
     out = Path(args.output_dir)
     parts: dict[str, Path] = {"omni": _artifact_file(args.omni_ckpt, "omni")}
+    why = {kind: "given" for kind in ("omni", "talker", "vocoder", "ocr") if getattr(args, f"{kind}_ckpt")}
+    if parts["omni"].exists() and not args.only_given:
+        for kind, (path, reason) in find_parts(parts["omni"], args).items():
+            setattr(args, f"{kind}_ckpt", str(path))
+            why[kind] = reason
     if args.talker_ckpt:
         parts["talker"] = _artifact_file(args.talker_ckpt, "talker")
         parts["rvq_codec"] = parts["talker"].parent / KINDS["rvq_codec"].filename
@@ -60,6 +121,8 @@ def export(args) -> dict:
     flag = {"omni": "--omni_ckpt", "talker": "--talker_ckpt", "rvq_codec": "--talker_ckpt (its rvq_codec.pt)",
             "vocoder": "--vocoder_ckpt", "ocr": "--ocr_ckpt"}
     states = {kind: _read(p, kind, flag[kind]) for kind, p in parts.items()}
+    for kind, p in parts.items():
+        print(f"{kind}: {p} ({why.get(kind, 'beside the Talker')})", file=sys.stderr)
 
     recorded = states["omni"]["sources"]   # what Stage E started from: checked, never replaced
     for given, kind in ((args.thinker_ckpt, "thinker"), (args.vision_ckpt, "vision"), (args.audio_ckpt, "audio_enc")):
@@ -112,12 +175,19 @@ def main(argv=None) -> int:
     p.add_argument("--vision_ckpt", help="check: the Stage C artifact the omni model was trained from")
     p.add_argument("--audio_ckpt", help="check: the Stage B artifact the omni model was trained from")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--only_given", action="store_true",
+                   help="export only the parts named by flags (default: also the Talker, vocoder and OCR model "
+                        "found beside the omni run)")
     args = p.parse_args(argv)
     with exit_on_user_error():
         manifest = export(args)
     size = sum((Path(args.output_dir) / f).stat().st_size for f in manifest["files"])
-    print(f"exported {', '.join(manifest['sources'])} to {args.output_dir} ({len(manifest['files'])} files, "
-          f"{size / 1e6:.1f} MB, {args.dtype})")
+    kinds = manifest["sources"]
+    modes = ["text", "image", "speech in"] + (["speech out (" + ("vocoder" if "vocoder" in kinds else
+                                                                "Griffin-Lim") + ")"] if "talker" in kinds else [])
+    modes += ["OCR"] if "ocr" in kinds else []
+    print(f"exported {', '.join(kinds)} to {args.output_dir} ({len(manifest['files'])} files, "
+          f"{size / 1e6:.1f} MB, {args.dtype}); modes: {', '.join(modes)}")
     return 0
 
 

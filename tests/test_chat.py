@@ -135,6 +135,29 @@ def test_export_checks_the_parts_it_is_told_about(runs, tmp_path):
     assert r.returncode == 1 and "--omni_ckpt" in r.stderr and "not found" in r.stderr
 
 
+def test_export_finds_the_parts_beside_the_omni_run(runs, tmp_path):
+    """With --omni_ckpt alone the Talker (and its codec) and the OCR model of the same runs folder come along,
+    each named with where it came from; a Talker trained on another Thinker's reading is passed over;
+    --only_given exports the omni model alone."""
+    r = run_script(["export.py", "--omni_ckpt", str(runs / "omni_sft"), "--output_dir", str(tmp_path / "a")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert set(json.loads((tmp_path / "a" / "manifest.json").read_text())["sources"]) == {
+        "omni", "talker", "rvq_codec", "ocr"}
+    assert f"talker: {runs / 'talker' / 'talker.pt'} (found beside the omni run)" in r.stderr
+    assert "modes: text, image, speech in, speech out (Griffin-Lim), OCR" in r.stdout
+    r = run_script(["export.py", "--omni_ckpt", str(runs / "omni_sft"), "--output_dir", str(tmp_path / "b"),
+                    "--only_given"])
+    assert r.returncode == 0 and set(json.loads((tmp_path / "b" / "manifest.json").read_text())["sources"]) == {"omni"}
+    other = tmp_path / "runs"
+    shutil.copytree(runs, other)
+    state = torch.load(other / "talker" / "talker.pt", weights_only=True)
+    state["config"] = {"thinker_ckpt": str(tmp_path / "another_thinker.pt")}
+    torch.save(state, other / "talker" / "talker.pt")
+    r = run_script(["export.py", "--omni_ckpt", str(other / "omni_sft"), "--output_dir", str(tmp_path / "c")])
+    assert r.returncode == 0 and set(json.loads((tmp_path / "c" / "manifest.json").read_text())["sources"]) == {
+        "omni", "ocr"}
+
+
 def chat(args) -> tuple[int, dict | None, str]:
     r = run_script(["infer_chat.py", *args, "--json"])
     out = json.loads(r.stdout) if r.returncode == 0 else None
@@ -197,7 +220,7 @@ def test_bad_input_is_one_clear_error(exported, runs, args, message):
 
 def test_a_mode_without_its_part_is_an_error(runs, tmp_path):
     only = tmp_path / "only_omni"
-    r = run_script(["export.py", "--omni_ckpt", str(runs / "omni_sft"), "--output_dir", str(only)])
+    r = run_script(["export.py", "--omni_ckpt", str(runs / "omni_sft"), "--output_dir", str(only), "--only_given"])
     assert r.returncode == 0, r.stderr[-2000:]
     rc, _, err = chat(["--ckpt_dir", str(only), "hello", "--audio_out", str(tmp_path / "x.wav")])
     assert rc == 1 and "no speaker model" in err and "--talker_ckpt" in err and "Traceback" not in err
