@@ -7,7 +7,7 @@ An artifact is a dict saved with torch.save that loads with `weights_only=True`:
 vision.pt, rvq_codec.pt, talker.pt, ocr.pt; two are named otherwise: Stage E's omni is omni_final.pt, the
 vocoder's hifigan.pt) and `format` the layout of this file. `KINDS` lists, per kind, the entries it must hold and how it becomes a model. Loading
 is strict: an unknown kind or format, a missing entry or weights that do not fit the stored config is an error
-naming the file (ArtifactError, a omni.errors.UserError), never a silently random model.
+naming the file (ArtifactError, an omni.errors.UserError), never a silently random model.
 
     a = load_artifact("runs/demo/thinker/thinker.pt")            # any kind; kind="thinker" to insist
     a.model, a.tokenizer                                          # Thinker in eval mode, its Tokenizer
