@@ -188,6 +188,12 @@ def mel_refine(wav: torch.Tensor, logmel: torch.Tensor, cfg: MelConfig, n_iter: 
     return y
 
 
+def peak_limit(wav: torch.Tensor, peak: float = 0.95) -> torch.Tensor:
+    """The waveform scaled down to `peak` where it goes over it (every voice's last step, so none clips)."""
+    top = wav.abs().max()
+    return wav * (peak / top) if top > peak else wav
+
+
 class GriffinLim(torch.nn.Module):
     """Natural-log mel power frames (LogMel with normalize "none") -> waveform: the mel filterbank inverted by
     least squares (torchaudio InverseMelScale), then Griffin-Lim phase recovery (torchaudio). The default
@@ -212,4 +218,4 @@ class GriffinLim(torch.nn.Module):
         peak = wav.abs().max()
         if not torch.isfinite(peak) or peak == 0:
             raise UserError(f"Griffin-Lim produced no signal from {tuple(logmel.shape)} mel frames")
-        return wav * (0.95 / peak) if peak > 0.95 else wav
+        return peak_limit(wav)

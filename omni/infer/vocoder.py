@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from omni.artifacts import load_artifact
-from omni.audio import GriffinLim, LogMel, MelConfig, load_audio, mel_refine
+from omni.audio import GriffinLim, LogMel, MelConfig, load_audio, mel_refine, peak_limit
 from omni.config import to_dict
 from omni.errors import ArtifactError, UserError, exit_on_user_error
 
@@ -47,9 +47,7 @@ class Vocoder:
         wav = self.generator(logmel)
         if not torch.isfinite(wav).all() or wav.abs().max() == 0:
             raise UserError(f"the vocoder {self.path} produced no signal from {tuple(logmel.shape)} mel frames")
-        wav = mel_refine(wav, logmel, self.features, self.refine).cpu()   # on the generator's device
-        peak = wav.abs().max()
-        return wav * (0.95 / peak) if peak > 0.95 else wav
+        return peak_limit(mel_refine(wav, logmel, self.features, self.refine).cpu())   # on the generator's device
 
     def describe(self) -> str:
         refine = f" + {self.refine} mel-consistency iterations" if self.refine else ""
@@ -119,9 +117,7 @@ class RefinedGriffinLim:
         self.gl, self.features, self.refine = GriffinLim(features, n_iter), features, refine
 
     def __call__(self, logmel: torch.Tensor) -> torch.Tensor:
-        wav = mel_refine(self.gl(logmel), logmel, self.features, self.refine)
-        peak = wav.abs().max()
-        return wav * (0.95 / peak) if peak > 0.95 else wav
+        return peak_limit(mel_refine(self.gl(logmel), logmel, self.features, self.refine))
 
 
 def main(argv=None) -> int:
