@@ -132,13 +132,12 @@ class OmniStage(Stage):
             model.audio.load_state_dict(self.parts["audio_enc_ckpt"].model.state_dict())
         self.parts = None  # their weights now live in the model
         f = self.cfg.freeze
-        self.model = model.freeze(thinker=f.thinker, vision=f.vision, audio=f.audio)
-        return model
+        return model.freeze(thinker=f.thinker, vision=f.vision, audio=f.audio)
 
-    def _prepared(self, examples, name: str):
+    def _prepared(self, model, examples, name: str):
         """(the examples that fit the Thinker's context, their renderings: None for a row whose media are
         unreadable, which the stream skips and counts); media loaded into self.media."""
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         try:
             self.media = load_media(examples, model, self.mel, next(model.parameters()).device,
                                     encode_images=cfg.freeze.vision, encode_audio=cfg.freeze.audio,
@@ -162,11 +161,11 @@ class OmniStage(Stage):
                       (f"; {bad} with unreadable media are skipped" if bad else ""))
         return keep, rendered
 
-    def train_data(self):
+    def train_data(self, model):
         cfg = self.cfg
-        examples, rendered = self._prepared(self.train_examples, "train")
+        examples, rendered = self._prepared(model, self.train_examples, "train")
         if self.val_examples:
-            val, r = self._prepared(self.val_examples, "val")
+            val, r = self._prepared(model, self.val_examples, "val")
             self.val_examples = [ex for ex, x in zip(val, r) if x is not None]
         return SFTBatches(examples, rendered, self.media, cfg.batch_size, cfg.seed, cfg.bucket, cfg.loss_per)
 

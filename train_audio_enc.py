@@ -141,7 +141,7 @@ class AudioEncStage(Stage):
     def build_model(self):
         return AudioEncoder(self.model_cfg)
 
-    def train_data(self):
+    def train_data(self, model):
         cfg = self.cfg
         return SpeechBatches(self.train_utts, self.train_labels, self.mel, cfg.batch_size, cfg.seed,
                              cfg.max_mel_length, partial(augment, cfg=cfg), cfg.bucket_batches, self.cache)

@@ -104,7 +104,7 @@ class OCRStage(Stage):
     def build_model(self):
         return OCRModel(self.model_cfg)
 
-    def train_data(self):
+    def train_data(self, model):
         cfg, m = self.cfg, self.model_cfg
         return LineBatches(self.train_paths, self.train_labels, self.train_widths, m.image_height,
                            m.vocab_size - 2, m.vocab_size - 1, cfg.batch_size, cfg.seed, cfg.bucket_batches,

@@ -211,7 +211,7 @@ class CodecStage(SpeechOutStage):
         hop = self.cfg.features.hop_length / self.cfg.features.sample_rate
         return {"mel": x, "lengths": lengths, "audio_s": float(lengths.sum()) * hop}
 
-    def train_data(self):
+    def train_data(self, model):
         cfg = self.cfg
         return Batches(self.train.mels, [len(m) for m in self.train.mels], self._collate, cfg.batch_size,
                        cfg.seed, cfg.bucket_batches)
@@ -308,7 +308,7 @@ class TalkerStage(SpeechOutStage):
     def collate(self, samples):
         return collate(samples, self.cfg.features.hop_length / self.cfg.features.sample_rate)
 
-    def train_data(self):
+    def train_data(self, model):
         cfg = self.cfg
         return Batches(self.samples, [len(s["codes"]) for s in self.samples], self.collate, cfg.batch_size,
                        cfg.seed, cfg.bucket_batches)

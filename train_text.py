@@ -92,7 +92,7 @@ class TextStage(Stage):
     def build_model(self):
         return Thinker(self.cfg.model)
 
-    def train_data(self):
+    def train_data(self, model):
         return PackedTokens(self.train_tokens, self.cfg.model.ctx_len, self.cfg.batch_size, self.cfg.seed)
 
     def loss(self, model, batch):

@@ -232,7 +232,7 @@ class VisionStage(Stage):
             model.text.set_feature_stats(f, f.abs().sum(-1) > 0)  # zero rows are padding past a caption's end
         return model
 
-    def train_data(self):
+    def train_data(self, model):
         s, cfg = self.train_set, self.cfg
         return CaptionedImages(s.images, s.image_index, s.tokens, s.caption_ids, cfg.batch_size, cfg.seed,
                                cfg.augment, s.features, negatives=s.negatives, caption_tokens=s.caption_tokens)

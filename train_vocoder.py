@@ -14,9 +14,10 @@ mels, as HiFi-GAN fine-tunes on its acoustic model's output): first `adv_start` 
 then least-squares adversarial + feature-matching losses against the multi-period and multi-scale
 discriminators, with their own optimizer (generator and discriminators each checkpointed and resumed exactly).
 Validation voices the first `val_utterances` of `val_csv` from their true (and, with a codec, their codec)
-mels and logs log-mel L1 and multi-resolution STFT distance, beside Griffin-Lim's figures (with `model.refine`,
-also `refined_*`: the generator followed by that many mel-consistency iterations, as the artifact voices). The
-final hifigan.pt holds the generator, its config and the mel settings it expects.
+mels and logs log-mel L1 and multi-resolution STFT distance, beside Griffin-Lim's figures (with `refine`, also
+`refined_*`: the generator followed by that many mel-consistency iterations, as the artifact voices). The
+final hifigan.pt holds the generator, its config, the mel settings it expects and how it voices by default
+(`synthesis`: the refinement rounds).
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ class VocoderTrainConfig(TrainConfig):
     train_on: str = "true"            # "true" mels | "codec" reconstructions | "mix" (either, per segment)
     init_from: str = ""               # a hifigan.pt whose generator this run starts from (fine-tuning on codec mels)
     segment_frames: int = 32          # mel frames per training segment (32: 0.31 s of audio)
+    refine: int = 0                   # mel-consistency iterations after the generator at synthesis (stored in
+                                      # the artifact as its default; training never sees them)
     adv_start: int = 0                # steps of mel + STFT loss alone before the discriminators join
     disc_lr: float = 0.0              # 0 = lr
     lambda_mel: float = 45.0          # HiFi-GAN's weights: mel L1 45, feature matching 2, adversarial 1
@@ -145,7 +148,6 @@ class VocoderStage(Stage):
             raise ConfigError(f"train_on {cfg.train_on!r} needs codec_ckpt (Stage D's rvq_codec.pt)")
         else:
             self.features = cfg.features
-        self.step = 0
         sources = [cfg.train_csv, *cfg.extra_train_csvs]
         utts = [u for path in sources for u in read_manifest(path)]
         mel = LogMel(self.features)
@@ -185,8 +187,8 @@ class VocoderStage(Stage):
                 self.log.info("no PESQ / STOI in validation: pip install -r requirements-eval.txt")
             self.gl_metrics = voice_metrics(GriffinLim(self.features), self.val, self.features, self.codec,
                                             self.perceptual)
-            if self.cfg.model.refine:   # the fair baseline of the refined vocoder
-                refined = voice_metrics(RefinedGriffinLim(self.features, self.cfg.model.refine), self.val,
+            if self.cfg.refine:   # the fair baseline of the refined vocoder
+                refined = voice_metrics(RefinedGriffinLim(self.features, self.cfg.refine), self.val,
                                         self.features, self.codec, self.perceptual)
                 self.gl_metrics.update({f"refined_{k}": v for k, v in refined.items()})
             self.log.info("Griffin-Lim on the validation utterances: " +
@@ -204,7 +206,7 @@ class VocoderStage(Stage):
             self.log.info(f"generator starts from {start.path}")
         return model
 
-    def train_data(self):
+    def train_data(self, model):
         c = self.cfg
         f = self.features
         return Segments(self.mels, self.codec_mels, self.wavs, c.segment_frames, f.hop_length, f.sample_rate,
@@ -217,18 +219,17 @@ class VocoderStage(Stage):
                                                warmup_steps=0)}
 
     def steps(self, step):
-        self.step = step
         return ["discriminator", "generator"] if step >= self.cfg.adv_start else ["generator"]
 
-    def optimizer_loss(self, name, model, batch):
-        loss, extra = model(batch["mel"], batch["wav"], name, self.step >= self.cfg.adv_start)
+    def optimizer_loss(self, name, model, batch, step):
+        loss, extra = model(batch["mel"], batch["wav"], name, step >= self.cfg.adv_start)
         return loss, extra, batch["audio_s"]
 
     @torch.no_grad()
     def validate(self, model):
         if not self.val:
             return {}
-        gen, refine = model.generator, self.cfg.model.refine
+        gen, refine = model.generator, self.cfg.refine
         m = voice_metrics(gen, self.val, self.features, self.codec, self.perceptual)
         if refine:   # what the artifact voices at synthesis: the generator, then its mel-consistency iterations
             refined = voice_metrics(lambda mel: mel_refine(gen(mel), mel, self.features, refine), self.val,
@@ -238,7 +239,8 @@ class VocoderStage(Stage):
 
     def artifact(self, model):
         return {"model": model.generator.state_dict(), "model_config": to_dict(self.cfg.model),
-                "features": to_dict(self.features), "config": to_dict(self.cfg)}
+                "features": to_dict(self.features), "synthesis": {"refine": self.cfg.refine},
+                "config": to_dict(self.cfg)}
 
 
 if __name__ == "__main__":

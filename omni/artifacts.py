@@ -74,6 +74,7 @@ class Artifact:
     tokenizer: object = None           # thinker, vision, omni (and a Thinker-conditioned talker): Tokenizer
     vocab: object = None               # audio_enc, ocr: CharVocab; talker: TextVocab
     features: object = None            # audio_enc, rvq_codec, talker, omni, vocoder: the MelConfig of their audio
+    synthesis: dict = None             # vocoder: how it voices unless told otherwise ({"refine": N})
 
 
 @dataclass
@@ -154,7 +155,24 @@ def _ocr(state, where):
 def _vocoder(state, where):
     from omni.models.vocoder import Generator, VocoderConfig
     features = _mel(state, where)
-    return Generator(from_dict(VocoderConfig, state["model_config"], where=where), features), {"features": features}
+    _vocoder_before_the_split(state)
+    model = Generator(from_dict(VocoderConfig, state["model_config"], where=where), features)
+    return model, {"features": features, "synthesis": state.get("synthesis", {})}
+
+
+def _vocoder_before_the_split(state) -> None:
+    """A vocoder written before its iSTFT generator was split into backbone, head and inverse STFT, and before
+    `refine` left the model config for `synthesis`: read in place as it is written now."""
+    config = state["model_config"]
+    if "refine" in config:
+        state["synthesis"] = {"refine": config.pop("refine")}
+    if config.pop("phase", "absolute") != "absolute":
+        raise ValueError("its phase 'integrated' is no longer supported: train the vocoder again")
+    renamed = {"net.head.": "net.head.proj.", **{f"net.{k}.": f"net.backbone.{k}." for k in
+                                                 ("inp", "norm", "blocks", "out_norm")}}
+    if config.get("generator") == "istft" and "net.inp.weight" in state["model"]:
+        state["model"] = {next((new + k[len(old):] for old, new in renamed.items() if k.startswith(old)), k): v
+                          for k, v in state["model"].items()}
 
 
 KINDS: dict[str, Kind] = {
@@ -165,7 +183,7 @@ KINDS: dict[str, Kind] = {
     "talker": Kind("talker.pt", ("vocab", "features"), _talker),
     "omni": Kind("omni_final.pt", ("tokenizer", "features", "sources"), _omni),
     "ocr": Kind("ocr.pt", ("vocab",), _ocr),
-    "vocoder": Kind("hifigan.pt", ("features",), _vocoder),
+    "vocoder": Kind("hifigan.pt", ("features",), _vocoder),   # and "synthesis" (older ones: in model_config)
 }
 
 

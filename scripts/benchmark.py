@@ -57,7 +57,7 @@ def thinker_train(config: str, device, batch_size: int | None = None, steps: int
     x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=device)
 
     def step():
-        with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
+        with autocast_context(device, cfg):
             loss = fwd(x[:, :-1], targets=x[:, 1:])["loss"]
         loss.backward()
         opt.step()
@@ -105,7 +105,7 @@ def audio_enc_train(config: str, device, batch_size: int | None = None, seconds:
     labels = [[1 + (i + j) % 28 for j in range(int(seconds * 13))] for i in range(B)]  # no repeats: alignable
 
     def step():
-        with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
+        with autocast_context(device, cfg):
             out = fwd(x, lengths)
         ctc_loss(out["logits"], out["lengths"], labels, reduction="mean").backward()
         opt.step()
@@ -154,7 +154,7 @@ def vision_train(config: str, device, batch_size: int | None = None, caption_tok
     mask = torch.ones(B, caption_tokens, dtype=torch.bool, device=device)
 
     def step():
-        with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
+        with autocast_context(device, cfg):
             loss = fwd(images, ids, mask)["loss"]
         loss.backward()
         opt.step()
@@ -197,7 +197,7 @@ def talker_train(config: str, device, batch_size: int | None = None, seconds: fl
         opt = build_optimizer(model, cfg.lr, cfg.wd, device)
 
         def step():
-            with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
+            with autocast_context(device, cfg):
                 loss = loss_fn(fwd)
             loss.backward()
             opt.step()
@@ -263,7 +263,7 @@ def omni_train(config: str, device, batch_size: int | None = None, text_tokens: 
     fwd = torch.compile(model, dynamic=True) if cfg.use_compile and device.type == "cuda" else model
 
     def step():
-        with autocast_context(device, cfg.use_amp):
+        with autocast_context(device, cfg):
             loss = fwd(ids, targets, image_feats=feats, return_logits=False)["loss"]
         loss.backward()
         opt.step()
@@ -334,7 +334,7 @@ def ocr_train(config: str, device, batch_size: int | None = None, width: int = 2
     fwd = torch.compile(model, dynamic=True) if cfg.use_compile and device.type == "cuda" else model
 
     def step():
-        with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
+        with autocast_context(device, cfg):
             out = fwd(pixels, widths, targets)
             loss = F.cross_entropy(out["logits"].flatten(0, 1).float(), targets[:, 1:].flatten()) + \
                 cfg.ctc_weight * ctc_loss(out["ctc_logits"], out["frames"], labels.tolist(), reduction="mean")
@@ -379,7 +379,7 @@ def vocoder_train(config: str, device, batch_size: int | None = None, steps: int
 
     def step():
         for part, opt in (("discriminator", opt_d), ("generator", opt_g)):
-            with autocast_context(device, cfg.use_amp, cfg.cpu_amp):
+            with autocast_context(device, cfg):
                 loss, _ = model(mel, wav, part, True)
             loss.backward()
             opt.step()
@@ -401,9 +401,9 @@ def vocoder_synthesis(config: str, device, seconds: float = 4.0) -> dict:
     gl = GriffinLim(cfg.features).to(device)
     with torch.no_grad():
         t_gen = timed(lambda: gen(mel), device, 1, 3)
-        t_ref = timed(lambda: mel_refine(gen(mel), mel, cfg.features, cfg.model.refine), device, 1, 3)
+        t_ref = timed(lambda: mel_refine(gen(mel), mel, cfg.features, cfg.refine), device, 1, 3)
         t_gl = timed(lambda: gl(mel), device, 1, 3)
-    return {"rtf": t_gen / seconds, f"rtf refined ({cfg.model.refine})": t_ref / seconds,
+    return {"rtf": t_gen / seconds, f"rtf refined ({cfg.refine})": t_ref / seconds,
             "griffin_lim_rtf": t_gl / seconds, "audio_s": seconds}
 
 

@@ -84,6 +84,23 @@ def run_script(args: list[str], timeout: float = 300, **kw) -> subprocess.Comple
                           env=script_env(), **kw)
 
 
+GPU_PATH = ("device=cpu", "gpu_path=true", "use_amp=true", "use_compile=true", "max_steps=2", "warmup_steps=1",
+            "print_freq=1", "val_freq=2", "checkpoint_freq=2")
+
+
+def assert_trains_on_the_gpu_path(cmd: list[str], save_dir: Path, artifacts: tuple[str, ...], *more: str) -> None:
+    """The stage trains 2 steps on the CPU as on a GPU (bf16 autocast and torch.compile), validates and writes
+    its artifacts: a GPU-only bug (a bf16 tensor written into an fp32 buffer, a graph that does not compile)
+    fails here."""
+    r = run_script([*cmd, "--fresh", "--set", *GPU_PATH, *more], timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    log = (save_dir / "training.log").read_text()
+    assert "gpu_path: on the CPU as on a GPU: bf16 autocast, torch.compile" in log and "torch.compile on" in log
+    assert metrics(save_dir, "val"), "no validation ran"
+    for name in artifacts:
+        assert (save_dir / name).exists(), f"{name} was not written"
+
+
 def metrics(save_dir: Path, split: str | None = None) -> list[dict]:
     path = save_dir / "metrics.jsonl"
     rows = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []

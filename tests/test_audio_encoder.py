@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import (SR, assert_same_weights, final_weights, kill_at, metrics, run_script, signal_at, tone_speech,
+from conftest import (SR, assert_same_weights, assert_trains_on_the_gpu_path, final_weights, kill_at, metrics, run_script, signal_at, tone_speech,
                       write_split)
 
 from omni.artifacts import load_artifact
@@ -331,3 +331,9 @@ def test_sigterm_saves_and_resumes_exactly(tone_data, reference, tmp_path):
     r = run_script(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_run(reference, save)
+
+
+def test_trains_on_the_gpu_path(tone_data, tmp_path):
+    save = tmp_path / "run"
+    assert_trains_on_the_gpu_path(["train_audio_enc.py", "--config", str(tiny_asr_config(tone_data, save))], save,
+                                  ("audio_enc.pt",))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_same_weights, final_weights, kill_at, load_script, metrics, run_script
+from conftest import assert_same_weights, assert_trains_on_the_gpu_path, final_weights, kill_at, load_script, metrics, run_script
 from omni.artifacts import load_artifact
 from omni.builtin import ocr as builtin
 from omni.data.ocr import batch_lines, line_pixels, target_ids
@@ -274,3 +274,8 @@ def test_prepare_mjsynth_reads_words_from_file_names(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unreadable image" in err and "missing image" in err
     assert mj.convert(root, "annotation_train.txt", out, limit=1, max_skip_fraction=0.5)["rows"] == 1
+
+
+def test_trains_on_the_gpu_path(ocr_data, tmp_path):
+    save = tmp_path / "run"
+    assert_trains_on_the_gpu_path(["train_ocr.py", "--config", ocr_config(ocr_data, save)], save, ("ocr.pt",))

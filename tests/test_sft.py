@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from conftest import ROOT, SR, assert_same_weights, final_weights, kill_at, metrics, run_script, tone_speech
+from conftest import ROOT, SR, assert_same_weights, assert_trains_on_the_gpu_path, final_weights, kill_at, metrics, run_script, tone_speech
 from omni.artifacts import FORMAT, load_artifact
 from omni.audio import MelConfig
 from omni.chat import ChatTemplate, Turn
@@ -493,3 +493,11 @@ def test_chat_prompts_exactly_what_training_saw(reference, sft_data):
     n = chat.shape[1]
     assert n == len(render(ex, omni.template, omni.model, media, for_generation=True).ids)
     assert torch.allclose(chat[0], train[0, :n], atol=1e-3)   # float16-cached features against fresh ones
+
+
+def test_trains_on_the_gpu_path(parts, sft_data, tmp_path):
+    """Training with an alignment step, then validation's generation under autocast (cached image features
+    once could not be stacked there)."""
+    save = tmp_path / "run"
+    assert_trains_on_the_gpu_path(["sft_omni.py", "--config", sft_config(parts, sft_data, save, align_steps=1)], save,
+                                  ("omni_final.pt",))

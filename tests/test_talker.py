@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import assert_same_weights, final_weights, metrics, run_script, signal_at, write_split
+from conftest import assert_same_weights, assert_trains_on_the_gpu_path, final_weights, metrics, run_script, signal_at, write_split
 
 from omni.artifacts import atomic_save, load_artifact
 from omni.audio import LogMel, load_audio
@@ -434,3 +434,11 @@ def test_thinker_conditioned_stage_trains_speaks_and_evaluates(tts_data, text_da
     bad = tiny_talker_config(tts_data, tmp_path / "bad", thinker_ckpt=str(tts_data / "train.csv"))
     r = run_script(["train_talker.py", "--config", str(bad)])
     assert r.returncode != 0 and "train.csv" in r.stderr and "Traceback" not in r.stderr[-300:]
+
+
+def test_trains_on_the_gpu_path(tts_data, asr_ckpt, tmp_path):
+    """The codec (whose fp32 codebook a bf16 vector once broke on a GPU), then the Talker."""
+    save = tmp_path / "run"
+    config = tiny_talker_config(tts_data, save, audio_enc_ckpt=str(asr_ckpt))
+    assert_trains_on_the_gpu_path(["train_talker.py", "--config", str(config)], save, ("rvq_codec.pt", "talker.pt"),
+                                  "codec.max_steps=2", "codec.warmup_steps=1", "codec.val_freq=2", "roundtrip=2")

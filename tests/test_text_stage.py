@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import WORDS, metrics, run_script, tiny_text_config
+from conftest import WORDS, assert_trains_on_the_gpu_path, metrics, run_script, tiny_text_config
 from omni.data.text import token_cache
 from omni.tokenizer import EOS, Tokenizer
 
@@ -120,15 +120,28 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(text_data, tmp_path):
     assert "3 non-finite steps in a row" in r.stderr
 
 
-def test_cpu_amp_autocasts_only_where_the_cpu_has_native_bf16(monkeypatch):
+def test_cpu_amp_autocasts_only_where_the_cpu_has_native_bf16_and_gpu_path_always(monkeypatch):
+    from omni.config import TrainConfig
     from omni.train import engine
     cpu, x = torch.device("cpu"), torch.randn(4, 8)
+
+    def dtype(training=True, **keys):
+        with engine.autocast_context(cpu, TrainConfig(**keys), training=training):
+            return (x @ x.T).dtype
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    with engine.autocast_context(cpu, True, cpu=True):
-        assert (x @ x.T).dtype == torch.bfloat16
-    for enabled, flag in ((True, False), (False, True)):       # off unless both use_amp and cpu_amp
-        with engine.autocast_context(cpu, enabled, cpu=flag):
-            assert (x @ x.T).dtype == torch.float32
+    assert dtype(cpu_amp=True) == torch.bfloat16
+    assert dtype(cpu_amp=True, use_amp=False) == dtype(cpu_amp=False) == torch.float32  # off unless both are set
+    assert dtype(cpu_amp=True, training=False) == torch.float32                         # validation stays fp32
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)  # emulated bf16 would be slower: fp32
-    with engine.autocast_context(cpu, True, cpu=True):
-        assert (x @ x.T).dtype == torch.float32
+    assert dtype(cpu_amp=True) == torch.float32
+    # the GPU path on the CPU: bf16 whatever the CPU, in training and validation, and compiled
+    assert dtype(gpu_path=True) == dtype(gpu_path=True, training=False) == torch.bfloat16
+    assert dtype(gpu_path=True, use_amp=False) == torch.float32
+    assert engine.compiles(cpu, TrainConfig(gpu_path=True)) and not engine.compiles(cpu, TrainConfig())
+    assert not engine.compiles(cpu, TrainConfig(gpu_path=True, use_compile=False))
+
+
+def test_trains_on_the_gpu_path(text_data, tmp_path):
+    save = tmp_path / "run"
+    assert_trains_on_the_gpu_path(["train_text.py", "--config", str(tiny_text_config(text_data, save))], save,
+                                  ("thinker.pt",))

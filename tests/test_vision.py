@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from conftest import assert_same_weights, final_weights, metrics, run_script
+from conftest import assert_same_weights, assert_trains_on_the_gpu_path, final_weights, metrics, run_script
 from omni.artifacts import FORMAT, load_artifact
 from omni.config import to_dict
 from omni.data.images import AugmentConfig, augment, decode_image, read_manifest
@@ -461,3 +461,10 @@ def test_probe_reads_what_features_hold_and_nothing_else():
     noise = torch.randn(400, 64, generator=torch.Generator().manual_seed(2))
     bad = probe_accuracy(noise[:300], split[0], noise[300:], split[1])
     assert bad["shape"] < 0.35 and bad["colour"] < 0.3, bad      # chance: 1/6 and 1/8
+
+
+def test_trains_on_the_gpu_path(image_data, tmp_path):
+    save = tmp_path / "run"
+    config = vision_config(image_data, save, **{"model.caption": {"n_layers": 1, "d_model": 32, "n_heads": 2,
+                                                                  "d_ff": 64}})
+    assert_trains_on_the_gpu_path(["train_vision.py", "--config", config], save, ("vision.pt",))

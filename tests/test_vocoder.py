@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import assert_same_weights, final_weights, kill_at, metrics, run_script, tone_speech
+from conftest import assert_same_weights, assert_trains_on_the_gpu_path, final_weights, kill_at, metrics, run_script, tone_speech
 from omni.artifacts import load_artifact
+from omni.config import to_dict
 from omni.audio import LogMel, mel_refine
 from omni.infer.tts import load_speaker
 from omni.infer.vocoder import load_vocoder
@@ -35,6 +36,27 @@ def test_generators_voice_batches_and_single_inputs(kind):
         Generator(VocoderConfig(generator="hifigan", upsample_rates=[4, 4, 5]), FEATURES)
     with pytest.raises(ValueError, match="'istft' or 'hifigan'"):
         Generator(VocoderConfig(generator="wavenet"), FEATURES)
+
+
+def test_a_vocoder_written_before_the_vocos_split_loads_as_it_voiced(tmp_path):
+    """Older hifigan.pt files: the iSTFT generator's weights under one module, `refine` in the model config."""
+    torch.manual_seed(0)
+    gen = Generator(VocoderConfig(generator="istft", **TINY), FEATURES).eval()
+
+    def old_name(key):   # net.backbone.inp.weight → net.inp.weight, net.head.proj.bias → net.head.bias
+        for now, before in (("net.backbone.", "net."), ("net.head.proj.", "net.head.")):
+            if key.startswith(now):
+                return before + key[len(now):]
+        return key
+    weights = {old_name(k): v for k, v in gen.state_dict().items()}
+    assert "net.inp.weight" in weights and "net.head.weight" in weights
+    old = {"kind": "vocoder", "format": 1, "model": weights, "features": to_dict(FEATURES), "config": {},
+           "model_config": {**to_dict(VocoderConfig(generator="istft", **TINY)), "phase": "absolute", "refine": 3}}
+    torch.save(old, tmp_path / "hifigan.pt")
+    v = load_vocoder(tmp_path / "hifigan.pt", FEATURES, refine=0)
+    mel = torch.randn(21, 16) - 4
+    torch.testing.assert_close(v.generator(mel), gen(mel))
+    assert load_vocoder(tmp_path / "hifigan.pt").refine == 3
 
 
 def test_discriminators_take_b_1_t_and_the_losses_are_finite():
@@ -95,7 +117,7 @@ def vocoder_config(data, save_dir, **over) -> str:
     cfg = {"save_dir": str(save_dir), "train_csv": str(data / "train.csv"), "val_csv": str(data / "val.csv"),
            "val_utterances": 2, "features": {"n_mels": 16}, "batch_size": 4, "segment_frames": 16, "lr": 2e-3,
            "warmup_steps": 2, "max_steps": 12, "adv_start": 4, "print_freq": 1, "val_freq": 6, "checkpoint_freq": 3,
-           "model": {"generator": "istft", "channels": 16, "layers": 2, "disc_channels": 2, "refine": 2}}
+           "refine": 2, "model": {"generator": "istft", "channels": 16, "layers": 2, "disc_channels": 2}}
     cfg.update(over)
     path = save_dir.parent / f"{save_dir.name}.json"
     path.write_text(json.dumps(cfg))
@@ -188,3 +210,11 @@ def test_the_talker_says_which_vocoder_speaks(reference, tts_data, tmp_path):  #
     m = json.loads(r.stdout)
     assert {"mel_l1", "mr_stft", "codec_mel_l1", "wer", "codec_wer", "pesq_wb", "stoi", "codec_pesq_wb"} <= \
         m["vocoder"].keys() <= m["griffinlim"].keys() == m["griffinlim_refined"].keys()
+
+
+def test_trains_on_the_gpu_path(tts_data, reference, tmp_path):  # noqa: F811
+    """The demo's generator without discriminators, as the demo trains it (compiling the discriminators' three
+    graphs takes minutes on 2 cores: `scripts/gpu_check.sh --cpu` checks them at the _tiny sizes)."""
+    save = tmp_path / "run"
+    config = vocoder_config(tts_data, save, codec_ckpt=str(reference / "rvq_codec.pt"), adv_start=100)
+    assert_trains_on_the_gpu_path(["train_vocoder.py", "--config", config], save, ("hifigan.pt",))

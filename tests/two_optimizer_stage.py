@@ -71,7 +71,7 @@ class ToyStage(Stage):
     def build_model(self):
         return Toy()
 
-    def train_data(self):
+    def train_data(self, model):
         return Points(self.cfg.n_samples, self.cfg.batch_size, self.cfg.seed, self.cfg.bad_every)
 
     def optimizers(self, model):
@@ -83,7 +83,7 @@ class ToyStage(Stage):
     def steps(self, step):
         return ["critic", "generator"] if step % 2 else ["critic"]
 
-    def optimizer_loss(self, name, model, batch):
+    def optimizer_loss(self, name, model, batch, step):
         time.sleep(self.cfg.sleep)
         return model(batch["x"], name), {}, len(batch["x"])
 

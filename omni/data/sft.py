@@ -200,7 +200,7 @@ def media_batch(paths_img: list[str], paths_aud: list[str], media: Media) -> dic
     or mels + mel_lengths."""
     out = {}
     if paths_img:
-        x = torch.stack([media.images[p] for p in paths_img]).float()
+        x = torch.stack([media.images[p].float() for p in paths_img])  # fp16 features: autocast cannot stack them
         out["image_feats" if media.encoded_images else "pixels"] = x if media.encoded_images else x / 255
     if paths_aud:
         x, n = pad_frames([media.audio[p].float() for p in paths_aud])

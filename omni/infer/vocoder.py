@@ -27,13 +27,13 @@ VOCODER_FILE = "hifigan.pt"
 
 class Vocoder:
     """A loaded hifigan.pt: callable on raw log-mel Tensor[T x n_mels] → waveform Tensor[(T-1) * hop]: the
-    generator, then `refine` mel-consistency iterations (the artifact's setting unless given; 0: none)."""
+    generator, then `refine` mel-consistency iterations (0: none)."""
 
     def __init__(self, generator, features: MelConfig, path: Path, device="cpu", config: dict | None = None,
-                 refine: int | None = None):
+                 refine: int = 0):
         self.generator, self.features, self.path, self.device = generator, features, path, torch.device(device)
         self.config = config or {}   # its training config (codec_ckpt, train_on, ...)
-        self.refine = generator.cfg.refine if refine is None else refine
+        self.refine = refine
 
     def check_features(self, features: MelConfig) -> None:
         """An error naming the file when the mels to voice have other settings than the vocoder was trained on."""
@@ -56,8 +56,10 @@ class Vocoder:
 
 def load_vocoder(path, features: MelConfig | None = None, device="cpu", refine: int | None = None) -> Vocoder:
     """hifigan.pt (or its folder) as a Vocoder. With `features` (the mels it will voice: the codec's), other
-    mel settings are an error naming the file; `refine` overrides its mel-consistency iterations."""
+    mel settings are an error naming the file. `refine`: the mel-consistency iterations after the generator
+    (default: the artifact's `synthesis` setting)."""
     a = load_artifact(path, "vocoder", device)
+    refine = a.synthesis.get("refine", 0) if refine is None else refine
     vocoder = Vocoder(a.model, a.features, a.path, device, a.config, refine)
     if features is not None:
         vocoder.check_features(features)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omni.models.audio_encoder import padding_mask, sinusoids
-from omni.models.layers import CrossDecoderBlock, EncoderBlock, KVCache, RMSNorm, rope_tables
+from omni.models.layers import CrossDecoderBlock, EncoderBlock, KVCache, RMSNorm, SeqConv2d, rope_tables
 
 
 @dataclass
@@ -68,7 +68,8 @@ class ChannelNorm(nn.Module):
 
 class LineCNN(nn.Module):
     """Tensor[B x 1 x H x W] + widths → Tensor[B x W/4 x d_model] + frame counts. Stages (kernel 3): stride 2
-    in both axes, stride 2 in both, stride (2, 1), then a convolution over the remaining height (H/8)."""
+    in both axes, stride 2 in both, stride (2, 1), then a convolution over the remaining height (H/8). The
+    convolutions run outside torch.compile's graphs: lines vary in width from batch to batch."""
 
     STRIDES = ((2, 2), (2, 2), (2, 1))
 
@@ -77,10 +78,10 @@ class LineCNN(nn.Module):
         if cfg.image_height % 8:
             raise ValueError(f"ocr image_height must be a multiple of 8, got {cfg.image_height}")
         chans = [1, cfg.channels, 2 * cfg.channels, 4 * cfg.channels]
-        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, stride=s, padding=1)
+        self.convs = nn.ModuleList(SeqConv2d(chans[i], chans[i + 1], 3, stride=s, padding=1)
                                    for i, s in enumerate(self.STRIDES))
         self.norms = nn.ModuleList(ChannelNorm(c) for c in chans[1:])
-        self.fold = nn.Conv2d(chans[-1], cfg.d_model, (cfg.image_height // 8, 1))
+        self.fold = SeqConv2d(chans[-1], cfg.d_model, (cfg.image_height // 8, 1))
 
     @staticmethod
     def frames(widths):

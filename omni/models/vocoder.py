@@ -5,19 +5,16 @@
     wav = gen(logmel)                              # Tensor[B x T x n_mels] → Tensor[B x (T-1)*hop]; [T x n_mels] → [(T-1)*hop]
 
 Two generators, chosen by `generator`:
-- "istft" (Vocos / iSTFTNet style): ConvNeXt blocks over the mel frames predict, per frame, a correction to
-  the log-magnitude of one STFT frame and its phase; the magnitude starts from the mel filterbank's
-  pseudo-inverse of the input (`residual`), so the network learns what the filterbank lost, not the whole
-  spectrum; the phase is predicted per frame (`phase: absolute`), or as per-frame advances summed over time
-  around each bin's centre-frequency advance (`integrated`: a translation-equivariant network cannot place a
-  phase that grows with time, but it can say how fast it turns); an inverse STFT with the front end's window
-  and hop makes the waveform.
+- "istft" (Vocos): split as Vocos splits it. A backbone of ConvNeXt blocks over the mel frames; a head that
+  predicts, per frame, a correction to the log-magnitude of one STFT frame and its phase (the magnitude starts
+  from the mel filterbank's pseudo-inverse of the input with `residual`, so the network learns what the
+  filterbank lost, not the whole spectrum); an inverse STFT with the front end's window and hop.
 - "hifigan" (HiFi-GAN V1–V3 family): transposed-convolution upsampling by `upsample_rates` (their product is
   the hop) with multi-receptive-field residual blocks.
 Discriminators: multi-period (periods 2, 3, 5, 7, 11: the waveform folded into a 2-D grid of `period` columns)
 and multi-scale (3 scales: raw, then average-pooled ×2, ×4), both on Tensor[B x 1 x T].
-At synthesis (omni.infer.vocoder.Vocoder), `refine` mel-consistency iterations (omni.audio.mel_refine) may
-follow the generator: they bring its output's mel onto the one it was asked to voice, keeping its phase.
+At synthesis (omni.infer.vocoder.Vocoder), mel-consistency iterations (omni.audio.mel_refine) may follow the
+generator: they bring its output's mel onto the one it was asked to voice, keeping its phase.
 """
 from __future__ import annotations
 
@@ -37,14 +34,10 @@ class VocoderConfig:
     channels: int = 256               # istft: ConvNeXt width; hifigan: channels before the first upsampling
     layers: int = 8                   # istft: ConvNeXt blocks
     residual: bool = True             # istft: predict a correction over the mel pseudo-inverse's magnitude
-    phase: str = "absolute"           # istft: "absolute": each frame's phase; "integrated": per-frame advances,
-                                      # summed over time, around each bin's centre-frequency advance
     upsample_rates: list[int] = field(default_factory=lambda: [5, 4, 4, 2])    # hifigan: product = hop_length
     resblock_kernels: list[int] = field(default_factory=lambda: [3, 7, 11])     # hifigan: MRF kernels
     resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
     disc_channels: int = 32           # width of the discriminators' first layers (HiFi-GAN: 32 MPD, 16 MSD)
-    refine: int = 0                   # synthesis only: mel-consistency iterations on the generator's output
-                                      # (omni.audio.mel_refine); training never sees them
 
 
 class ConvNeXtBlock(nn.Module):
@@ -61,43 +54,69 @@ class ConvNeXtBlock(nn.Module):
         return x + y.transpose(1, 2)
 
 
-class ISTFTGenerator(nn.Module):
-    def __init__(self, cfg: VocoderConfig, features: MelConfig):
-        super().__init__()
-        self.cfg, self.features = cfg, features
-        n_freq = features.n_fft // 2 + 1
-        self.inp = nn.Conv1d(features.n_mels, cfg.channels, 7, padding=3)
-        self.norm = nn.LayerNorm(cfg.channels)
-        self.blocks = nn.ModuleList(ConvNeXtBlock(cfg.channels, 3 * cfg.channels) for _ in range(cfg.layers))
-        self.out_norm = nn.LayerNorm(cfg.channels)
-        self.head = nn.Linear(cfg.channels, 2 * n_freq)
-        if cfg.residual:
-            nn.init.zeros_(self.head.weight)   # starts as the pseudo-inverse's magnitude
-            nn.init.zeros_(self.head.bias)
-        if cfg.phase not in ("absolute", "integrated"):
-            raise ValueError(f"vocoder phase must be 'absolute' or 'integrated', got {cfg.phase!r}")
-        self.register_buffer("pinv", torch.linalg.pinv(mel_basis(features)).T.contiguous(), persistent=False)
-        # a sinusoid at bin k's centre frequency advances its phase by 2 pi k hop / n_fft from one frame to the next
-        advance = 2 * math.pi * torch.arange(n_freq) * features.hop_length / features.n_fft
-        self.register_buffer("advance", torch.remainder(advance, 2 * math.pi), persistent=False)
-        self.register_buffer("window", torch.hann_window(features.n_fft), persistent=False)
+class ConvNeXtBackbone(nn.Module):
+    """Mel frames Tensor[B x T x n_mels] → features Tensor[B x T x channels], one per frame."""
 
-    def forward(self, logmel: torch.Tensor) -> torch.Tensor:         # [B x T x n_mels] → [B x (T-1)*hop]
+    def __init__(self, n_mels: int, channels: int, layers: int):
+        super().__init__()
+        self.inp = nn.Conv1d(n_mels, channels, 7, padding=3)
+        self.norm = nn.LayerNorm(channels)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(channels, 3 * channels) for _ in range(layers))
+        self.out_norm = nn.LayerNorm(channels)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.inp(logmel.transpose(1, 2)).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
-        mag_delta, phase = self.head(self.out_norm(x.transpose(1, 2))).float().chunk(2, dim=-1)   # [B x T x F]
-        log_mag = mag_delta
-        if self.cfg.residual:   # power spectrum ≈ mel power through the pseudo-inverse; magnitude = its sqrt
-            base = (logmel.float().exp() @ self.pinv.T).clamp_min(1e-5)
-            log_mag = 0.5 * base.log() + mag_delta
-        if self.cfg.phase == "integrated":   # a convolution sees no absolute time, so it predicts how much each
-            phase = torch.cumsum(self.advance + phase, dim=1)   # bin's phase moves per frame, not where it is
-        mag = log_mag.clamp(max=8.0).exp()
-        spec = torch.polar(mag, phase).transpose(1, 2)                                              # [B x F x T]
+        return self.out_norm(x.transpose(1, 2))
+
+
+class ISTFTHead(nn.Module):
+    """Features Tensor[B x T x C] (+ the mel frames they came from) → complex STFT Tensor[B x F x T]: a
+    log-magnitude and a phase per bin and frame; with `residual` the log-magnitude is a correction over the mel
+    pseudo-inverse's (zero at the start)."""
+
+    def __init__(self, channels: int, features: MelConfig, residual: bool):
+        super().__init__()
+        self.residual = residual
+        self.proj = nn.Linear(channels, 2 * (features.n_fft // 2 + 1))
+        if residual:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+        self.register_buffer("pinv", torch.linalg.pinv(mel_basis(features)).T.contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor, logmel: torch.Tensor) -> torch.Tensor:
+        log_mag, phase = self.proj(x).float().chunk(2, dim=-1)                                   # [B x T x F]
+        if self.residual:   # power spectrum ≈ mel power through the pseudo-inverse; magnitude = its sqrt
+            log_mag = 0.5 * (logmel.float().exp() @ self.pinv.T).clamp_min(1e-5).log() + log_mag
+        return torch.polar(log_mag.clamp(max=8.0).exp(), phase).transpose(1, 2)
+
+
+class InverseSTFT(nn.Module):
+    """Complex STFT Tensor[B x F x T] → waveform Tensor[B x (T-1)*hop], with the front end's window and hop."""
+
+    def __init__(self, features: MelConfig):
+        super().__init__()
+        self.features = features
+        self.register_buffer("window", torch.hann_window(features.n_fft), persistent=False)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
         f = self.features
         return torch.istft(spec, f.n_fft, f.hop_length, f.n_fft, self.window, center=True,
-                           length=(logmel.shape[1] - 1) * f.hop_length)
+                           length=(spec.shape[-1] - 1) * f.hop_length)
+
+
+class ISTFTGenerator(nn.Module):
+    """Vocos: backbone → head → inverse STFT."""
+
+    def __init__(self, cfg: VocoderConfig, features: MelConfig):
+        super().__init__()
+        self.backbone = ConvNeXtBackbone(features.n_mels, cfg.channels, cfg.layers)
+        self.head = ISTFTHead(cfg.channels, features, cfg.residual)
+        self.istft = InverseSTFT(features)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:         # [B x T x n_mels] → [B x (T-1)*hop]
+        return self.istft(self.head(self.backbone(logmel), logmel))
 
 
 class ResBlock(nn.Module):

@@ -74,7 +74,9 @@ class Stage:
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def train_data(self) -> BatchStream:
+    def train_data(self, model) -> BatchStream:
+        """The training stream. `model` is the built model, for a stage that prepares data with it (SFT runs
+        its frozen encoders over the media once)."""
         raise NotImplementedError
 
     def optimizers(self, model) -> dict[str, OptimizerSpec]:
@@ -90,10 +92,11 @@ class Stage:
         """(scalar loss, extra metrics as floats or 0-d tensors, throughput units in this batch)."""
         raise NotImplementedError
 
-    def optimizer_loss(self, name: str, model, batch: dict) -> tuple[torch.Tensor, dict, float]:
-        """The loss whose gradient optimizer `name` steps on (every parameter's gradient is zeroed before each
-        optimizer's turn). A stage with one optimizer writes `loss` only. A batch dict is shared by the
-        optimizers of one step, so a stage may leave in it what a later one reuses (a generator's output)."""
+    def optimizer_loss(self, name: str, model, batch: dict, step: int) -> tuple[torch.Tensor, dict, float]:
+        """The loss whose gradient optimizer `name` steps on at optimizer step `step` (0-based, as in `steps`;
+        every parameter's gradient is zeroed before each optimizer's turn). A stage with one optimizer writes
+        `loss` only. A batch dict is shared by the optimizers of one step, so a stage may leave in it what a
+        later one reuses (a generator's output)."""
         return self.loss(model, batch)
 
     @torch.no_grad()
@@ -114,15 +117,20 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def autocast_context(device: torch.device, enabled: bool, cpu: bool = False):
-    """bf16 autocast on CUDA (fp16 where bf16 is missing); on CPU only with `cpu` (config cpu_amp) and a CPU
-    with native bf16, else fp32."""
-    if enabled and device.type == "cuda":
+def autocast_context(device: torch.device, cfg: TrainConfig, training: bool = True):
+    """The precision a step runs in: bf16 autocast on CUDA (fp16 where bf16 is missing) and on the CPU with
+    `gpu_path`; in training on a CPU with native bf16 when `cpu_amp` is set; else fp32. Off without use_amp."""
+    if cfg.use_amp and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
-    if enabled and cpu and device.type == "cpu" and cpu_has_native_bf16():
+    if cfg.use_amp and device.type == "cpu" and (cfg.gpu_path or training and cfg.cpu_amp and cpu_has_native_bf16()):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compiles(device: torch.device, cfg: TrainConfig) -> bool:
+    """torch.compile on CUDA, and on the CPU under `gpu_path`, when use_compile is set."""
+    return cfg.use_compile and (device.type == "cuda" or cfg.gpu_path)
 
 
 @contextlib.contextmanager
@@ -222,7 +230,10 @@ class Trainer:
         torch.backends.cudnn.allow_tf32 = True
         self._seed()
         log.info(f"=== {self.name}: {' '.join(sys.argv)} | device {self.device} | world {self.dist.world_size}")
-        if cfg.use_amp and cfg.cpu_amp and self.device.type == "cpu":
+        if self.device.type == "cpu" and cfg.gpu_path:
+            log.info("gpu_path: on the CPU as on a GPU: " + ", ".join(
+                n for n, on in (("bf16 autocast", cfg.use_amp), ("torch.compile", cfg.use_compile)) if on))
+        elif cfg.use_amp and cfg.cpu_amp and self.device.type == "cpu":
             log.info("cpu_amp: bf16 autocast on this CPU" if cpu_has_native_bf16() else
                      "WARNING: cpu_amp is set but this CPU has no native bf16 (AVX512-BF16 or AMX): training in fp32")
 
@@ -241,7 +252,7 @@ class Trainer:
     def _plan(self) -> None:
         """The training stream and the number of optimizer steps."""
         cfg = self.cfg
-        self.ds = ds = self.stage.train_data()
+        self.ds = ds = self.stage.train_data(self.model)
         ds.set_distributed(self.dist.rank, self.dist.world_size)
         self.per_epoch = ds.batches_per_epoch()
         if self.per_epoch == 0:
@@ -326,10 +337,10 @@ class Trainer:
         return step
 
     def _wrap_model(self) -> None:
-        """torch.compile (CUDA) and DDP around the model the stage's loss is called with."""
+        """torch.compile (CUDA, gpu_path) and DDP around the model the stage's loss is called with."""
         cfg, device = self.cfg, self.device
         self.fwd_model = self.model
-        if cfg.use_compile and device.type == "cuda":
+        if compiles(device, cfg):
             self.fwd_model = torch.compile(self.fwd_model, dynamic=True if self.stage.dynamic_shapes else None)
             self.log.info("torch.compile on")
         if self.dist.enabled:
@@ -345,7 +356,7 @@ class Trainer:
         self.bar = tqdm(total=self.total, initial=self.step, disable=not self.dist.is_main, desc=self.name,
                         dynamic_ncols=True, mininterval=2.0)
         self.nonfinite = 0
-        self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time()}
+        self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time(), "step": self.step}
         self.model.train()
         while not self._finished():
             batches, epoch_done = self._fetch()
@@ -411,8 +422,8 @@ class Trainer:
             sync = i == len(batches) - 1
             no_sync = self.fwd_model.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
             with no_sync:
-                with autocast_context(self.device, cfg.use_amp, cfg.cpu_amp):
-                    loss, extra, n_units = self.stage.optimizer_loss(name, self.fwd_model, batch)
+                with autocast_context(self.device, cfg):
+                    loss, extra, n_units = self.stage.optimizer_loss(name, self.fwd_model, batch, self.step)
                 scaled = loss / accum
                 (o.scaler.scale(scaled) if o.scaler else scaled).backward()
             loss_sum += loss.detach()
@@ -454,12 +465,12 @@ class Trainer:
             rec["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         shown = {k: v for k, v in rec.items() if k != "step"}
         self.log.info(f"step {self.step}/{self.total} | {format_metrics(shown)}")
-        self.log.metrics(rec)
+        self.log.metrics({**rec, "steps/s": (self.step - w["step"]) / max(dt, 1e-9)})
         if "loss" in record:
             self.bar.set_postfix(loss=f"{record['loss']:.3f}")
         if w["bad"]:
             self._report_bad(w["bad"], w["seen"], w["reasons"])
-        self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time()}
+        self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time(), "step": self.step}
 
     def _report_bad(self, bad: int, seen: int, reasons: list[str]) -> None:
         """Skipped samples into training.log (the first few by name), and a stop past max_bad_fraction."""
@@ -540,7 +551,7 @@ class Trainer:
         if self.dist.is_main:
             self.model.eval()
             t0 = time.time()
-            with preserved_rng(), torch.no_grad(), autocast_context(self.device, self.cfg.use_amp):
+            with preserved_rng(), torch.no_grad(), autocast_context(self.device, self.cfg, training=False):
                 metrics = self.stage.validate(self.model)
             self.model.train()
             if metrics:
