@@ -23,7 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from omni.artifacts import KINDS, check_entries, read_checkpoint
+from omni.artifacts import KINDS, check_entries, check_talker_codec, read_checkpoint
 from omni.chat import ChatTemplate
 from omni.errors import ArtifactError, UserError, exit_on_user_error
 from omni.export import DTYPES, file_sha256, write_component, write_manifest
@@ -134,11 +134,8 @@ def export(args) -> dict:
                 raise UserError(f"{f} is not the {kind} artifact {parts['omni']} was trained from "
                                  f"({recorded[kind]['path']}); its weights are inside the omni artifact already")
     if "talker" in states:
-        t, c = states["talker"]["model_config"], states["rvq_codec"]["model_config"]
-        keys = ("codebooks", "codebook_size", "n_mels", "block")
-        if any(t[k] != c[k] for k in keys):
-            raise ArtifactError(f"{parts['talker']} does not fit {parts['rvq_codec']}: " +
-                             ", ".join(f"{k} {t[k]} vs {c[k]}" for k in keys))
+        check_talker_codec(states["talker"]["codec_config"], states["rvq_codec"]["model_config"], parts["talker"],
+                           parts["rvq_codec"])
 
     if out.exists() and not (out.is_dir() and ((out / "manifest.json").exists() or not any(out.iterdir()))):
         raise UserError(f"{out} exists and is not an export; choose another --output_dir")

@@ -80,11 +80,7 @@ def check_config(cfg: TalkerTrainConfig) -> None:
     if cfg.features.normalize != "none":
         raise ConfigError("features.normalize must be 'none': the codec normalises per mel bin itself and "
                           "Griffin-Lim inverts raw log-mel")
-    c, m = cfg.codec.model, cfg.model
-    for key in ("n_mels", "block", "codebooks", "codebook_size"):
-        want = cfg.features.n_mels if key == "n_mels" else getattr(c, key)
-        if getattr(m, key) != want:
-            raise ConfigError(f"model.{key} is {getattr(m, key)} but the codec / features say {want}")
+    c = cfg.codec.model
     if c.n_mels != cfg.features.n_mels:
         raise ConfigError(f"codec.model.n_mels {c.n_mels} != features.n_mels {cfg.features.n_mels}")
 
@@ -303,7 +299,7 @@ class TalkerStage(SpeechOutStage):
         return make_sample(self.codec, self.vocab, text, mel, self.tokenizer)
 
     def build_model(self):
-        return Talker(self.model_cfg, self.thinker)
+        return Talker(self.model_cfg, self.codec.cfg, self.thinker)
 
     def collate(self, samples):
         return collate(samples, self.cfg.features.hop_length / self.cfg.features.sample_rate)
@@ -355,7 +351,8 @@ class TalkerStage(SpeechOutStage):
 
     def artifact(self, model):
         art = {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
-               "features": to_dict(self.cfg.features), "config": to_dict(self.cfg)}
+               "codec_config": to_dict(self.codec.cfg), "features": to_dict(self.cfg.features),
+               "config": to_dict(self.cfg)}
         if self.thinker is not None:   # its weights are in "model"; what rebuilds it and reads with it here
             art.update(thinker_config=to_dict(self.thinker.cfg), thinker_source=self.thinker_source,
                        tokenizer=torch.frombuffer(bytearray(self.tokenizer.model_proto), dtype=torch.uint8))

@@ -84,6 +84,7 @@ class Kind:
     filename: str
     entries: tuple[str, ...]
     build: Callable
+    upgrade: Callable | None = None   # state → None: brings an older layout of this format up to date in place
 
 
 COMMON = ("kind", "format", "model", "model_config", "config")
@@ -127,6 +128,7 @@ def _codec(state, where):
 
 
 def _talker(state, where):
+    from omni.models.codec import CodecConfig
     from omni.models.talker import Talker, TalkerConfig
     from omni.models.thinker import Thinker, ThinkerConfig
     from omni.vocab import TextVocab
@@ -134,8 +136,25 @@ def _talker(state, where):
     if state.get("thinker_config") is not None:  # a Thinker-conditioned Talker: the frozen Thinker is inside
         thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=where))
         extras["tokenizer"] = _tokenizer(state)
-    model = Talker(from_dict(TalkerConfig, state["model_config"], where=where), thinker)
+    model = Talker(from_dict(TalkerConfig, state["model_config"], where=where),
+                   from_dict(CodecConfig, state["codec_config"], where=where), thinker)
     return model, {"vocab": TextVocab(state["vocab"]), "features": _mel(state, where), **extras}
+
+
+def _talker_with_codec_copies(state) -> None:
+    """Talkers written before they read their codec's config kept copies of four of its fields."""
+    if "codec_config" not in state:
+        for key in ("codebooks", "codebook_size", "n_mels", "block"):
+            state["model_config"].pop(key, None)
+        state["codec_config"] = state["config"]["codec"]["model"]
+
+
+def check_talker_codec(talker_codec: dict, codec: dict, talker_path, codec_path) -> None:
+    """A Talker speaks the codes of the codec it was trained with: the codec config a talker artifact records
+    (`codec_config`) must be the codec artifact's `model_config`, else an error naming both files."""
+    if talker_codec != codec:
+        diff = [f"{k} {v} vs {codec.get(k)}" for k, v in talker_codec.items() if codec.get(k) != v]
+        raise ArtifactError(f"{talker_path} was trained with another codec than {codec_path}: {', '.join(diff)}")
 
 
 def _omni(state, where):
@@ -155,19 +174,17 @@ def _ocr(state, where):
 def _vocoder(state, where):
     from omni.models.vocoder import Generator, VocoderConfig
     features = _mel(state, where)
-    _vocoder_before_the_split(state)
     model = Generator(from_dict(VocoderConfig, state["model_config"], where=where), features)
-    return model, {"features": features, "synthesis": state.get("synthesis", {})}
+    return model, {"features": features, "synthesis": state["synthesis"]}
 
 
 def _vocoder_before_the_split(state) -> None:
     """A vocoder written before its iSTFT generator was split into backbone, head and inverse STFT, and before
     `refine` left the model config for `synthesis`: read in place as it is written now."""
     config = state["model_config"]
-    if "refine" in config:
-        state["synthesis"] = {"refine": config.pop("refine")}
+    state.setdefault("synthesis", {"refine": config.pop("refine", 0)})
     if config.pop("phase", "absolute") != "absolute":
-        raise ValueError("its phase 'integrated' is no longer supported: train the vocoder again")
+        raise ArtifactError("its phase 'integrated' is no longer supported: train the vocoder again")
     renamed = {"net.head.": "net.head.proj.", **{f"net.{k}.": f"net.backbone.{k}." for k in
                                                  ("inp", "norm", "blocks", "out_norm")}}
     if config.get("generator") == "istft" and "net.inp.weight" in state["model"]:
@@ -180,15 +197,16 @@ KINDS: dict[str, Kind] = {
     "audio_enc": Kind("audio_enc.pt", ("vocab", "features"), _audio_enc),
     "vision": Kind("vision.pt", ("thinker_config", "tokenizer"), _vision),
     "rvq_codec": Kind("rvq_codec.pt", ("features",), _codec),
-    "talker": Kind("talker.pt", ("vocab", "features"), _talker),
+    "talker": Kind("talker.pt", ("vocab", "features", "codec_config"), _talker, _talker_with_codec_copies),
     "omni": Kind("omni_final.pt", ("tokenizer", "features", "sources"), _omni),
     "ocr": Kind("ocr.pt", ("vocab",), _ocr),
-    "vocoder": Kind("hifigan.pt", ("features",), _vocoder),   # and "synthesis" (older ones: in model_config)
+    "vocoder": Kind("hifigan.pt", ("features", "synthesis"), _vocoder, _vocoder_before_the_split),
 }
 
 
 def check_entries(state: dict, path: str | Path) -> Kind:
-    """The Kind of an artifact dict, or an error naming the file and what is wrong with it."""
+    """The Kind of an artifact dict, or an error naming the file and what is wrong with it. An older layout of
+    this format is brought up to date in place first (Kind.upgrade)."""
     if "optimizer" in state or "optimizers" in state:
         raise ArtifactError(f"{path} is a step checkpoint (training state), not a final artifact; the stage writes "
                          f"its final artifact ({', '.join(k.filename for k in KINDS.values())}) when it "
@@ -202,6 +220,8 @@ def check_entries(state: dict, path: str | Path) -> Kind:
     if state.get("format") != FORMAT:
         raise ArtifactError(f"{path}: artifact format {state.get('format')!r}, but this code reads format {FORMAT}; "
                          f"use the μOmni version that wrote it, or train the stage again")
+    if kind.upgrade is not None and all(k in state for k in COMMON):
+        kind.upgrade(state)
     missing = [k for k in COMMON + kind.entries if k not in state]
     if missing:
         raise ArtifactError(f"{path}: {state['kind']} artifact lacks the entries {missing}")

@@ -108,7 +108,7 @@ def build_models(path: Path) -> list[torch.nn.Module]:
                           thinker if cfg.use_thinker_for_text else None)]
     if name == "talker":
         cfg = train_talker.TalkerStage.configure(load_config(train_talker.TalkerTrainConfig, path))
-        return [MelCodec(cfg.codec.model), Talker(dataclasses.replace(cfg.model, vocab_size=30))]
+        return [MelCodec(cfg.codec.model), Talker(dataclasses.replace(cfg.model, vocab_size=30), cfg.codec.model)]
     if name == "omni_sft":  # the parts' sizes come from their artifacts: stubbed here
         import sft_omni
         from omni.models.audio_encoder import AudioEncoderConfig

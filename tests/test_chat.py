@@ -52,12 +52,13 @@ def runs(text_data, tmp_path_factory):
     mel = MelConfig(n_mels=16, normalize="none")
     ccfg = CodecConfig(n_mels=16, block=4, hidden=16, latent=8, n_res=1, codebooks=2, codebook_size=16)
     tcfg = TalkerConfig(vocab_size=len(CHARS) + 2, d_model=16, n_layers=1, n_heads=2, d_ff=32, text_layers=1,
-                        max_frames=64, codebooks=2, codebook_size=16, n_mels=16, block=4, dropout=0.0)
+                        max_frames=64, dropout=0.0)
     (d / "talker").mkdir()
     torch.save(_art("rvq_codec", MelCodec(ccfg), ccfg, features=to_dict(mel)), d / "talker" / "rvq_codec.pt")
-    talker = Talker(tcfg)
+    talker = Talker(tcfg, ccfg)
     torch.nn.init.constant_(talker.end_head.bias, -10.0)   # random weights would stop at once: speak to the guard
-    torch.save(_art("talker", talker, tcfg, vocab=CHARS, features=to_dict(mel)), d / "talker" / "talker.pt")
+    torch.save(_art("talker", talker, tcfg, vocab=CHARS, features=to_dict(mel),
+                    codec_config=to_dict(ccfg)), d / "talker" / "talker.pt")
     ocfg = OCRConfig(channels=8, d_model=32, enc_layers=1, dec_layers=1, n_heads=4, d_ff=64, dropout=0.0,
                      vocab_size=len(CHARS) + 3, max_text_length=16)
     (d / "ocr").mkdir()

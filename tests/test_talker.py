@@ -2,21 +2,26 @@
 train_talker.py — on the tone alphabet built here, offline."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from conftest import assert_same_weights, assert_trains_on_the_gpu_path, final_weights, metrics, run_script, signal_at, write_split
+from conftest import (assert_same_weights, assert_trains_on_the_gpu_path, final_weights, metrics, run_script,
+                      signal_at, write_split)
 
 from omni.artifacts import atomic_save, load_artifact
 from omni.audio import LogMel, load_audio
+from omni.config import to_dict
 from omni.data.speech import read_manifest
 from omni.data.tts import make_sample, pad_ids
 from omni.infer.asr import transcribe
 from omni.infer.evaluate import code_cross_entropy
+from omni.errors import ArtifactError
 from omni.infer.tts import load_speaker
 from omni.metrics import cer, wer
 from omni.models.codec import CodecConfig, EMAQuantizer, MelCodec, usage_perplexity
@@ -109,11 +114,14 @@ def test_monotonic_alignment_recovers_known_durations():
 
 
 # --- talker ------------------------------------------------------------------------------------------------
+TINY_CODEC = CodecConfig(codebooks=2, codebook_size=8, n_mels=4, block=2)
+
+
 def tiny_talker(**kw) -> Talker:
     cfg = dict(vocab_size=8, d_model=32, n_layers=2, n_heads=2, d_ff=64, text_layers=1, max_frames=64,
-               codebooks=2, codebook_size=8, n_mels=4, block=2, dropout=0.0, frame_dropout=0.0)
+               dropout=0.0, frame_dropout=0.0)
     cfg.update(kw)
-    return Talker(TalkerConfig(**cfg))
+    return Talker(TalkerConfig(**cfg), TINY_CODEC)
 
 
 def test_cached_generation_equals_uncached():
@@ -184,8 +192,7 @@ def tiny_talker_config(data, save_dir, **overrides):
            "features": {"n_mels": 16},
            "codec": {"max_steps": 8, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "val_freq": 4,
                      "model": {"n_mels": 16, "hidden": 32, "latent": 8, "codebooks": 2, "codebook_size": 16}},
-           "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "text_layers": 1, "n_mels": 16,
-                     "codebooks": 2, "codebook_size": 16, "dropout": 0.1}}
+           "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "text_layers": 1, "dropout": 0.1}}
     cfg.update(overrides)
     path = save_dir.parent / f"{save_dir.name}.json"
     path.write_text(json.dumps(cfg))
@@ -295,7 +302,7 @@ def test_evaluate_tts_prints_the_metrics(reference, tts_data, asr_ckpt):
     samples = [make_sample(speaker.codec, speaker.vocab, u.text, LogMel(speaker.features)(load_audio(u.wav)))
                for u in utts]
     torch.manual_seed(0)
-    untrained = float(code_cross_entropy(Talker(speaker.talker.cfg).eval(), samples).mean().exp())
+    untrained = float(code_cross_entropy(Talker(speaker.talker.cfg, speaker.talker.codec_cfg).eval(), samples).mean().exp())
     assert out["code_perplexity"] < 0.8 * untrained, (out["code_perplexity"], untrained)
     # the recordings' error rates are the recogniser's on them, counted here; the recogniser reads them well
     # (CER 0.05), and far better than the babble of a Talker trained 10 steps (CER 1.0), which is what the
@@ -312,7 +319,6 @@ def test_evaluate_tts_prints_the_metrics(reference, tts_data, asr_ckpt):
 
 def edited_copy(reference, folder, name, key, value):
     """A copy of the run folder whose artifact `name` has model_config[key] = value."""
-    import shutil
     shutil.copytree(reference, folder)
     state = torch.load(folder / name, weights_only=True)
     state["model_config"][key] = value
@@ -328,8 +334,17 @@ def test_loading_mismatched_or_missing_checkpoints_is_an_error(reference, tmp_pa
     with pytest.raises(FileNotFoundError, match="talker.pt"):
         load_speaker(bad)
     other = edited_copy(reference, tmp_path / "other", "rvq_codec.pt", "codebooks", 3)
-    with pytest.raises(RuntimeError, match="rvq_codec.pt"):
+    with pytest.raises(RuntimeError, match="rvq_codec.pt"):     # its weights no longer fit its config
         load_speaker(other)
+    # a Talker with another codec's codes: a codec of another config, whose weights fit it
+    codec = load_artifact(reference / "rvq_codec.pt").model
+    cfg = dataclasses.replace(codec.cfg, latent=codec.cfg.latent * 2)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(reference, swapped)
+    state = torch.load(reference / "rvq_codec.pt", weights_only=True)
+    atomic_save({**state, "model": MelCodec(cfg).state_dict(), "model_config": to_dict(cfg)}, swapped / "rvq_codec.pt")
+    with pytest.raises(ArtifactError, match=r"talker.pt was trained with another codec than .*rvq_codec.pt: latent"):
+        load_speaker(swapped)
     step = sorted(reference.glob("talker_step_*.pt"))[-1]
     (other / "talker.pt").write_bytes(step.read_bytes())
     with pytest.raises(ValueError, match="talker.pt is a step checkpoint"):
@@ -390,7 +405,7 @@ def test_thinker_view_is_the_same_alone_and_padded_in_a_batch(text_data, tmp_pat
     from omni.artifacts import load_artifact
     thinker = load_artifact(tiny_thinker_artifact(text_data, tmp_path / "thinker.pt")).model
     model = tiny_talker(thinker_dim=32)
-    model = Talker(model.cfg, thinker).eval()
+    model = Talker(model.cfg, model.codec_cfg, thinker).eval()
     long_ = torch.tensor([[5, 9, 11, 40, 7, 8, 30, 31, 33, 12]])      # longer than the Thinker's ctx_len 8
     short = torch.tensor([[5, 9, 11]])
     own_long = torch.tensor([[-1, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, -1]])

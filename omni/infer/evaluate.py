@@ -64,7 +64,7 @@ def code_cross_entropy(talker, samples: list[dict], batch_size: int = 32) -> tor
     """Teacher-forced cross-entropy (nats) per codebook over every code frame of `samples`: Tensor[K].
     exp of its mean is the code perplexity."""
     device = next(talker.parameters()).device
-    total, frames = torch.zeros(talker.cfg.codebooks), 0
+    total, frames = torch.zeros(talker.codec_cfg.codebooks), 0
     for s in range(0, len(samples), batch_size):
         b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(samples[s:s + batch_size], 0.01).items()}
         out = talker(b["text"], b["text_lens"], b["mel"], b["mel_lens"], b["codes"], b["code_lens"],

@@ -18,10 +18,11 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from omni.artifacts import load_artifact
+from omni.artifacts import check_talker_codec, load_artifact
 from omni.audio import GriffinLim, MelConfig
+from omni.config import to_dict
 from omni.data.tts import pad_ids, thinker_batch, thinker_tokens
-from omni.errors import ArtifactError, UserError, exit_on_user_error
+from omni.errors import UserError, exit_on_user_error
 from omni.infer.vocoder import VOCODER_FILE, load_vocoder
 from omni.models.codec import MelCodec
 from omni.models.talker import Talker
@@ -85,11 +86,7 @@ def load_speaker(ckpt_dir, device="cpu", vocoder: str | None = None) -> Speaker:
     d = Path(ckpt_dir)
     talker = load_artifact(d, "talker", device)   # talker.pt, or an export's talker/ component
     codec = load_artifact(d, "rvq_codec", device)
-    tc, cc = talker.model.cfg, codec.model.cfg
-    if (tc.codebooks, tc.codebook_size, tc.n_mels, tc.block) != (cc.codebooks, cc.codebook_size, cc.n_mels, cc.block):
-        raise ArtifactError(f"{talker.path} was trained for {tc.codebooks} x {tc.codebook_size} codes of {tc.block} x "
-                         f"{tc.n_mels} mel frames, but {codec.path} has {cc.codebooks} x "
-                         f"{cc.codebook_size} of {cc.block} x {cc.n_mels}")
+    check_talker_codec(to_dict(talker.model.codec_cfg), to_dict(codec.model.cfg), talker.path, codec.path)
     voc, voice = None, f"vocoder: Griffin-Lim (no {VOCODER_FILE} in {d})"
     if vocoder is None and ((d / VOCODER_FILE).exists() or is_component(d / "vocoder")):
         vocoder = str(d)

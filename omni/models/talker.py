@@ -1,6 +1,6 @@
 """The Talker: text -> RVQ code frames (12.5 fps), autoregressive, duration-informed.
 
-    talker = Talker(TalkerConfig(vocab_size=40))
+    talker = Talker(TalkerConfig(vocab_size=40), codec.cfg)        # codec: the MelCodec whose codes it speaks
     out = talker(text_ids, text_lens, mel, mel_lens, codes, code_lens)   # training losses
     codes, lengths = talker.generate(text_ids, text_lens, temperature=0.7, top_k=20)
 
@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omni.models.audio_encoder import padding_mask, sinusoids
+from omni.models.codec import CodecConfig
 from omni.models.decoder import CausalDecoder, sample_next
 from omni.models.layers import EncoderBlock, KVCache, RMSNorm, SeqConv1d
 from omni.models.thinker import Thinker
@@ -42,10 +43,6 @@ class TalkerConfig:
     d_ff: int = 768
     text_layers: int = 3          # text encoder
     max_frames: int = 2048        # code frames the decoder's positions cover (164 s at 12.5 fps)
-    codebooks: int = 4
-    codebook_size: int = 256
-    n_mels: int = 80              # the aligner's target: the codec's normalised log-mel
-    block: int = 8                # fine mel frames per code frame (frame_ms 80)
     thinker_dim: int = 0          # > 0: `text_embeds` of this width (the Thinker's view, per character) added
     dropout: float = 0.1
     # training only: the codes of the previous frame are hidden from the decoder at this fraction of frames
@@ -97,26 +94,28 @@ def durations_to_path(durations: torch.Tensor, frames: int | None = None) -> tor
 
 
 class Talker(nn.Module):
-    def __init__(self, cfg: TalkerConfig, thinker: Thinker | None = None):
-        """thinker: the frozen Thinker whose reading conditions the characters (cfg.thinker_dim must be twice
-        its width); it is part of the Talker's weights, so talker.pt speaks without another file."""
+    def __init__(self, cfg: TalkerConfig, codec: CodecConfig, thinker: Thinker | None = None):
+        """codec: the config of the codec whose codes it speaks (codebooks, their size, the mel bins the aligner
+        predicts, fine frames per code frame): read from the codec, never copied into cfg. thinker: the frozen
+        Thinker whose reading conditions the characters (cfg.thinker_dim must be twice its width); it is part
+        of the Talker's weights, so talker.pt speaks without another file."""
         super().__init__()
         if cfg.vocab_size < 3:
             raise ValueError(f"TalkerConfig.vocab_size must be set (characters + 2), got {cfg.vocab_size}")
         if thinker is not None and cfg.thinker_dim != 2 * thinker.cfg.d_model:
             raise ValueError(f"thinker_dim {cfg.thinker_dim} must be twice the Thinker's width {thinker.cfg.d_model}")
-        self.cfg = cfg
+        self.cfg, self.codec_cfg = cfg, codec
         self.thinker = thinker
         if thinker is not None:
             thinker.requires_grad_(False)
-        d, K = cfg.d_model, cfg.codebooks
+        d, K = cfg.d_model, codec.codebooks
         # text encoder, aligner and duration predictor
         self.text_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
         self.thinker_proj = nn.Linear(cfg.thinker_dim, d) if cfg.thinker_dim > 0 else None
         self.text_blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout)
                                          for _ in range(cfg.text_layers))
         self.text_norm = RMSNorm(d)
-        self.to_mel = nn.Linear(d, cfg.n_mels)
+        self.to_mel = nn.Linear(d, codec.n_mels)
         self.dur_conv = nn.ModuleList(SeqConv1d(d, d, 3, padding=1) for _ in range(2))
         self.dur_norm = nn.ModuleList(nn.LayerNorm(d) for _ in range(2))
         self.dur_out = nn.Linear(d, 1)
@@ -127,11 +126,11 @@ class Talker(nn.Module):
         self.cond_proj = nn.Linear(d, d)
         self.end_cond = nn.Parameter(torch.randn(d) * 0.02)
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
-        self.code_embed = nn.ModuleList(nn.Embedding(cfg.codebook_size, d) for _ in range(K))
+        self.code_embed = nn.ModuleList(nn.Embedding(codec.codebook_size, d) for _ in range(K))
         self.decoder = CausalDecoder(cfg.n_layers, d, cfg.n_heads, cfg.n_heads, cfg.d_ff, cfg.max_frames + 1,
                                      cfg.rope_theta, cfg.dropout)
-        self.depth_embed = nn.ModuleList(nn.Embedding(cfg.codebook_size, d) for _ in range(K - 1))
-        self.heads = nn.ModuleList(nn.Linear(d, cfg.codebook_size) for _ in range(K))
+        self.depth_embed = nn.ModuleList(nn.Embedding(codec.codebook_size, d) for _ in range(K - 1))
+        self.heads = nn.ModuleList(nn.Linear(d, codec.codebook_size) for _ in range(K))
         self.end_head = nn.Linear(d, 1)
 
     def train(self, mode: bool = True):
@@ -198,10 +197,10 @@ class Talker(nn.Module):
         fine = path.transpose(1, 2) @ h                                      # [B x T x d]
         occupied = path.sum(1)                                               # [B x T]: 1 on real frames
         B, T, d = fine.shape
-        n = -(-T // self.cfg.block)
-        pad = n * self.cfg.block - T
-        fine = F.pad(fine, (0, 0, 0, pad)).view(B, n, self.cfg.block, d).sum(2)
-        count = F.pad(occupied, (0, pad)).view(B, n, self.cfg.block).sum(2)
+        n = -(-T // self.codec_cfg.block)
+        pad = n * self.codec_cfg.block - T
+        fine = F.pad(fine, (0, 0, 0, pad)).view(B, n, self.codec_cfg.block, d).sum(2)
+        count = F.pad(occupied, (0, pad)).view(B, n, self.codec_cfg.block).sum(2)
         cond = fine / count.clamp_min(1)[..., None]
         real = (count > 0)[..., None].to(cond.dtype)
         return (cond + F.gelu(self.cond_conv(cond.transpose(1, 2)).transpose(1, 2))) * real
@@ -227,7 +226,7 @@ class Talker(nn.Module):
         return self.cond_proj(cond) + prev
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return sum(self.code_embed[k](codes[..., k]) for k in range(self.cfg.codebooks))
+        return sum(self.code_embed[k](codes[..., k]) for k in range(self.codec_cfg.codebooks))
 
     def decode(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Decoder inputs Tensor[B x S x d] (the next S steps after the cached ones) -> states [B x S x d]."""
@@ -266,7 +265,7 @@ class Talker(nn.Module):
         hid = self.decode(self._decoder_input(cond, code_lens, codes))       # [B x N+1 x d]
         real = padding_mask(code_lens, N)
         ce_books = []
-        for logits, k in zip(self.code_logits(hid[:, :N], codes), range(self.cfg.codebooks)):
+        for logits, k in zip(self.code_logits(hid[:, :N], codes), range(self.codec_cfg.codebooks)):
             ce = F.cross_entropy(logits.float().flatten(0, 1), codes[..., k].flatten(), reduction="none")
             ce_books.append((ce.view_as(real) * real).sum() / real.sum())
         ce_books = torch.stack(ce_books)
@@ -296,10 +295,10 @@ class Talker(nn.Module):
         if durations is None:  # else given: Long[B x L] fine frames per token (e.g. from an alignment)
             durations = self.predict_durations(h, text_lens, pace)
         cond = self.block_condition(h, durations_to_path(durations))
-        B, K = h.shape[0], self.cfg.codebooks
+        B, K = h.shape[0], self.codec_cfg.codebooks
         limit = min(max_frames or self.cfg.max_frames, self.cfg.max_frames)
         cond = F.pad(cond, (0, 0, 0, max(0, limit + 1 - cond.shape[1])))[:, :limit + 1]
-        n_cond = -(-durations.sum(1) // self.cfg.block)   # code frames to speak; then the end condition
+        n_cond = -(-durations.sum(1) // self.codec_cfg.block)   # code frames to speak; then the end condition
         guard = n_cond + torch.clamp(n_cond // 4, min=8)
         codes = torch.zeros(B, 0, K, dtype=torch.long, device=h.device)
         lengths = torch.full((B,), -1, dtype=torch.long, device=h.device)
