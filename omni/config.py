@@ -40,6 +40,8 @@ class TrainConfig:
     cpu_amp: bool = False               # with use_amp, bf16 autocast on CPU too, where the CPU has native bf16
                                         # (AVX512-BF16, AMX: ~10% faster steps on the demo's Stage B); else fp32
     use_compile: bool = True            # torch.compile on CUDA only; compile time does not pay off on CPU
+    compile_backend: str = "inductor"   # torch.compile's backend; "aot_eager" traces the graphs and their backward
+                                        # as inductor does, without generating kernels (the tests' GPU-path check)
     gpu_path: bool = False              # on the CPU, train as on a GPU: bf16 autocast (native or emulated) and
                                         # torch.compile, to check the GPU code path (scripts/gpu_check.sh --cpu)
     use_flash: bool = True              # attention via SDPA (flash / memory-efficient kernels); False = explicit math

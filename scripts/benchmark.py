@@ -3,15 +3,19 @@
 
     python scripts/benchmark.py [--only thinker] [--device auto] [--out runs/benchmark.json]
 
-Training rows time full optimizer steps (forward, backward, AdamW) on random data at a config's sizes, with
-the engine's AMP and compile settings on GPU; generation rows time KV-cached against uncached decoding.
-Later stages add their rows to ROWS.
+Training rows time what training runs: the stage's own optimizer steps (its data stream, loss, optimizers,
+AMP and compile settings) through the engine (`Trainer.benchmark`), at the demo's sizes on the built-in data
+(`make data`; the stages that read other stages' artifacts need `make demo`'s runs/demo, else their row says
+what is missing). Inference rows time generation, recognition and synthesis on random weights: KV-cached
+against uncached decoding, real-time factors. Training throughput at the seed (_tiny) sizes on a GPU:
+`scripts/gpu_check.sh`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -25,8 +29,6 @@ from omni.config import load_config  # noqa: E402
 from omni.device import resolve_device  # noqa: E402
 from omni.infer.generate import generate  # noqa: E402
 from omni.models.thinker import Thinker  # noqa: E402
-from omni.train.engine import autocast_context  # noqa: E402
-from omni.train.optim import build_optimizer  # noqa: E402
 from train_text import TextConfig  # noqa: E402
 
 
@@ -47,28 +49,25 @@ def timed(fn, device, warmup: int, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def thinker_train(config: str, device, batch_size: int | None = None, steps: int = 5) -> dict:
-    cfg = load_config(TextConfig, config)
-    torch.manual_seed(0)
-    model = Thinker(cfg.model).to(device).train()
-    fwd = torch.compile(model) if cfg.use_compile and device.type == "cuda" else model
-    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
-    B, T = batch_size or cfg.batch_size, cfg.model.ctx_len
-    x = torch.randint(0, cfg.model.vocab_size, (B, T + 1), device=device)
-
-    def step():
-        with autocast_context(device, cfg):
-            loss = fwd(x[:, :-1], targets=x[:, 1:])["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    sec = timed(step, device, warmup=2, iters=steps)
-    row = {"tokens/s": B * T / sec, "batch": B, "ctx_len": T,
-           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
-    if device.type == "cuda":
-        row["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
-    return row
+def stage_train(script: str, stage: str, config: str, device, *overrides: str, steps: int = 5,
+                warmup: int = 2) -> dict:
+    """Optimizer steps of `stage` (a Stage class of `script`) with `config`, timed by the engine after `warmup`
+    steps; its save_dir is runs/benchmark/<stage> (caches kept between runs; nothing is saved there)."""
+    import importlib
+    from omni.train.engine import Trainer
+    stage_cls = getattr(importlib.import_module(script), stage)
+    save = Path("runs/benchmark") / stage_cls.name
+    if stage == "TalkerStage":   # the Talker trains on the codes of the codec beside it
+        codec = Path(load_config(stage_cls.config_cls, config).save_dir) / "rvq_codec.pt"
+        if not codec.exists():
+            return {"skipped": f"needs {codec} (make demo)"}
+        save.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(codec, save / "rvq_codec.pt")
+    argv = ["--config", config, "--set", f"save_dir={save}", f"device={device}", *overrides]
+    try:
+        return Trainer(stage_cls, argv).benchmark(steps, warmup)
+    except FileNotFoundError as e:   # an artifact of an earlier stage, or the built-in data
+        return {"skipped": f"{e} (make data; make demo for the artifacts)"}
 
 
 def thinker_generate(config: str, device, new_tokens: int = 128) -> dict:
@@ -93,32 +92,6 @@ def _audio_enc(config: str):
     return cfg, AudioEncoder(replace(cfg.model, vocab_size=29))  # 28 characters + blank
 
 
-def audio_enc_train(config: str, device, batch_size: int | None = None, seconds: float = 4.0, steps: int = 3) -> dict:
-    """Optimizer steps of CTC training on B utterances of `seconds` (log-mel features given, 13 chars/s)."""
-    from omni.models.audio_encoder import ctc_loss
-    cfg, model = _audio_enc(config)
-    model = model.to(device).train()
-    fwd = torch.compile(model) if cfg.use_compile and device.type == "cuda" else model
-    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
-    B, T = batch_size or cfg.batch_size, int(seconds * 100)
-    x, lengths = torch.randn(B, T, cfg.features.n_mels, device=device), torch.full((B,), T, device=device)
-    labels = [[1 + (i + j) % 28 for j in range(int(seconds * 13))] for i in range(B)]  # no repeats: alignable
-
-    def step():
-        with autocast_context(device, cfg):
-            out = fwd(x, lengths)
-        ctc_loss(out["logits"], out["lengths"], labels, reduction="mean").backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    sec = timed(step, device, warmup=2, iters=steps)
-    row = {"audio_s/s": B * seconds / sec, "batch": B, "utt_s": seconds,
-           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
-    if device.type == "cuda":
-        row["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
-    return row
-
-
 def asr_transcribe(config: str, device, n: int = 16, seconds: float = 4.0) -> dict:
     """Real-time factor (compute seconds per audio second; < 1 is faster than real time) of
     omni.infer.asr.transcribe on 16 kHz waveforms: features, encoder and greedy decoding, batched and one by one."""
@@ -135,79 +108,14 @@ def asr_transcribe(config: str, device, n: int = 16, seconds: float = 4.0) -> di
             "RTF 1 file": single / seconds, "x realtime 1 file": seconds / single, "utt_s": seconds}
 
 
-def vision_train(config: str, device, batch_size: int | None = None, caption_tokens: int = 16, steps: int = 3) -> dict:
-    """Optimizer steps of Stage C's contrastive training: the ViT plus the text tower on B random images and
-    captions. The text tower reads a trainable embedding here (no Thinker checkpoint needed); with the
-    frozen Thinker the stage feeds cached hidden states instead, at the same cost."""
-    import dataclasses
-    from omni.models.vision import ClipModel
-    from train_vision import VisionConfig
-    cfg = load_config(VisionConfig, config)
-    torch.manual_seed(0)
-    mcfg = dataclasses.replace(cfg.model, text=dataclasses.replace(cfg.model.text, vocab_size=4096))
-    model = ClipModel(mcfg).to(device).train()
-    fwd = torch.compile(model) if cfg.use_compile and device.type == "cuda" else model
-    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
-    B, S = batch_size or cfg.batch_size, mcfg.vision.image_size
-    images = torch.rand(B, 3, S, S, device=device)
-    ids = torch.randint(4, 4096, (B, caption_tokens), device=device)
-    mask = torch.ones(B, caption_tokens, dtype=torch.bool, device=device)
-
-    def step():
-        with autocast_context(device, cfg):
-            loss = fwd(images, ids, mask)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    sec = timed(step, device, warmup=2, iters=steps)
-    row = {"images/s": B / sec, "batch": B, "image_size": S, "patch": mcfg.vision.patch_size,
-           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
-    if device.type == "cuda":
-        row["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
-    return row
-
-
 def _talker(config: str, device):
     from omni.models.codec import MelCodec
     from omni.models.talker import Talker
     from train_talker import TalkerTrainConfig
     cfg = load_config(TalkerTrainConfig, config)
     torch.manual_seed(0)
-    talker = Talker(replace(cfg.model, vocab_size=30)).to(device)  # 28 characters + 2
+    talker = Talker(replace(cfg.model, vocab_size=30), cfg.codec.model).to(device)  # 28 characters + 2
     return cfg, talker, MelCodec(cfg.codec.model).to(device)
-
-
-def talker_train(config: str, device, batch_size: int | None = None, seconds: float = 3.0, steps: int = 3) -> dict:
-    """Optimizer steps of the Talker (alignment search included) on B utterances of `seconds` at 15 chars/s,
-    and of the codec on the same mel frames."""
-    cfg, talker, codec = _talker(config, device)
-    B, T = batch_size or cfg.batch_size, int(seconds * 100)
-    L, N, K = int(seconds * 15) + 2, -(-T // cfg.model.block), cfg.model.codebooks
-    text, text_lens = torch.randint(2, 30, (B, L), device=device), torch.full((B,), L, device=device)
-    mel, mel_lens = torch.randn(B, T, cfg.model.n_mels, device=device), torch.full((B,), T, device=device)
-    codes = torch.randint(0, cfg.model.codebook_size, (B, N, K), device=device)
-    code_lens = torch.full((B,), N, device=device)
-    row = {}
-    for name, model, loss_fn in (
-            ("talker", talker, lambda m: m(text, text_lens, mel, mel_lens, codes, code_lens)["loss"]),
-            ("codec", codec, lambda m: m(mel, mel_lens)["loss"])):
-        model.train()
-        fwd = torch.compile(model) if cfg.use_compile and device.type == "cuda" and name == "talker" else model
-        opt = build_optimizer(model, cfg.lr, cfg.wd, device)
-
-        def step():
-            with autocast_context(device, cfg):
-                loss = loss_fn(fwd)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        row[f"{name} audio_s/s"] = B * seconds / timed(step, device, warmup=2, iters=steps)
-    row.update({"batch": B, "utt_s": seconds, "talker_params_M": sum(p.numel() for p in talker.parameters()) / 1e6,
-                "codec_params_M": sum(p.numel() for p in codec.parameters()) / 1e6})
-    if device.type == "cuda":
-        row["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
-    return row
 
 
 def talker_speak(config: str, device, chars: int = 45) -> dict:
@@ -244,33 +152,6 @@ def _omni(config: str, device):
     audio = replace(load_config(AudioEncConfig, part("audio_enc")).model, vocab_size=30)
     model = OmniModel(OmniConfig(thinker, vision, audio, cfg.projector, cfg.chat_layout)).to(device)
     return cfg, model.freeze(thinker=cfg.freeze.thinker, vision=cfg.freeze.vision, audio=cfg.freeze.audio)
-
-
-def omni_train(config: str, device, batch_size: int | None = None, text_tokens: int = 24, steps: int = 3,
-               answer_tokens: int = 3) -> dict:
-    """Stage E optimizer steps on image-question rows: cached (frozen) image features, one image per row, the
-    loss on the last `answer_tokens` (an answer and its end marker, as SFT's mask)."""
-    from omni.models.omni import IMAGE_ID
-    cfg, model = _omni(config, device)
-    B, n_img = batch_size or cfg.batch_size, model.image_token_count
-    T = n_img + text_tokens
-    ids = torch.randint(20, model.cfg.thinker.vocab_size, (B, T), device=device)
-    ids[:, 4:4 + n_img] = IMAGE_ID
-    feats = torch.randn(B, n_img, model.cfg.vision.d_model, device=device)
-    targets = ids.clone()
-    targets[:, :-answer_tokens] = -100
-    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
-    fwd = torch.compile(model, dynamic=True) if cfg.use_compile and device.type == "cuda" else model
-
-    def step():
-        with autocast_context(device, cfg):
-            loss = fwd(ids, targets, image_feats=feats, return_logits=False)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    dt = timed(step, device, 2 if device.type == "cuda" else 1, steps)
-    return {"tok/s": B * T / dt, "rows/s": B / dt, "batch": B, "seq": T,
-            "trained_params_M": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
 
 
 def omni_answer(config: str, device, question_tokens: int = 10, answer_tokens: int = 8) -> dict:
@@ -318,33 +199,6 @@ def _ocr(config: str, device):
     return cfg, OCRModel(replace(cfg.model, vocab_size=97)).to(device)
 
 
-def ocr_train(config: str, device, batch_size: int | None = None, width: int = 256, chars: int = 20,
-              steps: int = 3) -> dict:
-    """OCR optimizer steps on random lines of `width` columns (about a 20-character line at height 32) with
-    `chars`-character labels: decoder cross-entropy + CTC."""
-    import torch.nn.functional as F
-    from omni.models.audio_encoder import ctc_loss
-    cfg, model = _ocr(config, device)
-    model.train()
-    B, H = batch_size or cfg.batch_size, cfg.model.image_height
-    pixels, widths = torch.rand(B, 1, H, width, device=device) * 2 - 1, torch.full((B,), width, device=device)
-    labels = torch.randint(1, 95, (B, chars), device=device)
-    targets = torch.cat([torch.full((B, 1), 95, device=device), labels, torch.full((B, 1), 96, device=device)], 1)
-    opt = build_optimizer(model, cfg.lr, cfg.wd, device)
-    fwd = torch.compile(model, dynamic=True) if cfg.use_compile and device.type == "cuda" else model
-
-    def step():
-        with autocast_context(device, cfg):
-            out = fwd(pixels, widths, targets)
-            loss = F.cross_entropy(out["logits"].flatten(0, 1).float(), targets[:, 1:].flatten()) + \
-                cfg.ctc_weight * ctc_loss(out["ctc_logits"], out["frames"], labels.tolist(), reduction="mean")
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    dt = timed(step, device, 2 if device.type == "cuda" else 1, steps)
-    return {"lines/s": B / dt, "batch": B, "width": width, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
-
-
 def ocr_read(config: str, device, n: int = 64, width: int = 256, chars: int = 20) -> dict:
     """Recognition throughput: batched greedy decoding with the KV cache of `chars` characters per line
     (an untrained model: no early EOS), against the same without the cache."""
@@ -367,29 +221,6 @@ def _vocoder(config: str, device):
     return cfg, VocoderGAN(cfg.model, cfg.features, lam).to(device)
 
 
-def vocoder_train(config: str, device, batch_size: int | None = None, steps: int = 3) -> dict:
-    """One GAN step (discriminators, then the generator with every loss) on random segments."""
-    cfg, model = _vocoder(config, device)
-    model.train()
-    B, T, hop = batch_size or cfg.batch_size, cfg.segment_frames, cfg.features.hop_length
-    mel = torch.randn(B, T, cfg.features.n_mels, device=device) - 5
-    wav = torch.randn(B, (T - 1) * hop, device=device) * 0.1
-    opt_g = build_optimizer(model.generator, cfg.lr, 0.0, device)
-    opt_d = build_optimizer(model.discriminators, cfg.lr, 0.0, device)
-
-    def step():
-        for part, opt in (("discriminator", opt_d), ("generator", opt_g)):
-            with autocast_context(device, cfg):
-                loss, _ = model(mel, wav, part, True)
-            loss.backward()
-            opt.step()
-            model.zero_grad(set_to_none=True)
-    dt = timed(step, device, 1, steps)
-    return {"segments/s": B / dt, "audio_s/s": B * (T - 1) * hop / cfg.features.sample_rate / dt, "batch": B,
-            "gen_params_M": sum(p.numel() for p in model.generator.parameters()) / 1e6,
-            "disc_params_M": sum(p.numel() for p in model.discriminators.parameters()) / 1e6}
-
-
 def vocoder_synthesis(config: str, device, seconds: float = 4.0) -> dict:
     """Real-time factor of voicing `seconds` of mel frames (one utterance): the generator, the generator and its
     `refine` mel-consistency rounds (what the artifact voices), and Griffin-Lim (32 iterations)."""
@@ -408,38 +239,30 @@ def vocoder_synthesis(config: str, device, seconds: float = 4.0) -> dict:
 
 
 ROWS = {
-    "thinker train (demo)": lambda d: thinker_train("configs/demo/thinker.json", d),
-    "thinker train (tiny)": lambda d: thinker_train("configs/thinker_tiny.json", d,
-                                                    batch_size=None if d.type == "cuda" else 4, steps=3),
+    "thinker train (demo)": lambda d: stage_train("train_text", "TextStage", "configs/demo/thinker.json", d),
     "thinker generate (demo)": lambda d: thinker_generate("configs/demo/thinker.json", d),
     "thinker generate (tiny)": lambda d: thinker_generate("configs/thinker_tiny.json", d),
-    "audio_enc train (demo)": lambda d: audio_enc_train("configs/demo/audio_enc.json", d),
-    "audio_enc train (tiny)": lambda d: audio_enc_train("configs/audio_enc_tiny.json", d,
-                                                        batch_size=None if d.type == "cuda" else 8),
+    "audio_enc train (demo)": lambda d: stage_train("train_audio_enc", "AudioEncStage", "configs/demo/audio_enc.json",
+                                                    d),
     "asr transcribe (demo)": lambda d: asr_transcribe("configs/demo/audio_enc.json", d),
     "asr transcribe (tiny)": lambda d: asr_transcribe("configs/audio_enc_tiny.json", d),
-    "vision train (demo)": lambda d: vision_train("configs/demo/vision.json", d),
-    "vision train (tiny)": lambda d: vision_train("configs/vision_tiny.json", d,
-                                                  batch_size=None if d.type == "cuda" else 16),
-    "talker+codec train (demo)": lambda d: talker_train("configs/demo/talker.json", d),
-    "talker+codec train (tiny)": lambda d: talker_train("configs/talker_tiny.json", d,
-                                                        batch_size=None if d.type == "cuda" else 8),
+    "vision train (demo)": lambda d: stage_train("train_vision", "VisionStage", "configs/demo/vision.json", d),
+    "codec train (demo)": lambda d: stage_train("train_talker", "CodecStage", "configs/demo/talker.json", d),
+    "talker train (demo)": lambda d: stage_train("train_talker", "TalkerStage", "configs/demo/talker.json", d,
+                                                 "roundtrip=0"),
     "talker speak (demo)": lambda d: talker_speak("configs/demo/talker.json", d),
     "talker speak (tiny)": lambda d: talker_speak("configs/talker_tiny.json", d),
-    "omni sft train (demo)": lambda d: omni_train("configs/demo/omni_sft.json", d),
-    "omni sft train (tiny)": lambda d: omni_train("configs/omni_sft_tiny.json", d,
-                                                  batch_size=None if d.type == "cuda" else 8),
+    "omni sft train (demo)": lambda d: stage_train("sft_omni", "OmniStage", "configs/demo/omni_sft.json", d),
     "omni answer (demo)": lambda d: omni_answer("configs/demo/omni_sft.json", d),
     "omni answer (tiny)": lambda d: omni_answer("configs/omni_sft_tiny.json", d),
     "spoken answer (demo)": lambda d: spoken_answer("configs/demo/omni_sft.json", "configs/demo/talker.json", d),
     "spoken answer (tiny)": lambda d: spoken_answer("configs/omni_sft_tiny.json", "configs/talker_tiny.json", d),
-    "vocoder train (demo)": lambda d: vocoder_train("configs/demo/vocoder.json", d),
-    "vocoder train (tiny)": lambda d: vocoder_train("configs/vocoder_tiny.json", d,
-                                                    batch_size=None if d.type == "cuda" else 2, steps=1),
+    "vocoder train (demo)": lambda d: stage_train("train_vocoder", "VocoderStage", "configs/demo/vocoder.json", d),
+    "vocoder train (demo, with discriminators)": lambda d: stage_train(
+        "train_vocoder", "VocoderStage", "configs/demo/vocoder.json", d, "adv_start=0"),
     "vocoder synthesis (demo)": lambda d: vocoder_synthesis("configs/demo/vocoder.json", d),
     "vocoder synthesis (tiny)": lambda d: vocoder_synthesis("configs/vocoder_tiny.json", d),
-    "ocr train (demo)": lambda d: ocr_train("configs/demo/ocr.json", d),
-    "ocr train (tiny)": lambda d: ocr_train("configs/ocr_tiny.json", d, batch_size=None if d.type == "cuda" else 16),
+    "ocr train (demo)": lambda d: stage_train("train_ocr", "OCRStage", "configs/demo/ocr.json", d),
     "ocr read (demo)": lambda d: ocr_read("configs/demo/ocr.json", d),
     "ocr read (tiny)": lambda d: ocr_read("configs/ocr_tiny.json", d),
 }
@@ -458,7 +281,8 @@ def main(argv=None) -> int:
         if args.only and args.only not in name:
             continue
         results[name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in fn(device).items()}
-        print(f"{name:<28} " + "  ".join(f"{k} {v:,}" for k, v in results[name].items()), flush=True)
+        print(f"{name:<42} " + "  ".join(f"{k} {v}" if isinstance(v, str) else f"{k} {v:,}"
+                                         for k, v in results[name].items()), flush=True)
     info = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform()}
     out = Path(args.out)

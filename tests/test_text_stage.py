@@ -145,3 +145,6 @@ def test_trains_on_the_gpu_path(text_data, tmp_path):
     save = tmp_path / "run"
     assert_trains_on_the_gpu_path(["train_text.py", "--config", str(tiny_text_config(text_data, save))], save,
                                   ("thinker.pt",))
+    r = run_script(["train_text.py", "--config", str(tiny_text_config(text_data, save)), "--fresh", "--set",
+                    "gpu_path=true", "compile_backend=nope"])
+    assert r.returncode == 1 and "compile_backend 'nope' is not a torch.compile backend" in r.stderr

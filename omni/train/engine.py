@@ -341,8 +341,13 @@ class Trainer:
         cfg, device = self.cfg, self.device
         self.fwd_model = self.model
         if compiles(device, cfg):
-            self.fwd_model = torch.compile(self.fwd_model, dynamic=True if self.stage.dynamic_shapes else None)
-            self.log.info("torch.compile on")
+            if cfg.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+                raise ConfigError(f"compile_backend {cfg.compile_backend!r} is not a torch.compile backend; "
+                                  f"use inductor or aot_eager")
+            self.fwd_model = torch.compile(self.fwd_model, dynamic=True if self.stage.dynamic_shapes else None,
+                                           backend=cfg.compile_backend)
+            self.log.info("torch.compile on" + ("" if cfg.compile_backend == "inductor" else
+                                                f" ({cfg.compile_backend})"))
         if self.dist.enabled:
             self.fwd_model = DDP(self.fwd_model, device_ids=[device.index] if device.type == "cuda" else None,
                                  find_unused_parameters=self.stage.unused_parameters)
@@ -359,11 +364,7 @@ class Trainer:
         self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time(), "step": self.step}
         self.model.train()
         while not self._finished():
-            batches, epoch_done = self._fetch()
-            record = {}
-            for i, name in enumerate(self.stage.steps(self.step) or self.optims):
-                record.update(self._optimizer_step(name, batches, count_units=i == 0))
-            self.step += 1
+            record, epoch_done = self._train_step()
             self.bar.update(1)
             if self.step % cfg.print_freq == 0 or self.step == self.total:
                 self._log_step(record)
@@ -387,7 +388,48 @@ class Trainer:
             self.log.info(f"wrote {self.final_path}")
         dist.barrier(self.dist)
 
+    def benchmark(self, steps: int, warmup: int = 2) -> dict:
+        """Time `steps` optimizer steps after `warmup` ones (torch.compile, the allocator), each as training runs
+        it: the stage's data stream, loss and optimizers, with the config's AMP and compile settings. Nothing is
+        resumed, validated or saved. → {"steps/s", "<unit>/s", "loss", "params_M"[, "peak_mem_GB"]}"""
+        try:
+            self._set_up()
+            self._build_model()
+            self._plan()
+            self._build_optimizers()
+            self.step, self.epoch, self.batch_in_epoch, self.samples_seen = 0, 0, 0, 0
+            self._wrap_model()
+            self.loader, self.nonfinite = None, 0
+            self.model.train()
+            self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.perf_counter()}
+            for i in range(warmup + steps):
+                if i == warmup:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.perf_counter()}
+                record, _ = self._train_step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - self.window["t"]
+        finally:
+            self.log.close()
+        row = {"steps/s": steps / dt, f"{self.stage.unit}/s": self.window["units"] / dt, "loss": record["loss"],
+               "params_M": sum(p.numel() for p in self.model.parameters()) / 1e6}
+        if self.device.type == "cuda":
+            row["peak_mem_GB"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return row
+
     # --- one step --------------------------------------------------------------------------------
+    def _train_step(self) -> tuple[dict, bool]:
+        """One optimizer step: fetch its micro-batches, step each optimizer the stage names. → (its log
+        entries, whether the epoch ended)."""
+        batches, epoch_done = self._fetch()
+        record = {}
+        for i, name in enumerate(self.stage.steps(self.step) or self.optims):
+            record.update(self._optimizer_step(name, batches, count_units=i == 0))
+        self.step += 1
+        return record, epoch_done
+
     def _fetch(self) -> tuple[list[dict], bool]:
         """The step's gradient_accumulation_steps micro-batches on the device (all-bad ones left out), and
         whether the epoch ended with them."""
