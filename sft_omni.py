@@ -193,7 +193,7 @@ class OmniStage(Stage):
 
     def artifact(self, model):
         return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg),
-                "tokenizer": torch.frombuffer(bytearray(self.tok.model_proto), dtype=torch.uint8),
+                "tokenizer": self.tok.as_tensor(),
                 "features": to_dict(self.mel) if self.mel is not None else None,
                 "sources": self.sources, "config": to_dict(self.cfg)}
 

@@ -22,6 +22,7 @@ import torch
 
 from omni.audio import LogMel, MelConfig, freq_warp, spec_augment, time_stretch
 from omni.config import ConfigError, TrainConfig, to_dict
+from omni.data.base import held_out
 from omni.data.speech import FeatureCache, SpeechBatches, measure, read_manifest
 from omni.errors import UserError
 from omni.infer.asr import evaluate_utterances
@@ -89,12 +90,10 @@ class AudioEncStage(Stage):
         train = measure([u for path in sources for u in read_manifest(path)], cfg.features)
         if cfg.val_csvs:
             self.val_sets = {Path(p).stem: read_manifest(p) for p in cfg.val_csvs}
-        elif cfg.val_split > 0:
-            every = max(2, round(1 / cfg.val_split))
-            self.val_sets = {"val": train[::every]}
-            train = [u for i, u in enumerate(train) if i % every]
         else:
-            self.val_sets = {}
+            held = held_out(len(train), cfg.val_split)
+            self.val_sets = {"val": [u for u, h in zip(train, held) if h]} if held.any() else {}
+            train = [u for u, h in zip(train, held) if not h]
         self.vocab = CharVocab.from_texts(u.text for u in train)
         if cfg.model.vocab_size not in (0, len(self.vocab)):
             raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the training transcripts have "

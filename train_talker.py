@@ -25,7 +25,7 @@ import torch
 from omni.artifacts import KINDS, load_artifact
 from omni.audio import LogMel, load_audio, pad_frames
 from omni.config import ConfigError, TrainConfig, to_dict
-from omni.data.base import LengthBucketed
+from omni.data.base import LengthBucketed, held_out
 from omni.data.speech import read_manifest
 from omni.data.tts import collate, make_sample
 from omni.errors import UserError
@@ -114,15 +114,15 @@ def read_sets(cfg: TalkerTrainConfig, log) -> tuple[SpeechSet, dict[str, SpeechS
         raise UserError(f"{train.bad} unreadable files in {cfg.train_csv}, over max_bad_fraction")
     if cfg.val_csvs:
         return train, {Path(p).stem: SpeechSet(p, mel, log) for p in cfg.val_csvs}
-    if cfg.val_split <= 0:
+    held = held_out(len(train), cfg.val_split)
+    if not held.any():
         return train, {}
-    every = max(2, round(1 / cfg.val_split))
     val = SpeechSet.__new__(SpeechSet)
-    val.csv, val.bad = f"{cfg.train_csv} (every {every}th)", 0
-    val.texts, val.mels, val.wavs = train.texts[::every], train.mels[::every], train.wavs[::every]
-    keep = [i for i in range(len(train)) if i % every]
-    train.texts, train.mels, train.wavs = [train.texts[i] for i in keep], [train.mels[i] for i in keep], \
-        [train.wavs[i] for i in keep]
+    val.csv, val.bad = f"{cfg.train_csv} (val_split {cfg.val_split:g})", 0
+    for key in ("texts", "mels", "wavs"):
+        items = getattr(train, key)
+        setattr(val, key, [x for x, h in zip(items, held) if h])
+        setattr(train, key, [x for x, h in zip(items, held) if not h])
     return train, {"val": val}
 
 
@@ -355,7 +355,7 @@ class TalkerStage(SpeechOutStage):
                "config": to_dict(self.cfg)}
         if self.thinker is not None:   # its weights are in "model"; what rebuilds it and reads with it here
             art.update(thinker_config=to_dict(self.thinker.cfg), thinker_source=self.thinker_source,
-                       tokenizer=torch.frombuffer(bytearray(self.tokenizer.model_proto), dtype=torch.uint8))
+                       tokenizer=self.tokenizer.as_tensor())
         return art
 
 

@@ -29,7 +29,7 @@ from omni.train.engine import Stage, run
 class TextConfig(TrainConfig):
     save_dir: str = "checkpoints/thinker_tiny"
     train_file: str = "data/text/train.txt"
-    val_file: str = ""                        # empty: every round(1/val_split)-th document is held out
+    val_file: str = ""                        # empty: val_split of the documents is held out (every k-th)
     val_split: float = 0.01
     extra_val_files: list[str] = field(default_factory=list)   # more held-out sets, reported by file stem
     tokenizer: str = ""                       # an existing tokenizer.model; empty: train one into save_dir
@@ -67,11 +67,7 @@ class TextStage(Stage):
             raise ConfigError(f"{tok_path} has {self.tok.vocab_size} tokens but model.vocab_size is "
                               f"{cfg.model.vocab_size}; make them agree")
         cache = save_dir / "cache"
-        # rank 0 tokenizes first; the others then find the cache
-        for turn in (True, False):
-            if self.dist.is_main == turn:
-                self.train_tokens, self.val_sets = self._tokens(cache)
-            dist.barrier(self.dist)
+        self.train_tokens, self.val_sets = dist.main_first(self.dist, lambda: self._tokens(cache))
         self.token_bytes = self.tok.token_bytes()
         self.log.info(f"tokens: {len(self.train_tokens):,} train; " +
                       ", ".join(f"{len(t):,} {name}" for name, t in self.val_sets.items()))
@@ -82,9 +78,9 @@ class TextStage(Stage):
             train = token_cache(cfg.train_file, self.tok, cache)
             vals = {"val": token_cache(cfg.val_file, self.tok, cache)}
         else:
-            every = max(2, round(1 / cfg.val_split)) if cfg.val_split > 0 else 0
-            train = token_cache(cfg.train_file, self.tok, cache, every, held_out=False)
-            vals = {"val": token_cache(cfg.train_file, self.tok, cache, every, held_out=True)} if every else {}
+            train = token_cache(cfg.train_file, self.tok, cache, cfg.val_split)
+            vals = {"val": token_cache(cfg.train_file, self.tok, cache, cfg.val_split, validation=True)
+                    } if cfg.val_split > 0 else {}
         for f in cfg.extra_val_files:
             vals[Path(f).stem] = token_cache(f, self.tok, cache)
         return train, vals
@@ -118,7 +114,7 @@ class TextStage(Stage):
 
     def artifact(self, model):
         return {"model": model.state_dict(), "model_config": to_dict(self.cfg.model),
-                "tokenizer": torch.frombuffer(bytearray(self.tok.model_proto), dtype=torch.uint8),
+                "tokenizer": self.tok.as_tensor(),
                 "config": to_dict(self.cfg)}
 
 

@@ -26,6 +26,7 @@ import torch
 
 from omni.artifacts import load_artifact
 from omni.config import TrainConfig, to_dict
+from omni.data.base import held_out
 from omni.data.images import AugmentConfig, CaptionedImages, ImageSource, read_manifest
 from omni.infer.evaluate import clip_metrics
 from omni.models.omni import image_features
@@ -40,7 +41,7 @@ from omni.train.engine import Stage, run
 class VisionConfig(TrainConfig):
     save_dir: str = "checkpoints/vision_tiny"
     train_file: str = "data/images/train.jsonl"
-    val_file: str = ""                        # empty: every round(1/val_split)-th row is held out
+    val_file: str = ""                        # empty: val_split of the rows is held out (every k-th)
     val_split: float = 0.02
     extra_val_files: list[str] = field(default_factory=list)   # more held-out sets, reported by file stem
     thinker_ckpt: str = "checkpoints/thinker_tiny/thinker.pt"  # Stage A's final artifact
@@ -104,11 +105,7 @@ class VisionStage(Stage):
         if self.thinker is not None:
             max_len = min(max_len, self.thinker.cfg.ctx_len)
         cache = Path(cfg.save_dir) / "cache"
-        # rank 0 decodes the images first; the others then find the cache
-        for turn in (True, False):
-            if self.dist.is_main == turn:
-                self.train_set, self.val_sets = self._splits(cache, max_len)
-            dist.barrier(self.dist)
+        self.train_set, self.val_sets = dist.main_first(self.dist, lambda: self._splits(cache, max_len))
         too_long = sum(t is None for t in self.train_set.tokens)
         if too_long:
             self.log.info(f"WARNING: {too_long} training captions are over {max_len} tokens "
@@ -160,10 +157,9 @@ class VisionStage(Stage):
         train = self._split(cfg.train_file, cache, max_len, cfg.cache_pixels, train=True)
         if cfg.val_file:
             vals = {"val": self._split(cfg.val_file, cache, max_len)}
-        else:  # every k-th row held out
-            every = max(2, round(1 / cfg.val_split)) if cfg.val_split > 0 else 0
-            held = np.arange(len(train.tokens)) % every == 0 if every else np.zeros(len(train.tokens), bool)
-            vals = {"val": train.subset(held)} if every else {}
+        else:
+            held = held_out(len(train.tokens), cfg.val_split)
+            vals = {"val": train.subset(held)} if held.any() else {}
             train = train.subset(~held)
         for f in cfg.extra_val_files:
             vals[Path(f).stem] = self._split(f, cache, max_len)
@@ -273,7 +269,7 @@ class VisionStage(Stage):
     def artifact(self, model):
         return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg),
                 "thinker_config": to_dict(self.thinker.cfg) if self.thinker is not None else None,
-                "tokenizer": torch.frombuffer(bytearray(self.tok.model_proto), dtype=torch.uint8),
+                "tokenizer": self.tok.as_tensor(),
                 "config": to_dict(self.cfg)}
 
 

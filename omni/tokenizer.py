@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+import torch
 
 from omni.errors import UserError
 
@@ -44,6 +45,11 @@ class Tokenizer:
         self.special = {t: self.sp.piece_to_id(t) for t in SPECIAL_TOKENS}
         if self.sp.eos_id() != EOS or self.special != SPECIAL_IDS:
             raise UserError(f"{path} is not a μOmni tokenizer (special token ids differ)")
+
+    def as_tensor(self) -> torch.Tensor:
+        """The model's bytes as a uint8 tensor: how an artifact stores its tokenizer (Tokenizer(model_proto=
+        t.numpy().tobytes()) reads it back)."""
+        return torch.frombuffer(bytearray(self.model_proto), dtype=torch.uint8)
 
     def encode(self, text: str | list[str]) -> list[int] | list[list[int]]:
         return self.sp.encode(text)

@@ -79,8 +79,8 @@ def test_token_cache_holds_out_every_kth_document(text_data, tmp_path):
     enc = [tuple(ids) for ids in tok.encode(docs)]
     assert len(docs) == len(set(enc)) == 40
     cache = tmp_path / "cache"
-    train = token_cache(corpus, tok, cache, holdout_every=4, held_out=False)
-    held = token_cache(corpus, tok, cache, holdout_every=4, held_out=True)
+    train = token_cache(corpus, tok, cache, val_split=0.25)
+    held = token_cache(corpus, tok, cache, val_split=0.25, validation=True)
     assert documents(held) == enc[0::4]                                       # lines 1, 5, 9, ...
     assert documents(train) == [e for i, e in enumerate(enc) if i % 4]
     for doc in documents(held):
@@ -98,8 +98,8 @@ def test_val_split_holds_out_documents(text_data, tmp_path):
     cache = save / "cache"
     built = sorted(cache.iterdir())
     tok = Tokenizer(save / "tokenizer.model")
-    train = token_cache(text_data / "train.txt", tok, cache, holdout_every=10, held_out=False)
-    held = token_cache(text_data / "train.txt", tok, cache, holdout_every=10, held_out=True)
+    train = token_cache(text_data / "train.txt", tok, cache, val_split=0.1)
+    held = token_cache(text_data / "train.txt", tok, cache, val_split=0.1, validation=True)
     assert sorted(cache.iterdir()) == built and len(built) == 2
     docs = [tuple(ids) for ids in tok.encode((text_data / "train.txt").read_text().splitlines())]
     assert documents(held) == docs[0::10] and len(documents(train)) == 81

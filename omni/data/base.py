@@ -14,6 +14,14 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 
+def held_out(n: int, val_split: float) -> np.ndarray:
+    """Which of n training items form the validation split when no validation file is given: every k-th
+    (items 0, k, 2k, ...), k = max(2, round(1 / val_split)); none when val_split is 0. → Bool[n]"""
+    if val_split <= 0:
+        return np.zeros(n, dtype=bool)
+    return np.arange(n) % max(2, round(1 / val_split)) == 0
+
+
 class BadSample(Exception):
     """Raised by `BatchStream.load` for a sample that cannot be used; its message (naming the file) reaches
     training.log through the batch's "bad" list, and the sample is skipped and counted."""

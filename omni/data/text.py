@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni.data.base import BatchStream
+from omni.data.base import BatchStream, held_out
 from omni.data.hints import data_hint
 from omni.errors import UserError
 from omni.export import file_sha256
@@ -40,21 +40,21 @@ def read_documents(path: str | Path) -> list[str]:
     return docs
 
 
-def token_cache(corpus: str | Path, tok: Tokenizer, cache_dir: str | Path, holdout_every: int = 0,
-                held_out: bool = False) -> np.ndarray:
+def token_cache(corpus: str | Path, tok: Tokenizer, cache_dir: str | Path, val_split: float = 0.0,
+                validation: bool = False) -> np.ndarray:
     """Token ids of the corpus, documents joined by EOS, tokenized once and memory-mapped after. The cache
-    is keyed by the corpus and tokenizer contents, so editing either rebuilds it. With holdout_every=k,
-    every k-th document forms the held-out part (held_out=True) and the rest the training part."""
+    is keyed by the corpus and tokenizer contents, so editing either rebuilds it. With val_split, the
+    documents `held_out` names form the validation part (validation=True), the rest the training part."""
     corpus, cache_dir = Path(corpus), Path(cache_dir)
     if not corpus.exists():
         read_documents(corpus)  # raises the helpful error
-    part = f"{holdout_every}{'v' if held_out else 't'}" if holdout_every else "all"
+    part = f"{val_split:g}{'v' if validation else 't'}" if val_split > 0 else "all"
     key = hashlib.sha256((file_sha256(corpus) + hashlib.sha256(tok.model_proto).hexdigest() + part).encode()).hexdigest()[:16]
     path = cache_dir / f"tokens_{corpus.stem}_{key}.npy"
     if not path.exists():
         docs = read_documents(corpus)
-        if holdout_every:
-            docs = [d for i, d in enumerate(docs) if (i % holdout_every == 0) == held_out]
+        if val_split > 0:
+            docs = [d for d, h in zip(docs, held_out(len(docs), val_split)) if h == validation]
         dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
         parts = []
         for i in range(0, len(docs), 20000):

@@ -68,6 +68,16 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def main_first(info: DistInfo, build):
+    """build() on rank 0 first, which writes what it caches (tokens, decoded images), then on the other ranks,
+    which find it; every rank returns its own result."""
+    for turn in (True, False):
+        if info.is_main == turn:
+            result = build()
+        barrier(info)
+    return result
+
+
 def broadcast_object(obj, info: DistInfo):
     if not info.enabled:
         return obj
