@@ -195,7 +195,7 @@ class OmniStage(Stage):
         return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg),
                 "tokenizer": self.tok.as_tensor(),
                 "features": to_dict(self.mel) if self.mel is not None else None,
-                "sources": self.sources, "config": to_dict(self.cfg)}
+                "sources": self.sources, "system_prompt": self.cfg.system_prompt, "config": to_dict(self.cfg)}
 
 
 def flatten(r: dict) -> dict:

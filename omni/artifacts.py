@@ -75,6 +75,7 @@ class Artifact:
     vocab: object = None               # audio_enc, ocr: CharVocab; talker: TextVocab
     features: object = None            # audio_enc, rvq_codec, talker, omni, vocoder: the MelConfig of their audio
     synthesis: dict = None             # vocoder: how it voices unless told otherwise ({"refine": N})
+    system_prompt: str = None          # omni: the system turn of a conversation without one
 
 
 @dataclass
@@ -162,7 +163,12 @@ def _omni(state, where):
     model = OmniModel(from_dict(OmniConfig, state["model_config"], where=where))
     model.freeze(thinker=True, vision=True, audio=True)   # loaded to be used: nothing trains
     features = _mel(state, where) if state["features"] is not None else None
-    return model, {"tokenizer": _tokenizer(state), "features": features}
+    return model, {"tokenizer": _tokenizer(state), "features": features, "system_prompt": state["system_prompt"]}
+
+
+def _omni_prompt_from_config(state) -> None:
+    """Omni artifacts written before the system prompt was an entry of its own had it in the training config."""
+    state.setdefault("system_prompt", state["config"].get("system_prompt", ""))
 
 
 def _ocr(state, where):
@@ -198,7 +204,8 @@ KINDS: dict[str, Kind] = {
     "vision": Kind("vision.pt", ("thinker_config", "tokenizer"), _vision),
     "rvq_codec": Kind("rvq_codec.pt", ("features",), _codec),
     "talker": Kind("talker.pt", ("vocab", "features", "codec_config"), _talker, _talker_with_codec_copies),
-    "omni": Kind("omni_final.pt", ("tokenizer", "features", "sources"), _omni),
+    "omni": Kind("omni_final.pt", ("tokenizer", "features", "sources", "system_prompt"), _omni,
+                 _omni_prompt_from_config),
     "ocr": Kind("ocr.pt", ("vocab",), _ocr),
     "vocoder": Kind("hifigan.pt", ("features", "synthesis"), _vocoder, _vocoder_before_the_split),
 }

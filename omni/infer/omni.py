@@ -112,5 +112,5 @@ def load_omni(path: str | Path, device="cpu") -> Omni:
     a = load_artifact(path, "omni", device)
     mel = a.features
     return Omni(a.model, a.tokenizer, ChatTemplate(a.tokenizer, a.model.cfg.chat_layout), mel,
-                a.config.get("system_prompt", ""), torch.device(device))
+                a.system_prompt, torch.device(device))
 
