@@ -361,7 +361,7 @@ class Trainer:
         self.bar = tqdm(total=self.total, initial=self.step, disable=not self.dist.is_main, desc=self.name,
                         dynamic_ncols=True, mininterval=2.0)
         self.nonfinite = 0
-        self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time(), "step": self.step}
+        self.window = self._new_window()
         self.model.train()
         while not self._finished():
             record, epoch_done = self._train_step()
@@ -401,12 +401,12 @@ class Trainer:
             self._wrap_model()
             self.loader, self.nonfinite = None, 0
             self.model.train()
-            self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.perf_counter()}
+            self.window = self._new_window()
             for i in range(warmup + steps):
                 if i == warmup:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
-                    self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.perf_counter()}
+                    self.window = self._new_window()
                 record, _ = self._train_step()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -500,7 +500,7 @@ class Trainer:
 
     def _log_step(self, record: dict) -> None:
         w = self.window
-        dt = time.time() - w["t"]
+        dt = time.perf_counter() - w["t"]
         rate = dist.all_reduce_mean(w["units"] / max(dt, 1e-9), self.dist) * self.dist.world_size
         rec = {"step": self.step, "epoch": self.epoch, **record, f"{self.stage.unit}/s": rate}
         if self.device.type == "cuda":  # peak since the start, so a later long batch shows too
@@ -512,7 +512,11 @@ class Trainer:
             self.bar.set_postfix(loss=f"{record['loss']:.3f}")
         if w["bad"]:
             self._report_bad(w["bad"], w["seen"], w["reasons"])
-        self.window = {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.time(), "step": self.step}
+        self.window = self._new_window()
+
+    def _new_window(self) -> dict:
+        """What the steps since the last log line add up: throughput units, bad samples, the start."""
+        return {"units": 0.0, "bad": 0, "seen": 0, "reasons": [], "t": time.perf_counter(), "step": self.step}
 
     def _report_bad(self, bad: int, seen: int, reasons: list[str]) -> None:
         """Skipped samples into training.log (the first few by name), and a stop past max_bad_fraction."""
