@@ -24,8 +24,8 @@ OUT=${2:-runs/gpu_check${cpu:+_cpu}}
 STEPS=${3:-$([ -n "${cpu[*]:-}" ] && echo 4 || echo 300)}
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 mkdir -p "$OUT"
-warm=$((STEPS < 100 ? STEPS / 2 : 50)); freq=$((STEPS < 100 ? STEPS / 2 : 50))
-common=(--fresh --set max_steps="$STEPS" warmup_steps="$warm" print_freq="$((freq > 0 ? freq : 1))"
+warm=$((STEPS < 100 ? STEPS / 2 : 50))   # warm-up steps, and steps per logged window (the first: compiling)
+common=(--fresh --set max_steps="$STEPS" warmup_steps="$warm" print_freq="$((warm > 0 ? warm : 1))"
         val_freq="$STEPS" checkpoint_freq="$STEPS" "${cpu[@]}")
 tok=()
 if [ -n "${TOKENIZER:-}" ]; then tok=(tokenizer="$TOKENIZER" model.vocab_size="${VOCAB:?set VOCAB to the tokenizer size}")

@@ -34,7 +34,8 @@ def row(key: str, recs: list[dict], rc: str, artifacts: str) -> str:
     val = {k: v for k, v in (vals[-1] if vals else {}).items() if isinstance(v, float) and "ppl_" not in k
            and not k.endswith("/n") and not k.endswith("n_tokens")}
     val_s = ", ".join(f"{k} {v:.4g}" for k, v in list(val.items())[:6]) or "none"
-    return (f"| {key} | {train[-1]['step']} | {steps_s:.3g} | {rate:,.0f} {unit} | {mem:.2f} | "
+    rate_s = f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"   # a few CPU steps run slowly: keep 3 digits
+    return (f"| {key} | {train[-1]['step']} | {steps_s:.3g} | {rate_s} {unit} | {mem:.2f} | "
             f"{train[-1]['loss']:.3f} | {val_s} | {artifacts} | {rc} |")
 
 
