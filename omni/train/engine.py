@@ -206,10 +206,7 @@ class Trainer:
             sys.exit(exit_code)
 
     def _run(self) -> None:
-        self._set_up()
-        self._build_model()
-        self._plan()
-        self._build_optimizers()
+        self._prepare()
         self.step = self._resume()
         if self._finished() and self.final_path.exists():
             self.log.info(f"already complete at step {self.step} ({self.final_path}); use --set max_steps=N to "
@@ -220,6 +217,13 @@ class Trainer:
         self._finish()
 
     # --- phases ----------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Everything before the weights are resumed: what training and benchmark() both start from."""
+        self._set_up()
+        self._build_model()
+        self._plan()
+        self._build_optimizers()
+
     def _set_up(self) -> None:
         """save_dir, the resolved config.json, TF32, the seeds; the run's first lines in training.log."""
         cfg, log = self.cfg, self.log
@@ -393,10 +397,7 @@ class Trainer:
         it: the stage's data stream, loss and optimizers, with the config's AMP and compile settings. Nothing is
         resumed, validated or saved. → {"steps/s", "<unit>/s", "loss", "params_M"[, "peak_mem_GB"]}"""
         try:
-            self._set_up()
-            self._build_model()
-            self._plan()
-            self._build_optimizers()
+            self._prepare()
             self.step, self.epoch, self.batch_in_epoch, self.samples_seen = 0, 0, 0, 0
             self._wrap_model()
             self.loader, self.nonfinite = None, 0
