@@ -122,6 +122,23 @@ def test_sdpa_and_explicit_attention_agree():
     assert (a - b).abs().max().item() < 1e-5
 
 
+def test_cpu_bf16_training_takes_the_explicit_path_with_the_same_gradients():
+    # under CPU bf16 autocast, training attention runs the explicit math (SDPA's CPU backward is slow there)
+    from unittest import mock
+    sdpa = "omni.models.layers.F.scaled_dot_product_attention"
+    ids = torch.randint(0, 97, (2, 16))
+    grads = []
+    for model in (use_sdpa(tiny(), False), tiny()):   # the same seed: the same weights
+        with torch.autocast("cpu", torch.bfloat16), mock.patch(sdpa, side_effect=AssertionError("SDPA called")):
+            model(ids, targets=ids)["loss"].backward()
+        grads.append(model.embed.weight.grad)
+    assert torch.equal(grads[0], grads[1])
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), mock.patch(
+            sdpa, wraps=torch.nn.functional.scaled_dot_product_attention) as f:   # inference keeps SDPA
+        tiny()(ids)
+    assert f.called
+
+
 def test_generation_stops_at_eos_and_pads_finished_rows():
     m = tiny(tie_embeddings=False)  # (tied, the random model only repeats the prompt's last token)
     prompts = torch.tensor([[1, 2, 3], [4, 5, 6]])
