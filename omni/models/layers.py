@@ -94,9 +94,10 @@ class StaticKVCache(KVCache):
 
 
 def _slow_cpu_backward(x: torch.Tensor) -> bool:
-    """True when SDPA's CPU kernel would be trained under bf16 autocast: its backward pass there is the slow
-    part of a step (the explicit math path made Stage B's and the Thinker's training steps ~20% faster on
-    2 cores; level in fp32 and in inference, where SDPA stays)."""
+    """True when attention on the CPU runs with gradients under autocast (bf16): there the backward pass of
+    SDPA's fused CPU kernel is the slow part of a step, and the explicit math path made Stage B's and the
+    Thinker's training steps ~20% faster on 2 cores. In fp32 and without gradients the two are level and
+    SDPA stays."""
     return x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
 
