@@ -30,50 +30,9 @@ import torch
 
 from omni.chat import Turn
 from omni.errors import UserError, exit_on_user_error, one_line
-from omni.infer.chat import Chat, ChatError, load_chat, read_text
+from omni.infer.chat import Chat, ChatError, check_inputs, load_chat, speak as speak_text, user_turn
 from omni.infer.omni import ContextFull
-from omni.prompts import SPOKEN_PROMPT, TRANSCRIBE_PROMPT
 from omni.text_norm import unsayable
-
-OCR_PREFIX = "the text in the image reads: "
-
-
-def check_inputs(image: str | None, audio: str | None) -> None:
-    """Missing or unreadable media: a ChatError naming the file, before any model runs."""
-    from omni.audio import load_audio
-    from omni.data.images import decode_image
-    for p, what in ((image, "image"), (audio, "audio")):
-        if p and not Path(p).is_file():
-            raise ChatError(f"{what} file not found: {p}")
-    if image and decode_image(Path(image), 8) is None:
-        raise ChatError(f"cannot read image {image} (corrupt, or not an image)")
-    if audio:
-        try:
-            load_audio(audio)
-        except UserError as e:   # unreadable or empty
-            raise ChatError(str(e)) from None
-
-
-def user_turn(chat: Chat, text: str, image: str | None, audio: str | None, ocr: bool) -> tuple[Turn, dict]:
-    """The user's turn for these inputs (the training prompts when the text is empty) and extras for the
-    reply record ("ocr": the reading; "reply": the reading again when --ocr came without a question)."""
-    check_inputs(image, audio)
-    extra = {}
-    if ocr:
-        if not image:
-            raise ChatError("--ocr reads an image: give --image")
-        extra["ocr"] = read_text(chat, image)
-        if not text:   # nothing asked: the reading is the reply
-            extra["reply"] = extra["ocr"]
-        text = f"{OCR_PREFIX}{extra['ocr']}. {text}".strip()
-        image = None   # a line of text is the OCR model's input, not the picture encoder's
-    elif not text:
-        if audio:
-            text = SPOKEN_PROMPT if image else TRANSCRIBE_PROMPT
-        else:
-            raise ChatError("empty prompt: give a question (or --audio_in speech)")
-    return Turn("user", text, [image] if image else [], [audio] if audio else []), extra
-
 
 def respond(chat: Chat, history: list[Turn], args, stream: bool, audio_out: str | None,
             given: str | None = None) -> dict:
@@ -112,16 +71,11 @@ def respond(chat: Chat, history: list[Turn], args, stream: bool, audio_out: str 
 def speak(chat: Chat, text: str, path: str, args) -> dict:
     import soundfile as sf
     sp = chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt (train_talker.py's folder)")
-    if not text.strip():
-        raise ChatError("the reply is empty: nothing to speak")
     missing = unsayable(text)
     if missing:
         print(f"note: no reading for {missing!r}; left out of the speech", file=sys.stderr)
     t0 = time.perf_counter()
-    try:
-        wav = sp.speak([text], temperature=args.temperature, top_k=args.top_k or 20, seed=args.seed)[0]
-    except UserError as e:   # a letter the Talker never saw, a Talker or vocoder that gave no sound
-        raise ChatError(f"cannot speak the reply: {e}") from None
+    wav = speak_text(chat, text, args.temperature, args.top_k or 20, args.seed)
     took = time.perf_counter() - t0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, wav.numpy(), sp.sample_rate)
@@ -149,7 +103,7 @@ def repl(chat: Chat, args) -> int:
             continue
         if cmd in ("/image", "/audio"):
             try:
-                check_inputs(rest if cmd == "/image" else None, rest if cmd == "/audio" else None)
+                check_inputs([rest] if cmd == "/image" else [], [rest] if cmd == "/audio" else [])
             except ChatError as e:
                 print(f"error: {e}", file=sys.stderr)
                 continue
@@ -159,7 +113,7 @@ def repl(chat: Chat, args) -> int:
         if not line and not audio:
             continue
         try:
-            turn, _ = user_turn(chat, line, image, audio, False)
+            turn, _ = user_turn(chat, line, [image] if image else [], [audio] if audio else [])
             print("omni> ", end="", flush=True)
             path = None
             if args.audio_out:
@@ -212,9 +166,10 @@ def main(argv=None) -> int:
         p.error("give the message once: as the argument or as --text")
     args.prompt_text = (args.text if args.text is not None else args.prompt)
     one_shot = args.prompt_text is not None or args.audio_in or args.ocr
+    media = ([args.image] if args.image else [], [args.audio_in] if args.audio_in else [])
     with exit_on_user_error():
         if one_shot:   # inputs are checked before the models load
-            check_inputs(args.image, args.audio_in)
+            check_inputs(*media)
         chat = load_chat(args.ckpt_dir, args.device, args.talker_ckpt, args.vocoder_ckpt, args.ocr_ckpt,
                          args.griffin_lim)
         if chat.speaker is not None and args.audio_out:
@@ -226,7 +181,7 @@ def main(argv=None) -> int:
         if args.audio_out:
             chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt (train_talker.py's folder)")
         history = [Turn("system", args.system)] if args.system else []
-        turn, extra = user_turn(chat, (args.prompt_text or "").strip(), args.image, args.audio_in, args.ocr)
+        turn, extra = user_turn(chat, (args.prompt_text or "").strip(), *media, args.ocr)
         rec = respond(chat, history + [turn], args, not args.json, args.audio_out, extra.pop("reply", None))
     rec = {**extra, **rec, "parts": chat.where}
     if args.json:

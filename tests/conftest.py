@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny corpus, a tiny tokenizer and a tiny Stage A config, all built offline."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -171,3 +172,83 @@ def write_split(folder, name: str, texts: list[str]):
         rows.append(f"wavs/{name}_{i}.wav,{text},tone")
     (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
     return folder / f"{name}.csv"
+
+
+# --- a runs folder of tiny random models, for chat and serving -------------------------------------------------
+CHARS = " abcdefghijklmnopqrstuvwxyz'"
+
+
+def _art(kind, model, model_config, **extra) -> dict:
+    from omni.artifacts import FORMAT
+    from omni.config import to_dict
+    return {"kind": kind, "format": FORMAT, "model": model.state_dict(), "model_config": to_dict(model_config),
+            "config": {}, **extra}
+
+
+@pytest.fixture(scope="session")
+def runs(text_data, tmp_path_factory):
+    """A runs folder laid out as make demo leaves it: omni_sft/omni_final.pt, talker/{talker,rvq_codec}.pt,
+    ocr/ocr.pt; plus an image, a clip and a text line."""
+    from PIL import Image
+
+    from omni.audio import MelConfig
+    from omni.config import to_dict
+    from omni.models.audio_encoder import AudioEncoderConfig
+    from omni.models.codec import CodecConfig, MelCodec
+    from omni.models.ocr import OCRConfig, OCRModel
+    from omni.models.omni import OmniConfig, OmniModel, ProjectorConfig
+    from omni.models.talker import Talker, TalkerConfig
+    from omni.models.thinker import ThinkerConfig
+    from omni.models.vision import ViTConfig
+    d = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    tok = torch.frombuffer(bytearray((text_data / "tokenizer.model").read_bytes()), dtype=torch.uint8)
+    cfg = OmniConfig(ThinkerConfig(vocab_size=320, n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64,
+                                   ctx_len=128),
+                     ViTConfig(image_size=16, patch_size=4, d_model=24, n_layers=1, n_heads=2, d_ff=48),
+                     AudioEncoderConfig(n_mels=16, d_model=24, n_layers=1, n_heads=2, d_ff=48, vocab_size=6,
+                                        dropout=0.0), ProjectorConfig(4, True, 2))
+    (d / "omni_sft").mkdir()
+    torch.save(_art("omni", OmniModel(cfg), cfg, tokenizer=tok, features=to_dict(MelConfig(n_mels=16)),
+                    sources={}), d / "omni_sft" / "omni_final.pt")
+    mel = MelConfig(n_mels=16, normalize="none")
+    ccfg = CodecConfig(n_mels=16, block=4, hidden=16, latent=8, n_res=1, codebooks=2, codebook_size=16)
+    tcfg = TalkerConfig(vocab_size=len(CHARS) + 2, d_model=16, n_layers=1, n_heads=2, d_ff=32, text_layers=1,
+                        max_frames=64, dropout=0.0)
+    (d / "talker").mkdir()
+    torch.save(_art("rvq_codec", MelCodec(ccfg), ccfg, features=to_dict(mel)), d / "talker" / "rvq_codec.pt")
+    talker = Talker(tcfg, ccfg)
+    torch.nn.init.constant_(talker.end_head.bias, -10.0)   # random weights would stop at once: speak to the guard
+    torch.save(_art("talker", talker, tcfg, vocab=CHARS, features=to_dict(mel),
+                    codec_config=to_dict(ccfg)), d / "talker" / "talker.pt")
+    ocfg = OCRConfig(channels=8, d_model=32, enc_layers=1, dec_layers=1, n_heads=4, d_ff=64, dropout=0.0,
+                     vocab_size=len(CHARS) + 3, max_text_length=16)
+    (d / "ocr").mkdir()
+    torch.save(_art("ocr", OCRModel(ocfg), ocfg, vocab=CHARS), d / "ocr" / "ocr.pt")
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(d / "red.png")
+    Image.new("L", (96, 32), 255).save(d / "line.png")
+    sf.write(d / "q.wav", tone_speech("abc"), SR)
+    (d / "notes.txt").write_text("not audio, not an image\n")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return d
+
+
+@contextlib.contextmanager
+def serving(ckpt_dir: Path, *args: str):
+    """serve.py on a free port for the `with` block; yields its base URL (http://localhost:PORT). Its log (a
+    line per request) goes to a file, not a pipe that could fill and stall it."""
+    import tempfile
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "serve.py", "--ckpt_dir", str(ckpt_dir), "--port", "0", *args],
+                                cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            line = proc.stdout.readline()   # "serving on http://localhost:PORT/ ..." once it listens
+            if not line.startswith("serving on "):
+                proc.kill()
+                proc.wait()
+                log.seek(0)
+                raise RuntimeError(f"serve.py did not start: {line}{log.read()[-3000:]}")
+            yield line.split()[2].rstrip("/")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -1,6 +1,6 @@
 """export.py and infer_chat.py: an export loads with the package alone and computes exactly what the training
 artifacts compute; every chat mode answers; bad input is one clear error line and exit status 1. Tiny random
-models built here (what is checked is the plumbing, not what they say)."""
+models built in conftest's `runs` (what is checked is the plumbing, not what they say)."""
 from __future__ import annotations
 
 import json
@@ -9,65 +9,11 @@ import shutil
 import pytest
 import soundfile as sf
 import torch
-from PIL import Image
 
-from conftest import SR, run_script, tone_speech
-from omni.artifacts import FORMAT, load_artifact
-from omni.audio import MelConfig
+from conftest import run_script
+from omni.artifacts import load_artifact
 from omni.chat import Turn
-from omni.config import to_dict
 from omni.infer.ocr import read_lines
-from omni.models.audio_encoder import AudioEncoderConfig
-from omni.models.codec import CodecConfig, MelCodec
-from omni.models.ocr import OCRConfig, OCRModel
-from omni.models.omni import OmniConfig, OmniModel, ProjectorConfig
-from omni.models.talker import Talker, TalkerConfig
-from omni.models.thinker import ThinkerConfig
-from omni.models.vision import ViTConfig
-
-CHARS = " abcdefghijklmnopqrstuvwxyz'"
-
-
-def _art(kind, model, model_config, **extra) -> dict:
-    return {"kind": kind, "format": FORMAT, "model": model.state_dict(), "model_config": to_dict(model_config),
-            "config": {}, **extra}
-
-
-@pytest.fixture(scope="module")
-def runs(text_data, tmp_path_factory):
-    """A runs folder laid out as make demo leaves it: omni_sft/omni_final.pt, talker/{talker,rvq_codec}.pt,
-    ocr/ocr.pt; plus an image, a clip and a text line."""
-    d = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    tok = torch.frombuffer(bytearray((text_data / "tokenizer.model").read_bytes()), dtype=torch.uint8)
-    cfg = OmniConfig(ThinkerConfig(vocab_size=320, n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64,
-                                   ctx_len=128),
-                     ViTConfig(image_size=16, patch_size=4, d_model=24, n_layers=1, n_heads=2, d_ff=48),
-                     AudioEncoderConfig(n_mels=16, d_model=24, n_layers=1, n_heads=2, d_ff=48, vocab_size=6,
-                                        dropout=0.0), ProjectorConfig(4, True, 2))
-    (d / "omni_sft").mkdir()
-    torch.save(_art("omni", OmniModel(cfg), cfg, tokenizer=tok, features=to_dict(MelConfig(n_mels=16)),
-                    sources={}), d / "omni_sft" / "omni_final.pt")
-    mel = MelConfig(n_mels=16, normalize="none")
-    ccfg = CodecConfig(n_mels=16, block=4, hidden=16, latent=8, n_res=1, codebooks=2, codebook_size=16)
-    tcfg = TalkerConfig(vocab_size=len(CHARS) + 2, d_model=16, n_layers=1, n_heads=2, d_ff=32, text_layers=1,
-                        max_frames=64, dropout=0.0)
-    (d / "talker").mkdir()
-    torch.save(_art("rvq_codec", MelCodec(ccfg), ccfg, features=to_dict(mel)), d / "talker" / "rvq_codec.pt")
-    talker = Talker(tcfg, ccfg)
-    torch.nn.init.constant_(talker.end_head.bias, -10.0)   # random weights would stop at once: speak to the guard
-    torch.save(_art("talker", talker, tcfg, vocab=CHARS, features=to_dict(mel),
-                    codec_config=to_dict(ccfg)), d / "talker" / "talker.pt")
-    ocfg = OCRConfig(channels=8, d_model=32, enc_layers=1, dec_layers=1, n_heads=4, d_ff=64, dropout=0.0,
-                     vocab_size=len(CHARS) + 3, max_text_length=16)
-    (d / "ocr").mkdir()
-    torch.save(_art("ocr", OCRModel(ocfg), ocfg, vocab=CHARS), d / "ocr" / "ocr.pt")
-    Image.new("RGB", (16, 16), (200, 30, 30)).save(d / "red.png")
-    Image.new("L", (96, 32), 255).save(d / "line.png")
-    sf.write(d / "q.wav", tone_speech("abc"), SR)
-    (d / "notes.txt").write_text("not audio, not an image\n")
-    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    return d
 
 
 @pytest.fixture(scope="module")

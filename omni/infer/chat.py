@@ -8,6 +8,9 @@ found in an export folder or in training folders.
 Where each part is looked for, in order: the explicit argument; an export's component folder; the training
 layout under the folder given (omni_final.pt in it or in omni_sft/, talker/, vocoder/, ocr/). A part that a
 request needs and that was not found is an error naming it (ChatError), never a stand-in.
+
+What a user's message becomes (`user_turn`: the training prompts for media without words, the OCR reading in
+the prompt) and how a reply is spoken (`speak`) are here too: infer_chat.py and serve.py both build on them.
 """
 from __future__ import annotations
 
@@ -17,8 +20,12 @@ from pathlib import Path
 import torch
 
 from omni.artifacts import KINDS, load_artifact
+from omni.chat import Turn
 from omni.errors import UserError
 from omni.export import is_component
+from omni.prompts import CAPTION_PROMPTS, SPOKEN_PROMPT, TRANSCRIBE_PROMPT
+
+OCR_PREFIX = "the text in the image reads: "
 
 
 class ChatError(UserError):
@@ -87,3 +94,66 @@ def read_text(chat: Chat, image: str) -> str:
         return read_lines(a.model, a.vocab, [image], device=next(a.model.parameters()).device)[0]
     except UserError as e:   # an unreadable image
         raise ChatError(str(e)) from None
+
+
+def check_inputs(images: list, audio: list) -> None:
+    """Missing or unreadable media files: a ChatError naming the file, before any model runs. Media given
+    decoded (PIL images, waveforms) are the caller's to check."""
+    from omni.audio import load_audio
+    from omni.data.images import decode_image
+    for what, items in (("image", images), ("audio", audio)):
+        for p in items:
+            if isinstance(p, (str, Path)) and not Path(p).is_file():
+                raise ChatError(f"{what} file not found: {p}")
+    for p in images:
+        if isinstance(p, (str, Path)) and decode_image(Path(p), 8) is None:
+            raise ChatError(f"cannot read image {p} (corrupt, or not an image)")
+    for p in audio:
+        if isinstance(p, (str, Path)):
+            try:
+                load_audio(p)
+            except UserError as e:   # unreadable or empty
+                raise ChatError(str(e)) from None
+
+
+def user_turn(chat: Chat, text: str, images: list = (), audio: list = (), ocr: bool = False) -> tuple[Turn, dict]:
+    """The user's turn for these inputs (the training prompts when the text is empty) and extras for the
+    reply record ("ocr": the reading; "reply": the reading again when OCR came without a question). Media:
+    paths, or decoded (PIL images, 16 kHz waveforms Tensor[T])."""
+    images, audio = list(images), list(audio)
+    check_inputs(images, audio)
+    extra = {}
+    if ocr:
+        if len(images) != 1:
+            raise ChatError("--ocr reads an image: give --image")
+        extra["ocr"] = read_text(chat, images[0])
+        if not text:   # nothing asked: the reading is the reply
+            extra["reply"] = extra["ocr"]
+        text = f"{OCR_PREFIX}{extra['ocr']}. {text}".strip()
+        images = []   # a line of text is the OCR model's input, not the picture encoder's
+    elif not text:
+        if audio:
+            text = SPOKEN_PROMPT if images else TRANSCRIBE_PROMPT
+        elif images:
+            text = CAPTION_PROMPTS[0]
+        else:
+            raise ChatError("empty prompt: give a question (or --audio_in speech)")
+    return Turn("user", text, images, audio), extra
+
+
+def voices(chat: Chat) -> list[str]:
+    """The voices a reply can be spoken in, the default first: one until the Talker has named voices; none
+    without a Talker."""
+    return ["default"] if chat.speaker is not None else []
+
+
+def speak(chat: Chat, text: str, temperature: float = 0.0, top_k: int = 20, seed: int = 0) -> torch.Tensor:
+    """`text` spoken by the Talker: a waveform Tensor[T] at chat.speaker.sample_rate; a ChatError when there
+    is no Talker or nothing comes out (an empty text, a Talker or vocoder that gave no sound)."""
+    sp = chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt (train_talker.py's folder)")
+    if not text.strip():
+        raise ChatError("the reply is empty: nothing to speak")
+    try:
+        return sp.speak([text], temperature=temperature, top_k=top_k, seed=seed)[0]
+    except UserError as e:   # a letter the Talker never saw, a Talker or vocoder that gave no sound
+        raise ChatError(f"cannot speak the reply: {e}") from None

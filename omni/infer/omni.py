@@ -90,14 +90,22 @@ class Omni:
             return m.embed(ids, **media)
 
     def stream(self, turns: list[Turn], max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
-               top_p: float = 1.0, generator: torch.Generator | None = None, compile: bool = False) -> Iterator[str]:
-        """The reply's text, piece by piece as it is generated (`compile`: see omni.infer.generate)."""
+               top_p: float = 1.0, generator: torch.Generator | None = None, compile: bool = False,
+               stats: dict | None = None) -> Iterator[str]:
+        """The reply's text, piece by piece as it is generated (`compile`: see omni.infer.generate). `stats`, if
+        given, is kept up to date with the lengths: {"prompt_tokens", "tokens" (generated), "stopped"} (stopped:
+        the model ended its reply, rather than the token limit or the context)."""
+        x = self.prompt(turns)
+        stats = {} if stats is None else stats
+        stats.update(prompt_tokens=x.shape[1], tokens=0, stopped=False)
         ids, shown = [], ""
-        for nxt in generate_stream(self.model.thinker, self.prompt(turns), max_new_tokens, temperature, top_k,
+        for nxt in generate_stream(self.model.thinker, x, max_new_tokens, temperature, top_k,
                                    top_p, self.template.stop_ids, generator=generator, compile=compile):
             if int(nxt[0]) in self.template.stop_ids:
+                stats["stopped"] = True
                 break
             ids.append(int(nxt[0]))
+            stats["tokens"] = len(ids)
             text = self.tokenizer.decode(ids)
             if not text.endswith("\ufffd"):  # a multi-byte character still incomplete: wait for its rest
                 yield text[len(shown):]
