@@ -10,11 +10,12 @@ TEST_WORKERS ?= 2
 
 setup: $(VENV)/.installed system
 
-$(VENV)/.installed: requirements.txt requirements-eval.txt
+$(VENV)/.installed: requirements.txt requirements-eval.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q -r requirements-eval.txt
+	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
 system:
@@ -27,6 +28,7 @@ demo: setup
 	bash scripts/demo.sh
 
 test: setup  # pytest-xdist workers of one thread each: 16.5 -> 8.8 minutes on 2 AVX2 cores (234 tests)
+	bash scripts/setup_system.sh --test
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 benchmark: setup
