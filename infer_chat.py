@@ -30,7 +30,8 @@ import torch
 
 from omni.chat import Turn
 from omni.errors import UserError, exit_on_user_error, one_line
-from omni.infer.chat import Chat, ChatError, check_inputs, load_chat, speak as speak_text, user_turn
+from omni.infer.chat import (Chat, ChatError, check_inputs, forget_oldest, load_chat, speak as speak_text,
+                             user_turn)
 from omni.infer.omni import ContextFull
 from omni.text_norm import unsayable
 
@@ -124,10 +125,8 @@ def repl(chat: Chat, args) -> int:
                     rec = respond(chat, history + [turn], args, True, path)
                     break
                 except ContextFull:   # forget the oldest exchange (the system turn stays) and try again
-                    first = 1 if args.system else 0
-                    if len(history) - first < 2:
+                    if not forget_oldest(history):
                         raise
-                    del history[first:first + 2]
                     print("(context full: the oldest exchange is forgotten)", file=sys.stderr)
             if path:
                 print(f"(spoken: {path})", file=sys.stderr)

@@ -186,6 +186,17 @@ def test_bad_input_is_a_4xx_in_openai_shape_and_serving_goes_on(url, case):
     assert code == 200 and reply["choices"][0]["message"]["role"] == "assistant"
 
 
+def test_truncation_auto_forgets_the_oldest_exchanges(client):
+    long = "the red circle is on the left and the blue star is at the top " * 3
+    messages = [{"role": "user", "content": long}, {"role": "assistant", "content": long}] * 2 + [
+        {"role": "user", "content": "and now?"}]
+    with pytest.raises(openai.BadRequestError, match="no room for a reply"):
+        client.chat.completions.create(model="uomni", messages=messages, max_tokens=4)
+    r = client.chat.completions.create(model="uomni", messages=messages, max_tokens=4,
+                                       extra_body={"truncation": "auto"})
+    assert r.model_extra["truncated_messages"] in (2, 4)
+
+
 def test_the_api_key_is_enforced(url):
     assert post(url, user(TEXT), key=None)[0] == 401
     code, reply = post(url, user(TEXT), key="wrong")
@@ -262,4 +273,4 @@ def test_the_reply_is_spoken_sentence_by_sentence_as_it_is_written():
     events = list(reply_events(Chat(Omni(), speaker), ChatRequest([Turn("user", "hi")], audio=True)))
     assert [e[0] if e[0] != "audio" else f"audio:{e[2].strip()}" for e in events] == [
         "text", "text", "text", "audio:the red circle.", "text", "text", "audio:the blue star!", "audio:ok", "done"]
-    assert events[-1][1:] == ({"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}, "stop")
+    assert events[-1][1:] == ({"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}, "stop", 0)

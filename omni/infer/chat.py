@@ -141,6 +141,16 @@ def user_turn(chat: Chat, text: str, images: list = (), audio: list = (), ocr: b
     return Turn("user", text, images, audio), extra
 
 
+def forget_oldest(history: list[Turn]) -> bool:
+    """Drops the oldest user-assistant exchange of `history` (a system turn stays), making room in the context
+    for the next message; False when there is none to drop."""
+    first = 1 if history and history[0].role == "system" else 0
+    if len(history) - first < 2:
+        return False
+    del history[first:first + 2]
+    return True
+
+
 def voices(chat: Chat) -> list[str]:
     """The voices a reply can be spoken in, the default first: one until the Talker has named voices; none
     without a Talker."""

@@ -6,7 +6,9 @@ model's work as events, the reply written back as a completion or as streamed ch
 
 Media come inline only: an image as a `data:image/...;base64,` URL, audio as base64 WAV; nothing names a file
 or a URL for the server to open. Spoken replies are voiced sentence by sentence as the text is generated, so
-the first sentence plays while the rest is still being written. Extensions to OpenAI's fields: `top_k`, and
+the first sentence plays while the rest is still being written. Extensions to OpenAI's fields: `top_k`; `truncation: "auto"` (as in OpenAI's Responses API: a
+conversation over the context forgets its oldest exchanges, and the reply's `truncated_messages` says how many
+messages were left out); and
 `"ocr": true` on an image_url part: the OCR model reads the picture (a line of text) into the message's prompt,
 as infer_chat.py --ocr does; with no question beside it, the reading is the reply.
 """
@@ -19,6 +21,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Iterator
 
 import soundfile as sf
@@ -26,7 +29,8 @@ import torch
 
 from omni.audio import to_mono_resampled
 from omni.chat import Turn
-from omni.infer.chat import Chat, speak, user_turn, voices
+from omni.infer.chat import Chat, forget_oldest, speak, user_turn, voices
+from omni.infer.omni import ContextFull
 
 MODEL_ID = "uomni"
 MAX_AUDIO_S = 30.0          # per clip: longer questions would not fit the Thinker's context anyway
@@ -61,6 +65,7 @@ class ChatRequest:
     voice: str = ""
     audio_format: str = "wav"
     ocr: list[bool] = field(default_factory=list)   # per turn: its picture goes through the OCR model
+    truncate: bool = False                           # forget the oldest exchanges rather than fail when too long
 
 
 class Transcripts:
@@ -213,6 +218,9 @@ def read_chat_request(body, chat: Chat, transcripts: Transcripts) -> ChatRequest
     req.top_k = _number(body, "top_k", 0, int, 0, 100_000)
     req.seed = _number(body, "seed", 0, int)
     req.stream = body.get("stream") is True
+    if body.get("truncation", "disabled") not in ("auto", "disabled"):
+        raise APIError(400, f"truncation must be auto or disabled, got {body['truncation']!r}", "truncation")
+    req.truncate = body.get("truncation") == "auto"
     req.include_usage = req.stream and (body.get("stream_options") or {}).get("include_usage") is True
     modalities = body.get("modalities") or ["text"]
     if not isinstance(modalities, list) or not set(modalities) <= {"text", "audio"}:
@@ -243,7 +251,8 @@ SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 def reply_events(chat: Chat, req: ChatRequest) -> Iterator[tuple]:
     """The worker's part of a request: ("text", piece) as the reply is generated; with audio, ("audio",
-    Tensor[T], sentence) as each sentence is complete and spoken; last ("done", usage, finish_reason)."""
+    Tensor[T], sentence) as each sentence is complete and spoken; last ("done", usage, finish_reason,
+    messages left out by truncation)."""
     turns, given = [], None
     for t, ocr in zip(req.turns, req.ocr or [False] * len(req.turns)):
         if t.role == "user":
@@ -251,9 +260,7 @@ def reply_events(chat: Chat, req: ChatRequest) -> Iterator[tuple]:
             given = extra.get("reply")   # the last turn's counts: a reading asked for alone is the reply
         turns.append(t)
     stats = {"prompt_tokens": 0, "tokens": 0, "stopped": True}
-    gen = torch.Generator(device=chat.omni.device).manual_seed(req.seed)
-    pieces = [given] if given is not None else chat.omni.stream(
-        turns, req.max_tokens, req.temperature, req.top_k, req.top_p, gen, stats=stats)
+    pieces, dropped = ([given], 0) if given is not None else _generate(chat, turns, req, stats)
     pending = ""
     for piece in pieces:
         yield "text", piece
@@ -265,7 +272,24 @@ def reply_events(chat: Chat, req: ChatRequest) -> Iterator[tuple]:
         yield from _spoken(chat, pending, req)
     usage = {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["tokens"],
              "total_tokens": stats["prompt_tokens"] + stats["tokens"]}
-    yield "done", usage, "stop" if stats["stopped"] else "length"
+    yield "done", usage, "stop" if stats["stopped"] else "length", dropped
+
+
+def _generate(chat: Chat, turns: list[Turn], req: ChatRequest, stats: dict) -> tuple[Iterator[str], int]:
+    """The reply's pieces, and how many messages were forgotten (truncation) to fit the context."""
+    history, dropped = turns[:-1], 0
+    while True:
+        gen = torch.Generator(device=chat.omni.device).manual_seed(req.seed)
+        pieces = chat.omni.stream(history + turns[-1:], req.max_tokens, req.temperature, req.top_k, req.top_p,
+                                  gen, stats=stats)
+        try:
+            first = next(pieces, None)   # the prompt is built here: this is where a conversation is too long
+        except ContextFull:
+            if not (req.truncate and forget_oldest(history)):
+                raise
+            dropped += 2
+            continue
+        return chain([] if first is None else [first], pieces), dropped
 
 
 def _spoken(chat: Chat, sentence: str, req: ChatRequest) -> Iterator[tuple]:
@@ -295,15 +319,15 @@ class Reply:
     def _head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": MODEL_ID}
 
-    def completion(self, text: str, audio: dict | None, usage: dict, finish: str) -> dict:
+    def completion(self, text: str, audio: dict | None, usage: dict, finish: str, dropped: int = 0) -> dict:
         message = {"role": "assistant", "content": text, "refusal": None}
         if audio is not None:
             message["audio"] = audio
-        return {**self._head("chat.completion"), "usage": usage,
+        return {**self._head("chat.completion"), "usage": usage, "truncated_messages": dropped,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]}
 
-    def chunk(self, delta: dict, finish: str | None = None) -> dict:
-        return {**self._head("chat.completion.chunk"),
+    def chunk(self, delta: dict, finish: str | None = None, dropped: int | None = None) -> dict:
+        return {**self._head("chat.completion.chunk"), **({} if dropped is None else {"truncated_messages": dropped}),
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
     def usage_chunk(self, usage: dict) -> dict:

@@ -181,10 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             elif event[0] == "audio":
                 wavs.append(event[1])
             else:
-                _, usage, finish = event
+                _, usage, finish, dropped = event
         content = "".join(text).strip()
         audio = self._audio(req, wavs, content) if req.audio and wavs else None
-        self._json(200, reply.completion(content, audio, usage, finish))
+        self._json(200, reply.completion(content, audio, usage, finish, dropped))
 
     def _stream(self, req: ChatRequest, first, events) -> None:
         self.send_response(200)
@@ -214,10 +214,10 @@ class Handler(BaseHTTPRequestHandler):
                                                 "transcript": event[2], "expires_at": expires,
                                                 "sample_rate": sr}}))
                 else:
-                    _, usage, finish = event
+                    _, usage, finish, dropped = event
             if audio_id is not None:
                 self.app.transcripts.by_id[audio_id] = ("".join(said).strip(), expires)
-            send(reply.chunk({}, finish))
+            send(reply.chunk({}, finish, dropped))
             if req.include_usage:
                 send(reply.usage_chunk(usage))
         except APIError as e:   # the failure of a stream already under way: an error event (clients raise it)
