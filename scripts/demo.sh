@@ -78,3 +78,8 @@ $PY scripts/demo_chat.py --export runs/demo/export --sft data/demo/sft/test.json
   --ocr data/demo/ocr/test_clean.csv --out runs/demo/chat || echo "the chat demo failed (above); the report follows"
 
 $PY scripts/report.py --runs runs/demo
+
+echo
+echo "Talk to the demo model:  $PY infer_chat.py --ckpt_dir runs/demo/export"
+echo "Serve it (a chat page and an OpenAI-compatible API on http://localhost:8000/):"
+echo "  $PY serve.py --ckpt_dir runs/demo/export"
