@@ -2,6 +2,7 @@
 """Throughput of each stage's hot paths, printed as a table and written as JSON.
 
     python scripts/benchmark.py [--only thinker] [--device auto] [--out runs/benchmark.json]
+    python scripts/benchmark.py --only serve [--demo runs/demo]    # time to first token / audio through the API
 
 Training rows time what training runs: the stage's own optimizer steps (its data stream, loss, optimizers,
 AMP and compile settings) through the engine (`Trainer.benchmark`), at the demo's sizes on the built-in data
@@ -238,6 +239,75 @@ def vocoder_synthesis(config: str, device, seconds: float = 4.0) -> dict:
             "griffin_lim_rtf": t_gl / seconds, "audio_s": seconds}
 
 
+DEMO = Path("runs/demo")   # --demo: where make demo left its runs (the serve rows talk to its export)
+
+
+def _first_times(url: str, body: dict) -> tuple[float, float | None, str]:
+    """Seconds to the first streamed text and the first audio of one request, and the reply's text."""
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
+                 {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    first = audio = None
+    text = []
+    for line in r:
+        if not line.startswith(b"data: {"):
+            continue
+        delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta", {})
+        if delta.get("content"):
+            first = first or time.perf_counter() - t0
+            text.append(delta["content"])
+        if delta.get("audio") and audio is None:
+            audio = time.perf_counter() - t0
+    conn.close()
+    return first, audio, "".join(text).strip()
+
+
+def serve_api(device, n: int = 5) -> dict:
+    """Time to first token and to first audio through serve.py's API (its server in this process, a streaming
+    HTTP client), on the demo model: a question answered in text, the same answered aloud (a one-sentence
+    reply: the audio comes when the sentence is spoken), a picture question answered aloud. Medians of n."""
+    import base64
+    import io
+    import statistics
+    import threading
+    from PIL import Image, ImageDraw
+    from omni.infer.chat import load_chat
+    from omni.serve.server import App, make_server
+    ckpt = DEMO / "export" if (DEMO / "export").exists() else DEMO
+    if not (ckpt / "omni").exists() and not (ckpt / "omni_sft").exists():
+        return {"skipped": f"needs {DEMO}/export (make demo)"}
+    server = make_server(App(load_chat(ckpt, str(device)), log=False), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://localhost:{server.server_address[1]}"
+    im = Image.new("RGB", (64, 64), (120, 120, 120))
+    ImageDraw.Draw(im).ellipse((20, 20, 44, 44), fill=(220, 30, 30))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}
+    spoken = {"modalities": ["text", "audio"], "audio": {"voice": "default", "format": "wav"}}
+    asks = {"text": {"messages": [{"role": "user", "content": "what does mugwort mean?"}]},
+            "spoken": {**spoken, "messages": [{"role": "user", "content": "what does mugwort mean?"}]},
+            "picture spoken": {**spoken, "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what colour is the circle?"}, picture]}]}}
+    row = {}
+    try:
+        for name, body in asks.items():
+            runs = [_first_times(url, {"model": "uomni", **body}) for _ in range(n + 1)][1:]   # the first: warm-up
+            row[f"ms first token ({name})"] = statistics.median(r[0] for r in runs) * 1000
+            if name != "text":
+                row[f"ms first audio ({name})"] = statistics.median(r[1] for r in runs) * 1000
+                row[f"reply ({name})"] = runs[0][2]
+    finally:
+        server.shutdown()
+        server.server_close()
+    return row
+
+
 ROWS = {
     "thinker train (demo)": lambda d: stage_train("train_text", "TextStage", "configs/demo/thinker.json", d),
     "thinker generate (demo)": lambda d: thinker_generate("configs/demo/thinker.json", d),
@@ -265,6 +335,7 @@ ROWS = {
     "ocr train (demo)": lambda d: stage_train("train_ocr", "OCRStage", "configs/demo/ocr.json", d),
     "ocr read (demo)": lambda d: ocr_read("configs/demo/ocr.json", d),
     "ocr read (tiny)": lambda d: ocr_read("configs/ocr_tiny.json", d),
+    "serve api (demo)": serve_api,
 }
 
 
@@ -273,7 +344,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="", help="run rows whose name contains this")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/benchmark.json")
+    p.add_argument("--demo", default=str(DEMO), help="make demo's runs folder (the serve rows use its export)")
     args = p.parse_args(argv)
+    globals()["DEMO"] = Path(args.demo)
     device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     results = {}

@@ -45,8 +45,9 @@ def is_loopback(host: str) -> bool:
 class App:
     """What every request thread shares: the model, the queue, the settings."""
 
-    def __init__(self, chat: Chat, api_key: str | None = None, max_body: int = 20 * 2**20, local: bool = True):
-        self.chat, self.api_key, self.max_body, self.local = chat, api_key, max_body, local
+    def __init__(self, chat: Chat, api_key: str | None = None, max_body: int = 20 * 2**20, local: bool = True,
+                 log: bool = True):
+        self.chat, self.api_key, self.max_body, self.local, self.log = chat, api_key, max_body, local, log
         self.worker, self.transcripts = Worker(), Transcripts()
         self.page = PAGE.read_bytes()
 
@@ -103,7 +104,8 @@ class Handler(BaseHTTPRequestHandler):
                                     "(the key given to serve.py --api_key)", code="invalid_api_key")
 
     def log_message(self, fmt, *args):   # one line per request, on stderr
-        sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
+        if self.app.log:
+            sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
 
     # --- routes ---------------------------------------------------------------------------------------------
     def do_GET(self):
