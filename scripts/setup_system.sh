@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the built-in dataset is made from (see ../shared/DATA.md in the team docs):
 # text (KJV, WordNet, fortunes), speech engines (espeak-ng, flite, sox) and fonts (emoji; the OCR lines' Latin
-# families: DejaVu, Liberation, FreeFont, URW, TeX Gyre, Roboto, Open Sans, Lato). With --test also chromium,
+# families: DejaVu, Liberation, FreeFont, URW, TeX Gyre, Open Sans, Lato, Go, Libertine, EB Garamond,
+# Inconsolata, Cantarell, Caladea/Carlito, Courier Prime; held out: Roboto Slab, Charis SIL). With --test also chromium,
 # the browser the tests drive serve.py's chat page with (make test asks for it; make demo does not need it).
 # Uses apt-get when run as root or with passwordless sudo; otherwise prints the exact command to run.
 set -euo pipefail
 PACKAGES="bible-kjv bible-kjv-text wordnet-base fortunes-min espeak-ng flite sox fonts-noto-color-emoji fonts-dejavu-core
-fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 fonts-texgyre fonts-roboto-unhinted fonts-open-sans fonts-lato"
+fonts-dejavu-extra fonts-liberation fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 fonts-texgyre fonts-open-sans
+fonts-lato fonts-go fonts-linuxlibertine fonts-ebgaramond fonts-inconsolata fonts-cantarell fonts-crosextra-caladea
+fonts-crosextra-carlito fonts-courier-prime fonts-roboto-slab fonts-sil-charis"
 [ "${1:-}" = "--test" ] && PACKAGES="$PACKAGES chromium"
 
 missing=""
