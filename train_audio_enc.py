@@ -9,7 +9,8 @@ max_mel_length frames and those CTC cannot align at the encoder's frame rate; no
 Log-mel features are computed in the data workers (or once, in memory, with cache_features), augmented there
 (frequency warp, SpecAugment); batches hold similar lengths.
 Validation reports CTC loss, greedy WER and CER per validation file, with a few decoded examples.
-The final audio_enc.pt holds the weights, the model config, the vocabulary and the feature settings.
+The final audio_enc.pt holds the weights, the model config, the vocabulary, the feature settings and a
+character n-gram LM of the training transcripts, which its decoding (`decode`: beam search) uses.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import held_out
 from omni.data.speech import FeatureCache, SpeechBatches, measure, read_manifest
 from omni.errors import UserError
-from omni.infer.asr import evaluate_utterances
+from omni.charlm import CharLM
+from omni.infer.asr import DecodeConfig, evaluate_utterances
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, ctc_frames_needed, ctc_loss, encoder_frames
 from omni.train.engine import Stage, run
 from omni.vocab import CharVocab
@@ -54,6 +56,7 @@ class AudioEncConfig(TrainConfig):
     time_stretch: float = 0.0           # tempo perturbation: time axis stretched by 1 ± this at most
     features: MelConfig = field(default_factory=MelConfig)
     model: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)   # the artifact's decoding (validation: greedy)
 
 
 def physical_memory_gb() -> float:
@@ -162,8 +165,12 @@ class AudioEncStage(Stage):
         return metrics
 
     def artifact(self, model):
+        lm = None
+        if self.cfg.decode.beam:
+            lm = CharLM.fit([u.text for u in self.train_utts], self.cfg.decode.lm_order).to_dict()
         return {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
-                "features": to_dict(self.cfg.features), "config": to_dict(self.cfg)}
+                "features": to_dict(self.cfg.features), "config": to_dict(self.cfg), "lm": lm,
+                "decode": to_dict(self.cfg.decode)}
 
 
 if __name__ == "__main__":

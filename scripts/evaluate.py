@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 from omni.artifacts import load_artifact  # noqa: E402
 from omni.audio import LogMel  # noqa: E402
+from omni.config import to_dict  # noqa: E402
 from omni.data.text import token_cache  # noqa: E402
 from omni.device import resolve_device  # noqa: E402
 from omni.errors import UserError, exit_on_user_error  # noqa: E402
@@ -117,16 +118,20 @@ def word_f1(ref: str, hyp: str) -> float:
 
 
 def eval_asr(args) -> dict:
-    """Greedy CTC transcription of every utterance in an ASR manifest: WER, CER (fractions), CTC loss."""
+    """Every utterance of an ASR manifest transcribed as the artifact decodes (beam search with its character
+    LM): WER, CER (fractions), CTC loss; and by best path alone (greedy_wer, greedy_cer)."""
     from omni.data.speech import read_manifest
     from omni.infer.asr import evaluate_utterances
 
     device = resolve_device(args.device)
     asr = load_artifact(args.ckpt, "audio_enc", device)
     utts = read_manifest(args.data)
-    m, _ = evaluate_utterances(asr.model, asr.vocab, LogMel(asr.features), [u.wav for u in utts],
-                               [u.text for u in utts], args.batch_size, device)
-    return {**m, "ckpt": str(args.ckpt), "data": str(args.data)}
+    run = (asr.model, asr.vocab, LogMel(asr.features), [u.wav for u in utts], [u.text for u in utts],
+           args.batch_size, device)
+    greedy, _ = evaluate_utterances(*run)
+    m, _ = evaluate_utterances(*run, asr.decoder)
+    return {**m, "greedy_wer": greedy["wer"], "greedy_cer": greedy["cer"], "decode": to_dict(asr.decoder.cfg),
+            "ckpt": str(args.ckpt), "data": str(args.data)}
 
 
 def eval_tts(args) -> dict:

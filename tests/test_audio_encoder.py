@@ -3,6 +3,7 @@ resume exactness of train_audio_enc.py — on a tiny "tone alphabet" speech set 
 from __future__ import annotations
 
 import json
+import math
 import signal
 
 import numpy as np
@@ -15,8 +16,9 @@ from conftest import (SR, assert_same_weights, assert_trains_on_the_gpu_path, fi
 
 from omni.artifacts import load_artifact
 from omni.audio import LogMel, MelConfig, load_audio, num_frames
+from omni.charlm import CharLM
 from omni.data.speech import read_manifest
-from omni.infer.asr import ctc_greedy, transcribe
+from omni.infer.asr import ctc_beam_search, ctc_greedy, transcribe
 from omni.metrics import cer, edit_distance, wer
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, ctc_frames_needed
 from omni.train.engine import run
@@ -206,6 +208,26 @@ def test_ctc_greedy_decoding():
     assert ctc_frames_needed(vocab.encode("aab")) == 4 and ctc_frames_needed([2, 3]) == 2
 
 
+def test_char_lm_is_normalised_and_prefers_what_it_read():
+    lm = CharLM.fit(["at the top", "at the bottom", "the cat"], order=4)
+    for history in ("", "at t", "xyz", "the cat"):
+        total = sum(math.exp(lm.logprob(history, c)) for c in lm.alphabet)
+        assert 0.9 < total < 1.0   # what is left is the unseen characters' share
+    assert lm.logprob("at t", "h") > lm.logprob("at t", "e") > lm.logprob("at t", "q")
+    assert CharLM.from_dict(lm.to_dict()).logprob("at t", "h") == lm.logprob("at t", "h")
+
+
+def test_beam_search_with_the_lm_mends_what_best_path_misses():
+    vocab = CharVocab(" eht")                    # blank 0, " " 1, "e" 2, "h" 3, "t" 4
+    # "t", then a frame where "h" (0.4) loses to blank (0.6), then "e": best path reads "te"
+    probs = torch.tensor([[0.0, 0, 0, 0, 1], [0.6, 0, 0, 0.4, 0], [0, 0, 1, 0, 0]]) * 0.97 + 0.006
+    logp = probs.log()
+    assert vocab.decode(ctc_greedy(logp[None], torch.tensor([3]))[0]) == "te"
+    lm = CharLM.fit(["the", "the the", "he"] * 5, order=3)
+    assert ctc_beam_search(logp, vocab.chars, lm, beam=4, lm_weight=1.0) == "the"
+    assert ctc_beam_search(logp, vocab.chars, lm, beam=4, lm_weight=0.0) == "te"   # no LM: CTC's best
+
+
 def test_wer_and_cer_on_hand_checked_cases():
     assert edit_distance("kitten", "sitting") == 3
     assert wer(["the cat sat"], ["the cat sat"]) == 0
@@ -244,7 +266,8 @@ def test_transcribe_entry_point_on_stereo_44k(tone_data, reference, tmp_path):
     lines = r.stdout.splitlines()
     assert [l.split("\t")[0] for l in lines] == [str(tmp_path / "stereo44k.wav"), str(tmp_path / "mono16k.flac")]
     asr = load_artifact(ckpt, "audio_enc")
-    expected = transcribe(asr.model, asr.vocab, LogMel(asr.features), [load_audio(tmp_path / "stereo44k.wav"), mono16])
+    expected = transcribe(asr.model, asr.vocab, LogMel(asr.features), [load_audio(tmp_path / "stereo44k.wav"), mono16],
+                          decoder=asr.decoder)
     assert [l.split("\t")[1] for l in lines] == expected
     bad = run_script(["-m", "omni.asr", "--ckpt", str(tmp_path / "missing.pt"), str(tmp_path / "mono16k.flac")])
     assert bad.returncode == 1 and "missing.pt" in bad.stderr
@@ -255,12 +278,12 @@ def test_evaluate_and_check_mel_lengths(tone_data, reference):
                     "--data", str(tone_data / "val.csv"), "--batch_size", "4"])
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)
-    assert result["n"] == 6
-    assert result["cer"] == pytest.approx(metrics(reference, "val")[-1]["val/cer"])
-    # the error rates are those of the model's own transcripts, counted here edit by edit
+    assert result["n"] == 6 and result["decode"]["beam"] == 8
+    assert result["greedy_cer"] == pytest.approx(metrics(reference, "val")[-1]["val/cer"])  # validation: greedy
+    # the error rates are those of the artifact's own transcripts (beam search + LM), counted here edit by edit
     asr, utts = load_artifact(reference / "audio_enc.pt", "audio_enc"), read_manifest(tone_data / "val.csv")
     refs = [u.text for u in utts]
-    hyps = transcribe(asr.model, asr.vocab, LogMel(asr.features), [u.wav for u in utts])
+    hyps = transcribe(asr.model, asr.vocab, LogMel(asr.features), [u.wav for u in utts], decoder=asr.decoder)
     chars = lambda s: list(" ".join(s.split()))
     assert result["cer"] == pytest.approx(sum(edit_distance(chars(a), chars(b)) for a, b in zip(refs, hyps)) /
                                           sum(len(chars(a)) for a in refs))
