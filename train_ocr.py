@@ -6,8 +6,9 @@
 Reads OCR manifests (CSV image,text). Lines keep their aspect ratio: resized to model.image_height, any width,
 batched with lines of similar width. Labels longer than model.max_text_length, with characters outside the
 vocabulary, or images that cannot be read or are wider than model.max_width are skipped and counted in
-training.log. Validation reports, per validation file, the decoder's greedy CER, WER and line accuracy (and
-the CTC head's CER beside it), with a few decoded examples. The final ocr.pt holds the weights, the model
+training.log. Validation reports, per validation file, the CER, WER and line accuracy of the readings
+(omni.infer.ocr.DECODING: joint CTC/attention decoding), their CER per line length and longest reading over its
+line (and the CTC head's CER beside them), with a few decoded examples. The final ocr.pt holds the weights, the model
 config (image height included) and the character vocabulary.
 """
 from __future__ import annotations

@@ -67,7 +67,7 @@ for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "generator_alone --ckpt
 done
 
 stage ocr train_ocr.py configs/demo/ocr.json runs/demo/ocr/ocr.pt
-for split in val_clean val_degraded test_clean test_degraded test_font; do  # chosen on val_*; reported on test_*
+for split in {val,test}_{clean,degraded,long,font}; do  # chosen on val_*; reported on test_*
   evaluate "ocr_$split" ocr runs/demo/ocr/ocr.pt "data/demo/ocr/$split.csv"
 done
 

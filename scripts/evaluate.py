@@ -273,19 +273,20 @@ def eval_sft(args) -> dict:
 
 
 def eval_ocr(args) -> dict:
-    """OCR on a CSV image,text: the decoder's greedy CER, WER and line accuracy (exact match), the CTC head's
-    CER beside them, and lines read per second on this machine."""
+    """OCR on a CSV image,text: CER, WER and line accuracy (exact match) of the readings (--decoding), CER per
+    line-length bucket, the longest reading over its reference, the CTC head's CER beside them, and lines read
+    per second on this machine."""
     import time
 
     from omni.data.ocr import read_manifest
-    from omni.infer.ocr import evaluate_lines
+    from omni.infer.ocr import DECODING, evaluate_lines
 
     device = resolve_device(args.device)
     a = load_artifact(args.ckpt, "ocr", device)
     rows = read_manifest(args.data)
     t0 = time.time()
     m, _ = evaluate_lines(a.model, a.vocab, [p for p, _ in rows], [t for _, t in rows], args.batch_size, device,
-                          ctc=True)
+                          ctc=True, decoding=args.decoding or DECODING)
     return {**m, "lines_per_s": round(m["n"] / (time.time() - t0), 1), "ckpt": str(args.ckpt),
             "data": str(args.data)}
 
@@ -313,6 +314,8 @@ def main(argv=None) -> int:
     p.add_argument("--max_new_tokens", type=int, default=48, help="sft: longest reply")
     p.add_argument("--probe_train", default="", help="vision: the manifest the probes fit on (default: the run's "
                                                      "train_file)")
+    p.add_argument("--decoding", default="", choices=["", "greedy", "ctc_bound", "ctc", "joint"],
+                   help="ocr: how lines are read (default: omni.infer.ocr.DECODING)")
     p.add_argument("--samples", type=int, default=0, help="sft: also print the first N replies beside the answers")
     args = p.parse_args(argv)
     with exit_on_user_error():

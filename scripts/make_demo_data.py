@@ -49,7 +49,9 @@ WORKERS = 2  # speech synthesis processes: both cores of the demo machine
 # sft 9: val and test ask about 300 scenes (was 60) and hold 400 spoken questions (was 100): ~80 rows a task.
 # images 7: a third hard negative per training scene with two shapes or more: two objects' shapes swapped.
 # asr/sft 7: val_voices are a whole accent (Scottish) held out of training and test, as the test accent is.
-PART_VERSIONS = {"text": 3, "asr": 7, "tts": 3, "images": 7, "sft": 10, "ocr": 1}
+# ocr 2: lines of 1-64 characters (was 28) in 16 families with their styles; val_long / test_long (40-64),
+#   val_font (Roboto Slab) and test_font (Charis SIL), neither a near twin of a training family (Lato now trains).
+PART_VERSIONS = {"text": 3, "asr": 7, "tts": 3, "images": 7, "sft": 10, "ocr": 2}
 
 
 def part_rng(seed: int, part: str) -> np.random.Generator:

@@ -44,8 +44,11 @@ TARGETS = [
      "answer prior lost", "sft_test", "grounding.images.lost", ">=", 0.5),
     ("OCR", "character error rate, held-out lines, clean (test_clean)", "ocr_test_clean", "cer", "<", 0.05),
     ("OCR", "character error rate, held-out lines, degraded (test_degraded)", "ocr_test_degraded", "cer", "<", 0.15),
-    ("OCR", "character error rate, held-out lines in a font family never trained on (test_font)", "ocr_test_font",
-     "cer", "<", None),
+    ("OCR", "character error rate, held-out lines of 40-64 characters (test_long)", "ocr_test_long", "cer", "<", 0.05),
+    ("OCR", "character error rate, held-out lines in a type family never trained on (test_font: Charis SIL)",
+     "ocr_test_font", "cer", "<", 0.10),
+    *[("OCR", f"longest reading over its line's length ({split})", f"ocr_{split}", "max_len_ratio", "<=", 1.5)
+      for split in ("test_clean", "test_degraded", "test_long", "test_font")],
 ]
 # The vocoder against Griffin-Lim on the same held-out mels (vocoder_test_world.json): (what, key, op), the
 # vocoder's figure must be `op` Griffin-Lim's; and the Talker's speech through each (tts_test_world*.json).

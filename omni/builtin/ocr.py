@@ -1,15 +1,18 @@
 """Rendered text lines of the built-in dataset, for OCR.
 
 data/demo/ocr/
-    train.csv                     lines of training sentences in every training font, clean and degraded
-    val_clean.csv, val_degraded.csv     held-out sentences: to choose configs on
-    test_clean.csv, test_degraded.csv   other held-out sentences: only reported
-    test_font.csv                 held-out sentences in a font family no training line uses (TEST_FAMILY)
+    train.csv                     lines of training sentences in every training family, clean and degraded
+    val_clean.csv, val_degraded.csv, val_long.csv, val_font.csv     held-out sentences: to choose configs on
+    test_clean.csv, test_degraded.csv, test_long.csv, test_font.csv other held-out sentences: only reported
     lines/*.png
-CSV `image,text`. Lines are short runs of words (at most MAX_CHARS characters) cut from world
-sentences, real English (the text corpus's held-out rule decides the side) and generated strings with digits
-and symbols (numbers, prices, times, codes), so every printable ASCII character occurs. The two held-out
-halves (val / test) are split by a hash of the sentence, so no sentence is in both.
+CSV `image,text`. Lines are runs of whole words cut from world sentences, real English (the text corpus's
+held-out rule decides the side) and generated strings with digits and symbols (numbers, prices, times, codes),
+so every printable ASCII character occurs; sentences shorter than a line's length are joined with others of
+their kind. Lengths (line_length): one line in five is a word or two (up to 12 characters), the rest are
+spread evenly over 13-64 characters; `*_long` hold only lines of LONG_CHARS (40-64), clean. `*_font` are set
+in a family no other split uses: VAL_FAMILY (a slab serif) for val_font, TEST_FAMILY (a book serif) for
+test_font, neither a near twin of a training family. The two held-out halves (val / test) are split by a hash
+of the sentence, so no sentence is in both.
 """
 from __future__ import annotations
 
@@ -32,34 +35,49 @@ from omni.builtin.sentences import english_pools
 from omni.builtin.text import MissingSource
 
 FONT_ROOTS = [Path("/usr/share/fonts"), Path("/usr/share/texmf/fonts")]
-# Font families by file-name prefix, with the Debian package that installs them. Faces that are not text
-# (symbols, dingbats, maths, scripts) or too thin to read at 32 px are dropped by SKIP_FACES.
+# Font families by file-name prefix, with the Debian packages that install them: sans, serif book faces,
+# monospace, condensed (DejaVu Condensed, Liberation Sans Narrow, Nimbus Sans Narrow), small caps (Go
+# Smallcaps), each with its italics and bold where the family has them. Faces that are not text (symbols,
+# dingbats, maths, keyboard keys) or too thin to read at 32 px are dropped by SKIP_FACES. Roboto is left out:
+# Roboto Slab (VAL_FAMILY) is drawn on its skeleton.
 FAMILIES = {
-    "dejavu": (("DejaVu",), "fonts-dejavu-core"),
-    "liberation": (("Liberation",), "fonts-liberation2"),
+    "dejavu": (("DejaVu",), "fonts-dejavu-core fonts-dejavu-extra"),
+    "liberation": (("Liberation",), "fonts-liberation fonts-liberation2"),
     "freefont": (("Free",), "fonts-freefont-ttf"),
     "urw": (("NimbusSans", "NimbusRoman", "NimbusMono", "C059", "P052", "URWBookman", "URWGothic"),
             "fonts-urw-base35"),
     "texgyre": (("texgyre",), "fonts-texgyre"),
-    "roboto": (("Roboto",), "fonts-roboto-unhinted"),
     "opensans": (("OpenSans",), "fonts-open-sans"),
     "lato": (("Lato",), "fonts-lato"),
+    "go": (("Go-",), "fonts-go"),
+    "libertine": (("LinLibertine", "LinBiolinum"), "fonts-linuxlibertine"),
+    "ebgaramond": (("EBGaramond",), "fonts-ebgaramond"),
+    "inconsolata": (("Inconsolata",), "fonts-inconsolata"),
+    "cantarell": (("Cantarell",), "fonts-cantarell"),
+    "crosextra": (("Caladea", "Carlito"), "fonts-crosextra-caladea fonts-crosextra-carlito"),
+    "courierprime": (("Courier Prime",), "fonts-courier-prime"),
+    "robotoslab": (("RobotoSlab",), "fonts-roboto-slab"),
+    "charis": (("CharisSIL",), "fonts-sil-charis"),
 }
-TEST_FAMILY = "lato"  # never rendered in a training or validation line: test_font only
-SKIP_FACES = re.compile(r"(?i)math|chorus|hairline|thin|extralight|symbol|dingbat")
-MAX_CHARS = 28  # the demo's line length: longer lines learn far slower on 2 cores (issue 17's calibration)
+VAL_FAMILY = "robotoslab"   # a slab serif: val_font only
+TEST_FAMILY = "charis"      # a book serif (Charter's design): test_font only
+SKIP_FACES = re.compile(r"(?i)math|chorus|hairline|thin|extralight|symbol|dingbat|biolinum_k")
+MAX_CHARS = 64          # a book line
+WORD_CHARS = 12         # the short lines: a word or two
+LONG_CHARS = (40, 64)   # the *_long splits
 MAX_HEIGHT = 48  # stored lines are at most this high (smaller files; the demo model reads them at 32)
 PRINTABLE = "".join(chr(c) for c in range(32, 127))
+BUCKETS = ((1, 28), (29, 48), (49, 64))   # line lengths the summary and the evaluation report apart
 
 
 @dataclass(frozen=True)
 class OCRSizes:
     train: int
-    val: int    # per val split (clean, degraded)
-    test: int   # per test split (clean, degraded, font)
+    val: int    # per val split (clean, degraded, long, font)
+    test: int   # per test split (clean, degraded, long, font)
 
 
-SIZES = {"small": OCRSizes(400, 24, 24), "full": OCRSizes(24000, 300, 400)}
+SIZES = {"small": OCRSizes(400, 16, 16), "full": OCRSizes(24000, 300, 400)}
 
 
 def font_files() -> dict[str, list[Path]]:
@@ -97,11 +115,19 @@ def held_half(sentence: str) -> str:
     return "val" if hashlib.sha256(("ocr:" + sentence).encode()).digest()[0] % 2 == 0 else "test"
 
 
-def cut_line(sentence: str, rng: np.random.Generator, max_chars: int = MAX_CHARS) -> str:
-    """A run of whole words of the sentence, of a random length up to max_chars: from a random start among
-    those whose run reaches most of that length (one word longer than max_chars is cut)."""
-    words = sentence.split()
-    target = int(rng.integers(min(10, max_chars), max_chars + 1))
+def line_length(rng: np.random.Generator, lo: int = 1, hi: int = MAX_CHARS) -> int:
+    """A line's target length in characters: one in five a word or two (up to WORD_CHARS), the rest even over
+    WORD_CHARS + 1 .. hi; with lo > WORD_CHARS, even over lo .. hi."""
+    if lo <= WORD_CHARS and rng.random() < 0.2:
+        return int(rng.integers(lo, WORD_CHARS + 1))
+    return int(rng.integers(max(lo, WORD_CHARS + 1), hi + 1))
+
+
+def cut_line(text: str, rng: np.random.Generator, target: int, max_chars: int = MAX_CHARS) -> str:
+    """A run of whole words of the text of about `target` characters: from a random start among those whose run
+    (words added while it stays within target) comes within a word of it (at least 0.6 x target); one word
+    longer than max_chars is cut."""
+    words = text.split()
     runs = []
     for start in range(len(words)):
         line = words[start][:max_chars]
@@ -110,7 +136,7 @@ def cut_line(sentence: str, rng: np.random.Generator, max_chars: int = MAX_CHARS
                 break
             line += " " + w
         runs.append(line)
-    good = [r for r in runs if len(r) >= 0.6 * target] or [max(runs, key=len)]
+    good = [r for r in runs if len(r) >= max(0.6 * target, target - 8)] or [max(runs, key=len)]
     return good[int(rng.integers(len(good)))]
 
 
@@ -137,18 +163,18 @@ def symbol_line(rng: np.random.Generator) -> str:
         lambda: f"{r(1, 99)}^{r(2, 9)} ~ {r(0, 9)}.{r(0, 999)} \\ {w()}",
         lambda: f"!{w()}? `{w().lower()}` +{r(0, 99)}",
     ]
-    return templates[r(0, len(templates))]()[:MAX_CHARS].strip()
+    return templates[r(0, len(templates))]().strip()
 
 
-def sentences(rng: np.random.Generator, n: int, side: str) -> list[str]:
-    """n lines on one side ('train', 'val' or 'test'): ~45% real English, 30% world, 25% symbol strings.
-    Held-out sides draw only held-out sentences (text corpus / world rules), their half by held_half."""
+def sentences(rng: np.random.Generator, n: int, side: str, lengths: tuple[int, int] = (1, MAX_CHARS)) -> list[str]:
+    """n lines on one side ('train', 'val' or 'test') of line_length(*lengths) characters, each cut from one kind
+    of text: ~45% real English, 30% world, 25% symbol strings; a text shorter than the line is joined with more
+    of its kind. Held-out sides draw only held-out texts (text corpus / world rules), their half by held_half."""
     pools = english_pools()
     held = side != "train"
     eng = [s for src in sorted(pools) for s in pools[src]["held" if held else "train"]]
-    out = []
-    while len(out) < n:
-        kind = rng.choice(3, p=[0.45, 0.30, 0.25])
+
+    def piece(kind: int) -> str | None:
         if kind == 0:
             s = eng[int(rng.integers(len(eng)))]
         elif kind == 1:
@@ -156,13 +182,29 @@ def sentences(rng: np.random.Generator, n: int, side: str) -> list[str]:
         else:
             s = symbol_line(rng)
             if _held_symbol(s) != held:
-                continue
-        if held and held_half(s) != side:
-            continue
-        line = s if kind == 2 else cut_line(s, rng)
-        if line.strip():
+                return None
+        return None if held and held_half(s) != side else s
+
+    out = []
+    while len(out) < n:
+        kind, target = rng.choice(3, p=[0.45, 0.30, 0.25]), line_length(rng, *lengths)
+        text = ""
+        while len(text) < target + (10 if kind != 2 else 0):   # room to start a run anywhere but the end
+            s = piece(kind)
+            if s is not None:
+                text = f"{text} {s}".strip()
+        line = cut_line(text, rng, target) if kind != 2 or len(text) > target else text
+        if lengths[0] <= len(line) <= lengths[1] and line.strip():
             out.append(line)
     return out
+
+
+def length_bucket(n: int) -> str:
+    """The BUCKETS name of a line of n characters: '1-28', '29-48', '49-64' (longer lines: '65+')."""
+    for lo, hi in BUCKETS:
+        if lo <= n <= hi:
+            return f"{lo}-{hi}"
+    return f"{BUCKETS[-1][1] + 1}+"
 
 
 def _held_symbol(s: str) -> bool:
@@ -232,21 +274,27 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
 
 def _render_job(job: tuple) -> None:
     text, font, seed, degraded, path = job
-    render_line(text, Path(font), np.random.default_rng(seed), degraded).save(path)
+    # zlib's fastest level: the noisy lines compress no better at the default and it is half the build's time
+    render_line(text, Path(font), np.random.default_rng(seed), degraded).save(path, compress_level=1)
 
 
 def build_ocr(out_dir: Path, size: str, rng: np.random.Generator, workers: int = 2) -> dict:
     sz = SIZES[size]
     fonts = font_files()
-    train_families = sorted(f for f in fonts if f != TEST_FAMILY)
+    train_families = sorted(f for f in fonts if f not in (VAL_FAMILY, TEST_FAMILY))
     (out_dir / "lines").mkdir(parents=True, exist_ok=True)
-    plan = {"train": (sz.train, "train", train_families, None), "val_clean": (sz.val, "val", train_families, False),
-            "val_degraded": (sz.val, "val", train_families, True), "test_clean": (sz.test, "test", train_families, False),
-            "test_degraded": (sz.test, "test", train_families, True), "test_font": (sz.test, "test", [TEST_FAMILY], None)}
+    every, long = (1, MAX_CHARS), LONG_CHARS
+    # split: (lines, side, families, degraded (None: half of them), lengths)
+    plan = {"train": (sz.train, "train", train_families, None, every)}
+    for side, n, font_family in (("val", sz.val, VAL_FAMILY), ("test", sz.test, TEST_FAMILY)):
+        plan.update({f"{side}_clean": (n, side, train_families, False, every),
+                     f"{side}_degraded": (n, side, train_families, True, every),
+                     f"{side}_long": (n, side, train_families, False, long),
+                     f"{side}_font": (n, side, [font_family], None, every)})
     summary, jobs = {}, []
-    for split, (n, side, families, degraded) in plan.items():
+    for split, (n, side, families, degraded, lengths) in plan.items():
         rows, n_degraded, used = [], 0, set()
-        for i, text in enumerate(sentences(rng, n, side)):
+        for i, text in enumerate(sentences(rng, n, side, lengths)):
             family = families[int(rng.integers(len(families)))]
             font = fonts[family][int(rng.integers(len(fonts[family])))]
             d = bool(rng.random() < 0.5) if degraded is None else degraded
@@ -256,8 +304,12 @@ def build_ocr(out_dir: Path, size: str, rng: np.random.Generator, workers: int =
             n_degraded += d
             used.add(family)
         write_csv(out_dir / f"{split}.csv", rows)
+        lens = [len(t) for _, t in rows]
         summary[split] = {"lines": len(rows), "degraded": n_degraded, "families": len(used),
-                          "chars": len(set("".join(t for _, t in rows)))}
+                          "faces": len({j[1] for j in jobs[-len(rows):]}),
+                          "chars": len(set("".join(t for _, t in rows))),
+                          "mean length": round(float(np.mean(lens)), 1),
+                          **{f"{lo}-{hi} chars": sum(lo <= k <= hi for k in lens) for lo, hi in BUCKETS}}
     with multiprocessing.get_context("fork").Pool(workers) as pool:  # each line draws from its own seed
         for _ in tqdm(pool.imap_unordered(_render_job, jobs, chunksize=64), total=len(jobs), desc="ocr lines",
                       leave=False):

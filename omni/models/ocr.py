@@ -161,13 +161,14 @@ class OCRModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, pixels, widths, max_chars: int | None = None, use_cache: bool = True,
-                 ctc_bound: float | None = 1.25) -> list[list[int]]:
+                 ctc_bound: float | None = 1.25, encoded: tuple | None = None) -> list[list[int]]:
         """Greedy decoding; each row stops at EOS, or after as many characters as it has encoder frames (the
         most a line of its width can hold: CTC needs a frame per character), or, with `ctc_bound`, after
         ceil(ctc_bound x the CTC head's greedy length) + 2 characters: what the image holds bounds the output,
-        so a decoder that loses its place past the lengths it trained on cannot run on in a loop.
-        → character ids per row (no BOS / EOS)."""
-        memory, mask = self.encode(pixels, widths)
+        so a decoder that loses its place past the lengths it trained on cannot run on in a loop. `encoded`:
+        encode()'s (memory, mask) of these pixels, when the caller has them. → character ids per row (no BOS /
+        EOS)."""
+        memory, mask = encoded if encoded is not None else self.encode(pixels, widths)
         room = mask.sum(1)   # characters each row may still write
         if ctc_bound is not None:
             room = torch.minimum(room, (ctc_bound * ctc_length(self.ctc_head(memory), mask)).ceil().long() + 2)
