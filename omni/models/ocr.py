@@ -2,7 +2,8 @@
 
     model = OCRModel(OCRConfig(vocab_size=len(vocab) + 2))
     out = model(pixels, widths, targets)            # pixels: Tensor[B x 1 x H x W], widths: real columns per row
-    ids = model.generate(pixels, widths)            # greedy, KV-cached: lists of character ids (no BOS / EOS)
+    ids = model.generate(pixels, widths)            # the decoder, greedy, KV-cached: character ids per line
+    # omni.infer.ocr reads lines by joint CTC/attention decoding (the decoder and the CTC head together)
 
 Encoder: a CNN over the height-normalised line (height `image_height`, width kept in proportion, padded on
 the right in a batch), which folds the height away and leaves one frame per `4` columns; then transformer
