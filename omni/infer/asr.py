@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from omni.artifacts import load_artifact
-from omni.charlm import BOUNDARY, CharLM
 from omni.audio import LogMel, audio_info, load_audio, num_frames, pad_frames, resampled_length
+from omni.charlm import BOUNDARY, CharLM
 from omni.config import ConfigError
 from omni.device import resolve_device
 from omni.errors import exit_on_user_error
