@@ -10,7 +10,9 @@ settings of `codec_ckpt` (Stage D's rvq_codec.pt: the features the codec decodes
 of the mel) or `features`. `train_on: codec` replaces each mel by the codec's reconstruction of it (what the
 vocoder voices behind the Talker), `mix` takes either at random per segment. Training draws random segments
 of `segment_frames` frames (`init_from` starts the generator from a trained hifigan.pt: fine-tuning on codec
-mels, as HiFi-GAN fine-tunes on its acoustic model's output): first `adv_start` steps of mel L1 + multi-resolution STFT loss alone (a warm-up),
+mels, as HiFi-GAN fine-tunes on its acoustic model's output): first `adv_start` steps of mel L1 +
+multi-resolution STFT loss (+ `lambda_phase` x the phase loss: phase, group delay and instantaneous frequency
+at the mel's STFT) alone (a warm-up),
 then least-squares adversarial + feature-matching losses against the multi-period and multi-scale
 discriminators, with their own optimizer (generator and discriminators each checkpointed and resumed exactly).
 Validation voices the first `val_utterances` of `val_csv` from their true (and, with a codec, their codec)
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchaudio.functional as AF
 from tqdm import tqdm
 
 from omni.artifacts import load_artifact
@@ -39,7 +42,7 @@ from omni.infer.vocoder import RefinedGriffinLim, codec_round_trip, voice_metric
 from omni.models.codec import TalkerFeatures
 from omni.perceptual import available
 from omni.models.vocoder import (Discriminators, Generator, VocoderConfig, discriminator_loss,
-                                 feature_matching_loss, generator_adv_loss, mr_stft_loss)
+                                 feature_matching_loss, generator_adv_loss, mr_stft_loss, phase_loss)
 from omni.train.engine import Stage, run
 from omni.train.optim import OptimizerSpec
 
@@ -63,6 +66,8 @@ class VocoderTrainConfig(TrainConfig):
     lambda_mel: float = 45.0          # HiFi-GAN's weights: mel L1 45, feature matching 2, adversarial 1
     lambda_fm: float = 2.0
     lambda_stft: float = 1.0          # multi-resolution STFT loss (spectral convergence + log magnitude)
+    lambda_phase: float = 0.0         # phase loss at the mel's STFT resolution (anti-wrapped phase, group delay,
+                                      # instantaneous frequency, weighted by the real magnitude)
     model: VocoderConfig = field(default_factory=VocoderConfig)
 
 
@@ -101,8 +106,14 @@ class VocoderGAN(nn.Module):
         self.lambdas = lambdas
         self.mel = LogMel(features).mel   # the front end's MelSpectrogram, differentiable here
 
-    def log_mel(self, wav):
-        return self.mel(wav.float()).clamp_min(1e-5).log()
+    def spectrum(self, wav):
+        """The complex STFT the front end's mel is made from (its window and hop): Tensor[B x F x frames]."""
+        s = self.mel.spectrogram
+        return AF.spectrogram(wav.float(), s.pad, s.window, s.n_fft, s.hop_length, s.win_length, None, s.normalized,
+                              s.center, s.pad_mode, s.onesided)
+
+    def log_mel(self, spec):
+        return self.mel.mel_scale(spec.real.square() + spec.imag.square()).clamp_min(1e-5).log()
 
     def forward(self, mel, wav, part: str, adversarial: bool):
         lam = self.lambdas
@@ -114,10 +125,15 @@ class VocoderGAN(nn.Module):
             loss = discriminator_loss(real_scores, fake_scores)
             return loss, {}
         fake = self.generator(mel)
-        mel_l1 = F.l1_loss(self.log_mel(fake), self.log_mel(wav))
+        fake_spec, real_spec = self.spectrum(fake), self.spectrum(wav)   # one STFT each for mel and phase losses
+        mel_l1 = F.l1_loss(self.log_mel(fake_spec), self.log_mel(real_spec))
         stft = mr_stft_loss(fake, wav)
         loss = lam["mel"] * mel_l1 + lam["stft"] * stft
         extra = {"mel_l1": mel_l1.detach(), "stft": stft.detach()}
+        if lam["phase"]:
+            phase = phase_loss(fake_spec, real_spec)
+            loss = loss + lam["phase"] * phase
+            extra["phase"] = phase.detach()
         if adversarial:
             with torch.no_grad():
                 _, real_feats = self.discriminators(wav[:, None])
@@ -196,7 +212,8 @@ class VocoderStage(Stage):
 
     def build_model(self):
         c = self.cfg
-        model = VocoderGAN(c.model, self.features, {"mel": c.lambda_mel, "fm": c.lambda_fm, "stft": c.lambda_stft})
+        model = VocoderGAN(c.model, self.features, {"mel": c.lambda_mel, "fm": c.lambda_fm, "stft": c.lambda_stft,
+                                                    "phase": c.lambda_phase})
         if c.init_from:   # a fresh run only: a resumed one restores its own weights over these
             start = load_artifact(c.init_from, "vocoder")
             if to_dict(start.features) != to_dict(self.features) or start.config.get("model") != to_dict(c.model):

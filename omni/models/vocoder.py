@@ -13,6 +13,8 @@ Two generators, chosen by `generator`:
   the hop) with multi-receptive-field residual blocks.
 Discriminators: multi-period (periods 2, 3, 5, 7, 11: the waveform folded into a 2-D grid of `period` columns)
 and multi-scale (3 scales: raw, then average-pooled ×2, ×4), both on Tensor[B x 1 x T].
+Losses: the discriminators' (least squares, feature matching), the multi-resolution STFT distance and APNet's
+anti-wrapped phase loss (phase, group delay, instantaneous frequency).
 At synthesis (omni.infer.vocoder.Vocoder), mel-consistency iterations (omni.audio.mel_refine) may follow the
 generator: they bring its output's mel onto the one it was asked to voice, keeping its phase.
 """
@@ -264,6 +266,24 @@ def stft_magnitude(wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
 
 
 MR_STFT = ((512, 128), (1024, 256), (256, 64))   # (n_fft, hop) resolutions, at 16 kHz
+
+
+def _anti_wrap(x: torch.Tensor) -> torch.Tensor:
+    """|x| with x wrapped into [-pi, pi]: the distance between two phases (APNet's anti-wrapping function)."""
+    return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
+
+
+def phase_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Phase distance between two complex STFTs Tensor[B x F x T] (the generated audio's, the real audio's;
+    APNet, Ai & Ling 2023): the anti-wrapped error of the phase itself, of its difference across frequency
+    (group delay) and of its difference across time (instantaneous frequency), each bin weighted by the real
+    audio's magnitude there (a silent bin's phase is noise)."""
+    f, r, w = fake.angle(), real.angle(), real.abs()
+    w = w / w.mean().clamp_min(1e-8)
+    ip = (_anti_wrap(f - r) * w).mean()
+    gd = (_anti_wrap(f.diff(dim=1) - r.diff(dim=1)) * w[:, 1:]).mean()
+    iaf = (_anti_wrap(f.diff(dim=2) - r.diff(dim=2)) * w[..., 1:]).mean()
+    return ip + gd + iaf
 
 
 def mr_stft_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
