@@ -27,7 +27,8 @@ from omni.data.base import held_out
 from omni.data.speech import FeatureCache, SpeechBatches, measure, read_manifest
 from omni.errors import UserError
 from omni.charlm import CharLM
-from omni.infer.asr import DecodeConfig, evaluate_utterances
+from omni.ctc import DecodeConfig
+from omni.infer.asr import evaluate_utterances
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, ctc_frames_needed, ctc_loss, encoder_frames
 from omni.train.engine import Stage, run
 from omni.vocab import CharVocab

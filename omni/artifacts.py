@@ -73,7 +73,7 @@ class Artifact:
     config: dict = field(repr=False)   # the training config it was written with
     tokenizer: object = None           # thinker, vision, omni (and a Thinker-conditioned talker): Tokenizer
     vocab: object = None               # audio_enc, ocr: CharVocab; talker: TextVocab
-    decoder: object = None             # audio_enc: its CTC decoding (omni.infer.asr.Decoder)
+    decoder: object = None             # audio_enc: its CTC decoding (omni.ctc.Decoder)
     features: object = None            # audio_enc, rvq_codec, talker, omni, vocoder: the MelConfig of their audio
     synthesis: dict = None             # vocoder: how it voices unless told otherwise ({"refine": N})
     system_prompt: str = None          # omni: the system turn of a conversation without one
@@ -109,7 +109,7 @@ def _thinker(state, where):
 
 def _audio_enc(state, where):
     from omni.charlm import CharLM
-    from omni.infer.asr import DecodeConfig, Decoder
+    from omni.ctc import DecodeConfig, Decoder
     from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig
     from omni.vocab import CharVocab
     model = AudioEncoder(from_dict(AudioEncoderConfig, state["model_config"], where=where))

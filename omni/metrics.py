@@ -87,3 +87,14 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_i
             total += len(rows)
     out[f"i2t_top1_in{group}"] = hits / total
     return out
+
+
+LINE_BUCKETS = ((1, 28), (29, 48), (49, 64))   # OCR line lengths the data summary and the evaluation report apart
+
+
+def length_bucket(n: int) -> str:
+    """The LINE_BUCKETS name of a line of n characters: '1-28', '29-48', '49-64' (longer lines: '65+')."""
+    for lo, hi in LINE_BUCKETS:
+        if lo <= n <= hi:
+            return f"{lo}-{hi}"
+    return f"{LINE_BUCKETS[-1][1] + 1}+"

@@ -18,7 +18,8 @@ from omni.artifacts import load_artifact
 from omni.audio import LogMel, MelConfig, load_audio, num_frames
 from omni.charlm import CharLM
 from omni.data.speech import read_manifest
-from omni.infer.asr import ctc_beam_search, ctc_greedy, transcribe
+from omni.ctc import ctc_beam_search, ctc_greedy
+from omni.infer.asr import transcribe
 from omni.metrics import cer, edit_distance, wer
 from omni.models.audio_encoder import AudioEncoder, AudioEncoderConfig, ctc_frames_needed
 from omni.train.engine import run

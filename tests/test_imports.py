@@ -14,11 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("errors", ("omni.errors",)),   # the user-error type: every layer raises it, so it imports no omni module
     ("foundations", ("omni", "omni.config", "omni.device", "omni.audio", "omni.tokenizer", "omni.text_norm",
-                     "omni.prompts", "omni.metrics", "omni.perceptual", "omni.export")),
+                     "omni.prompts", "omni.metrics", "omni.perceptual", "omni.export", "omni.charlm")),
     ("models, chat template, dataset builder", ("omni.models", "omni.chat", "omni.builtin")),
-    ("vocabularies, probes", ("omni.vocab", "omni.probe")),
+    ("vocabularies, probes, CTC decoding", ("omni.vocab", "omni.probe", "omni.ctc")),
     ("artifact loader, data pipelines", ("omni.artifacts", "omni.data")),
     ("inference, training engine", ("omni.infer", "omni.train")),
+    ("the server", ("omni.serve",)),
     ("entry points", ("omni.asr", "omni.ocr", "omni.tts", "omni.vocode", "*.py")),   # *.py: the root scripts
 ]
 # Beyond the layers: the built-in dataset's builder is for scripts/make_demo_data.py, the probes and the stage
@@ -172,7 +173,7 @@ def test_graph_sees_every_kind_of_import():
         "omni.train.engine"}
     graph = import_graph()
     assert "omni.models.omni" in graph["omni.artifacts"]                  # imported inside a function
-    assert "omni.prompts" in graph["infer_chat.py"]                       # root scripts are in the graph
+    assert "omni.infer.chat" in graph["infer_chat.py"]                    # root scripts are in the graph
 
 
 def test_checker_catches_a_cycle():

@@ -17,7 +17,7 @@ from omni.artifacts import load_artifact
 from omni.builtin import ocr as builtin
 from omni.data.ocr import batch_lines, line_pixels, target_ids
 from omni.infer.ocr import CTCPrefixScore, joint_generate, read_lines
-from omni.metrics import cer
+from omni.metrics import cer, length_bucket
 from omni.models.ocr import OCRConfig, OCRModel
 from omni.train.engine import run
 from train_ocr import OCRStage
@@ -116,7 +116,7 @@ def test_rendered_lines_and_held_out_halves():
     lines = builtin.sentences(rng, 30, "train")
     assert all(0 < len(t) <= builtin.MAX_CHARS for t in lines) and max(map(len, lines)) > 40
     assert all(40 <= len(t) <= 64 for t in builtin.sentences(rng, 10, "val", builtin.LONG_CHARS))
-    assert [builtin.length_bucket(n) for n in (1, 28, 29, 64, 70)] == ["1-28", "1-28", "29-48", "49-64", "65+"]
+    assert [length_bucket(n) for n in (1, 28, 29, 64, 70)] == ["1-28", "1-28", "29-48", "49-64", "65+"]
     img = builtin.render_line("Hello, World! 42", FONT, rng, degraded=True)
     assert img.mode == "RGB" and img.width > 2 * img.height
     halves = {builtin.held_half(f"sentence {i}") for i in range(40)}

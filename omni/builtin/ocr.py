@@ -33,6 +33,7 @@ from tqdm import tqdm
 from omni.builtin import world
 from omni.builtin.sentences import english_pools
 from omni.builtin.text import MissingSource
+from omni.metrics import LINE_BUCKETS
 
 FONT_ROOTS = [Path("/usr/share/fonts"), Path("/usr/share/texmf/fonts")]
 # Font families by file-name prefix, with the Debian packages that install them: sans, serif book faces,
@@ -67,7 +68,6 @@ WORD_CHARS = 12         # the short lines: a word or two
 LONG_CHARS = (40, 64)   # the *_long splits
 MAX_HEIGHT = 48  # stored lines are at most this high (smaller files; the demo model reads them at 32)
 PRINTABLE = "".join(chr(c) for c in range(32, 127))
-BUCKETS = ((1, 28), (29, 48), (49, 64))   # line lengths the summary and the evaluation report apart
 
 
 @dataclass(frozen=True)
@@ -199,14 +199,6 @@ def sentences(rng: np.random.Generator, n: int, side: str, lengths: tuple[int, i
     return out
 
 
-def length_bucket(n: int) -> str:
-    """The BUCKETS name of a line of n characters: '1-28', '29-48', '49-64' (longer lines: '65+')."""
-    for lo, hi in BUCKETS:
-        if lo <= n <= hi:
-            return f"{lo}-{hi}"
-    return f"{BUCKETS[-1][1] + 1}+"
-
-
 def _held_symbol(s: str) -> bool:
     """Generated strings: one in five is held out (by hash), the rest train."""
     return hashlib.sha256(("sym:" + s).encode()).digest()[1] % 5 == 0
@@ -309,7 +301,7 @@ def build_ocr(out_dir: Path, size: str, rng: np.random.Generator, workers: int =
                           "faces": len({j[1] for j in jobs[-len(rows):]}),
                           "chars": len(set("".join(t for _, t in rows))),
                           "mean length": round(float(np.mean(lens)), 1),
-                          **{f"{lo}-{hi} chars": sum(lo <= k <= hi for k in lens) for lo, hi in BUCKETS}}
+                          **{f"{lo}-{hi} chars": sum(lo <= k <= hi for k in lens) for lo, hi in LINE_BUCKETS}}
     with multiprocessing.get_context("fork").Pool(workers) as pool:  # each line draws from its own seed
         for _ in tqdm(pool.imap_unordered(_render_job, jobs, chunksize=64), total=len(jobs), desc="ocr lines",
                       leave=False):

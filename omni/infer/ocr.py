@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from omni.artifacts import load_artifact
-from omni.builtin.ocr import length_bucket
+from omni.ctc import ctc_greedy
 from omni.data.ocr import batch_lines, line_pixels, load_line
 from omni.device import resolve_device
 from omni.errors import UserError, exit_on_user_error
-from omni.infer.asr import ctc_greedy
-from omni.metrics import cer, wer
+from omni.metrics import cer, length_bucket, wer
 from omni.models.layers import KVCache
 from omni.models.ocr import OCRModel
 from omni.vocab import CharVocab
@@ -106,7 +105,8 @@ def joint_generate(model: OCRModel, memory: torch.Tensor, mask: torch.Tensor, ct
     B, frames = memory.shape[0], mask.sum(1)
     ctc = CTCPrefixScore(ctc_logits.log_softmax(-1), frames)
     kv = model.memory_kv(memory)
-    limit = int(frames.max()) + 1   # CTC needs a frame per character: the most a line holds, then EOS
+    # CTC needs a frame per character: the most a line holds, then EOS; and no more than the decoder's positions
+    limit = min(int(frames.max()) + 1, model.cfg.max_text_length + 1)
     cache = KVCache(len(model.blocks), B, model.cfg.n_heads, limit + 1, model.cfg.d_model // model.cfg.n_heads,
                     memory.device, memory.dtype)
     nxt = torch.full((B,), model.bos, dtype=torch.long, device=memory.device)
@@ -171,7 +171,7 @@ def read_lines(model: OCRModel, vocab: CharVocab, images: list, batch_size: int 
 
 
 def length_buckets(refs: list[str], hyps: list[str]) -> dict:
-    """CER per line-length bucket of the references (omni.builtin.ocr.BUCKETS): {"cer_1-28": ..., "n_1-28": ...}."""
+    """CER per line-length bucket of the references (omni.metrics.LINE_BUCKETS): {"cer_1-28": ..., "n_1-28": ...}."""
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(refs):
         groups.setdefault(length_bucket(len(r)), []).append(i)
