@@ -67,20 +67,24 @@ def test_kv_cached_decoding_equals_uncached():
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
 
 
+def looping_decoder(model, score: float):
+    """A stand-in for model.decode that always prefers character 5 by `score` and never says EOS (a loop)."""
+    def decode(ids, kv, mask, cache=None):
+        logits = torch.zeros(ids.shape[0], ids.shape[1], model.cfg.vocab_size)
+        logits[..., 5] = score
+        if cache is not None:
+            cache.pos += ids.shape[1]
+        return logits
+    return decode
+
+
 def test_decoding_is_bounded_by_the_ctc_reading():
     """A decoder that never says EOS (a repetition loop) stops at ceil(1.25 x the CTC head's greedy length) + 2
     characters; without the bound it runs to one character per encoder frame."""
     model = tiny_model()
     pixels, widths = batch_lines(random_lines([90, 160], seed=2))
 
-    def looping(ids, kv, mask, cache=None):
-        logits = torch.zeros(ids.shape[0], ids.shape[1], model.cfg.vocab_size)
-        logits[..., 5] = 1.0                       # always the same character, never EOS
-        if cache is not None:
-            cache.pos += ids.shape[1]
-        return logits
-
-    model.decode = looping
+    model.decode = looping_decoder(model, 1.0)
     frames = model.encode(pixels, widths)[1].sum(1).tolist()
     with torch.no_grad():
         assert [len(r) for r in model.generate(pixels, widths, ctc_bound=None)] == frames
@@ -154,14 +158,7 @@ def test_joint_decoding_follows_the_ctc_reading_past_a_looping_decoder():
     model = tiny_model()
     pixels, widths = batch_lines(random_lines([90], seed=3))
 
-    def looping(ids, kv, mask, cache=None):
-        logits = torch.zeros(ids.shape[0], ids.shape[1], model.cfg.vocab_size)
-        logits[..., 5] = 3.0                       # always the same character, never EOS
-        if cache is not None:
-            cache.pos += ids.shape[1]
-        return logits
-
-    model.decode = looping
+    model.decode = looping_decoder(model, 3.0)
     with torch.no_grad():
         memory, mask = model.encode(pixels, widths)
         frames = int(mask.sum())
