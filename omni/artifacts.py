@@ -198,6 +198,7 @@ def _vocoder_before_the_split(state) -> None:
     state.setdefault("synthesis", {"refine": config.pop("refine", 0)})
     if config.pop("phase", "absolute") != "absolute":
         raise ArtifactError("its phase 'integrated' is no longer supported: train the vocoder again")
+    config.setdefault("phase_head", "angle")    # written before the vector phase head
     renamed = {"net.head.": "net.head.proj.", **{f"net.{k}.": f"net.backbone.{k}." for k in
                                                  ("inp", "norm", "blocks", "out_norm")}}
     if config.get("generator") == "istft" and "net.inp.weight" in state["model"]:

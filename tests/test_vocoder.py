@@ -39,9 +39,10 @@ def test_generators_voice_batches_and_single_inputs(kind):
 
 
 def test_a_vocoder_written_before_the_vocos_split_loads_as_it_voiced(tmp_path):
-    """Older hifigan.pt files: the iSTFT generator's weights under one module, `refine` in the model config."""
+    """Older hifigan.pt files: the iSTFT generator's weights under one module, `refine` in the model config, the
+    phase predicted as an angle (no `phase_head`)."""
     torch.manual_seed(0)
-    gen = Generator(VocoderConfig(generator="istft", **TINY), FEATURES).eval()
+    gen = Generator(VocoderConfig(generator="istft", phase_head="angle", **TINY), FEATURES).eval()
 
     def old_name(key):   # net.backbone.inp.weight → net.inp.weight, net.head.proj.bias → net.head.bias
         for now, before in (("net.backbone.", "net."), ("net.head.proj.", "net.head.")):
@@ -52,6 +53,7 @@ def test_a_vocoder_written_before_the_vocos_split_loads_as_it_voiced(tmp_path):
     assert "net.inp.weight" in weights and "net.head.weight" in weights
     old = {"kind": "vocoder", "format": 1, "model": weights, "features": to_dict(FEATURES), "config": {},
            "model_config": {**to_dict(VocoderConfig(generator="istft", **TINY)), "phase": "absolute", "refine": 3}}
+    del old["model_config"]["phase_head"]
     torch.save(old, tmp_path / "hifigan.pt")
     v = load_vocoder(tmp_path / "hifigan.pt", FEATURES, refine=0)
     mel = torch.randn(21, 16) - 4

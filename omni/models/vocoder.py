@@ -6,7 +6,8 @@
 
 Two generators, chosen by `generator`:
 - "istft" (Vocos): split as Vocos splits it. A backbone of ConvNeXt blocks over the mel frames; a head that
-  predicts, per frame, a correction to the log-magnitude of one STFT frame and its phase (the magnitude starts
+  predicts, per frame, a correction to the log-magnitude of one STFT frame and its phase, as the angle of a
+  predicted 2-D vector (APNet's parallel phase estimation: no wrap-around to learn; the magnitude starts
   from the mel filterbank's pseudo-inverse of the input with `residual`, so the network learns what the
   filterbank lost, not the whole spectrum); an inverse STFT with the front end's window and hop.
 - "hifigan" (HiFi-GAN V1–V3 family): transposed-convolution upsampling by `upsample_rates` (their product is
@@ -36,6 +37,8 @@ class VocoderConfig:
     channels: int = 256               # istft: ConvNeXt width; hifigan: channels before the first upsampling
     layers: int = 8                   # istft: ConvNeXt blocks
     residual: bool = True             # istft: predict a correction over the mel pseudo-inverse's magnitude
+    phase_head: str = "vector"        # istft: "vector" = the phase is the angle of a predicted 2-D vector
+                                      # (APNet's parallel estimation); "angle" = the phase itself (older vocoders)
     upsample_rates: list[int] = field(default_factory=lambda: [5, 4, 4, 2])    # hifigan: product = hop_length
     resblock_kernels: list[int] = field(default_factory=lambda: [3, 7, 11])     # hifigan: MRF kernels
     resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
@@ -76,19 +79,28 @@ class ConvNeXtBackbone(nn.Module):
 class ISTFTHead(nn.Module):
     """Features Tensor[B x T x C] (+ the mel frames they came from) → complex STFT Tensor[B x F x T]: a
     log-magnitude and a phase per bin and frame; with `residual` the log-magnitude is a correction over the mel
-    pseudo-inverse's (zero at the start)."""
+    pseudo-inverse's (zero at the start). phase_head "vector": the phase is atan2 of two outputs; "angle": it is
+    one output (vocoders trained before the vector head; theirs often stalled: docs/results.md)."""
 
-    def __init__(self, channels: int, features: MelConfig, residual: bool):
+    def __init__(self, channels: int, features: MelConfig, residual: bool, phase_head: str = "vector"):
         super().__init__()
-        self.residual = residual
-        self.proj = nn.Linear(channels, 2 * (features.n_fft // 2 + 1))
-        if residual:
-            nn.init.zeros_(self.proj.weight)
-            nn.init.zeros_(self.proj.bias)
+        if phase_head not in ("vector", "angle"):
+            raise ValueError(f"vocoder phase_head must be 'vector' or 'angle', got {phase_head!r}")
+        self.residual, self.vector = residual, phase_head == "vector"
+        bins = features.n_fft // 2 + 1
+        self.proj = nn.Linear(channels, (3 if self.vector else 2) * bins)
+        if residual:   # the magnitude correction starts at zero; a vector phase needs a nonzero start
+            nn.init.zeros_(self.proj.weight[:bins] if self.vector else self.proj.weight)
+            nn.init.zeros_(self.proj.bias[:bins] if self.vector else self.proj.bias)
         self.register_buffer("pinv", torch.linalg.pinv(mel_basis(features)).T.contiguous(), persistent=False)
 
     def forward(self, x: torch.Tensor, logmel: torch.Tensor) -> torch.Tensor:
-        log_mag, phase = self.proj(x).float().chunk(2, dim=-1)                                   # [B x T x F]
+        out = self.proj(x).float()                                                               # [B x T x 2F|3F]
+        if self.vector:
+            log_mag, re, im = out.chunk(3, dim=-1)
+            phase = torch.atan2(im, re)
+        else:
+            log_mag, phase = out.chunk(2, dim=-1)
         if self.residual:   # power spectrum ≈ mel power through the pseudo-inverse; magnitude = its sqrt
             log_mag = 0.5 * (logmel.float().exp() @ self.pinv.T).clamp_min(1e-5).log() + log_mag
         return torch.polar(log_mag.clamp(max=8.0).exp(), phase).transpose(1, 2)
@@ -114,7 +126,7 @@ class ISTFTGenerator(nn.Module):
     def __init__(self, cfg: VocoderConfig, features: MelConfig):
         super().__init__()
         self.backbone = ConvNeXtBackbone(features.n_mels, cfg.channels, cfg.layers)
-        self.head = ISTFTHead(cfg.channels, features, cfg.residual)
+        self.head = ISTFTHead(cfg.channels, features, cfg.residual, cfg.phase_head)
         self.istft = InverseSTFT(features)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:         # [B x T x n_mels] → [B x (T-1)*hop]
