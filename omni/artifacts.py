@@ -192,8 +192,9 @@ def _vocoder(state, where):
 
 
 def _vocoder_before_the_split(state) -> None:
-    """A vocoder written before its iSTFT generator was split into backbone, head and inverse STFT, and before
-    `refine` left the model config for `synthesis`: read in place as it is written now."""
+    """A vocoder written before its iSTFT generator was split into backbone, head and inverse STFT, before
+    `refine` left the model config for `synthesis`, or before the vector phase head (its head predicts the
+    angle itself): read in place as it is written now."""
     config = state["model_config"]
     state.setdefault("synthesis", {"refine": config.pop("refine", 0)})
     if config.pop("phase", "absolute") != "absolute":

@@ -194,3 +194,13 @@ def test_a_wrong_command_is_caught():
     for line, expected in bad.items():
         found = problems(line)
         assert any(expected in p for p in found), f"{line!r} not caught: {found}"
+
+
+def test_the_readme_and_the_config_notes_stay_short():
+    """The README is a guide of at most 400 lines (figures live in docs/results.md); a config's `_comment` says
+    what the config is for in at most 300 characters."""
+    assert len(README.splitlines()) <= 400
+    long = {str(p.relative_to(ROOT)): len(json.loads(p.read_text(encoding="utf-8")).get("_comment", ""))
+            for p in sorted((ROOT / "configs").rglob("*.json"))}
+    assert {p: n for p, n in long.items() if n > 300} == {}
+    assert (ROOT / "docs" / "results.md").is_file() and "docs/results.md" in README
