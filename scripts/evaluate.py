@@ -208,7 +208,7 @@ def eval_vocoder(args) -> dict:
     from omni.audio import GriffinLim, LogMel, load_audio
     from omni.data.speech import read_manifest
     from omni.infer.asr import evaluate_utterances
-    from omni.infer.vocoder import RefinedGriffinLim, codec_round_trip, load_vocoder, voice_metrics
+    from omni.infer.vocoder import RefinedGriffinLim, load_vocoder, voice_metrics
     from omni.perceptual import available
 
     device = resolve_device(args.device)
@@ -231,8 +231,10 @@ def eval_vocoder(args) -> dict:
     perceptual = available()
     if not perceptual:
         print("no PESQ / STOI: pip install -r requirements-eval.txt", file=sys.stderr)
+    voiced = {name: {} for name, _ in voices}   # the audio each voice made, scored again by the ASR below
     for name, voice in voices:
-        result[name] = voice_metrics(voice, pairs, features, codec.model if codec else None, perceptual)
+        result[name] = voice_metrics(voice, pairs, features, codec.model if codec else None, perceptual,
+                                     keep=voiced[name])
     asr_path = args.asr_ckpt
     if not asr_path and codec is not None:
         talker_cfg = Path(codec.path).parent / "talker.pt"
@@ -241,11 +243,8 @@ def eval_vocoder(args) -> dict:
         a = load_artifact(asr_path, "audio_enc", device)
         asr = (a.model, a.vocab, LogMel(a.features))
         texts = [u.text for u in utts]
-        for name, voice in voices:
-            for prefix, use_codec in (("", False), ("codec_", True)):
-                if use_codec and codec is None:
-                    continue
-                audio = [voice(codec_round_trip(codec.model, m) if use_codec else m) for _, m in pairs]
+        for name, _ in voices:
+            for prefix, audio in voiced[name].items():
                 m, _ = evaluate_utterances(*asr, audio, texts, args.batch_size, device)
                 result[name][f"{prefix}wer"], result[name][f"{prefix}cer"] = m["wer"], m["cer"]
         result["asr_ckpt"] = str(asr_path)

@@ -75,12 +75,15 @@ def codec_round_trip(codec, logmel: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def voice_metrics(voice, utterances: list, features: MelConfig, codec=None, perceptual: bool = False) -> dict:
+def voice_metrics(voice, utterances: list, features: MelConfig, codec=None, perceptual: bool = False,
+                  keep: dict | None = None) -> dict:
     """How well `voice` (a Vocoder, GriffinLim or a generator: log-mel → waveform) voices (wav, true log-mel)
     pairs: log-mel L1 of its output against the mel it was given, multi-resolution STFT distance against the
     original audio, and the real-time factor; with `perceptual`, wideband PESQ and STOI against the original
     audio (omni.perceptual); with a codec, the same from the codec's reconstruction of each mel (codec_*: the
-    mel L1 against that reconstruction, what the vocoder was asked to say)."""
+    mel L1 against that reconstruction, what the vocoder was asked to say). `keep`: a dict that receives the
+    voiced audio, {"": [waveform per utterance], "codec_": [...]}, for scoring it further without voicing it
+    again."""
     from omni.models.vocoder import mr_stft_loss
     from omni.perceptual import perceptual_scores
     mel = LogMel(features)
@@ -95,6 +98,8 @@ def voice_metrics(voice, utterances: list, features: MelConfig, codec=None, perc
             t0 = time.perf_counter()
             y = voice(source).float().cpu()
             seconds += time.perf_counter() - t0
+            if keep is not None:
+                keep.setdefault(prefix, []).append(y)
             audio += y.numel() / features.sample_rate
             m = mel(y)
             n = min(m.shape[0], source.shape[0])
