@@ -34,17 +34,17 @@ evaluate text_val text runs/demo/thinker/thinker.pt data/demo/text/val.txt
 evaluate text_world_val text runs/demo/thinker/thinker.pt data/demo/text/world_val.txt
 
 stage audio_enc train_audio_enc.py configs/demo/audio_enc.json runs/demo/audio_enc/audio_enc.pt
-for split in val_voices_world val_voices_english val_world val_english test_world test_english; do
+for split in test_world test_english; do  # each stage's own final validation (training.log, metrics.jsonl) has val_*
   evaluate "asr_$split" asr runs/demo/audio_enc/audio_enc.pt "data/demo/asr/$split.csv"
 done
 
 stage vision train_vision.py configs/demo/vision.json runs/demo/vision/vision.pt  # needs Stage A's thinker.pt
-for split in val_world val_emoji test_world; do  # configs are chosen on val_*; the targets are on test_world
+for split in test_world; do  # configs are chosen on val_* (the stage's validation); the targets are on test_world
   evaluate "vision_$split" vision runs/demo/vision/vision.pt "data/demo/images/$split.jsonl"
 done
 
 stage omni_sft sft_omni.py configs/demo/omni_sft.json runs/demo/omni_sft/omni_final.pt  # needs A, B and C
-for split in val test; do  # chosen on val (val_voices); the targets are on test (test voices, unseen scenes)
+for split in test; do  # chosen on val (val_voices); the targets are on test (test voices, unseen scenes)
   evaluate "sft_$split" sft runs/demo/omni_sft "data/demo/sft/$split.jsonl"
 done
 
@@ -67,7 +67,7 @@ for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "generator_alone --ckpt
 done
 
 stage ocr train_ocr.py configs/demo/ocr.json runs/demo/ocr/ocr.pt
-for split in {val,test}_{clean,degraded,long,font}; do  # chosen on val_*; reported on test_*
+for split in test_{clean,degraded,long,font}; do  # chosen on val_* (the stage's validation); reported on test_*
   evaluate "ocr_$split" ocr runs/demo/ocr/ocr.pt "data/demo/ocr/$split.csv"
 done
 

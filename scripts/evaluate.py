@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -205,36 +206,22 @@ def eval_vocoder(args) -> dict:
     distance, real-time factor, wideband PESQ and STOI (requirements-eval.txt), and round-trip WER / CER through
     Stage B (--asr_ckpt, or the codec's Talker config's). Griffin-Lim runs 32 iterations, and again followed by
     the vocoder's mel-consistency iterations where it has them."""
-    from omni.audio import GriffinLim, LogMel, load_audio
     from omni.data.speech import read_manifest
     from omni.infer.asr import evaluate_utterances
-    from omni.infer.vocoder import RefinedGriffinLim, load_vocoder, voice_metrics
+    from omni.infer.vocoder import compare_voices_split, load_vocoder
     from omni.perceptual import available
 
     device = resolve_device(args.device)
-    vocoder = load_vocoder(args.ckpt, device=device)
-    codec_path = args.codec or vocoder.config.get("codec_ckpt", "")
-    codec = load_artifact(Path(codec_path) / "rvq_codec.pt" if Path(codec_path).is_dir() else codec_path,
-                          "rvq_codec") if codec_path else None
-    if codec is not None:
-        vocoder.check_features(codec.features)
-    features = vocoder.features
+    codec_path = args.codec or load_vocoder(args.ckpt).config.get("codec_ckpt", "")
     utts = read_manifest(args.data)[:args.max_utterances or None]
-    mel = LogMel(features)
-    pairs = [(w, mel(w)) for w in (load_audio(u.wav, features.sample_rate) for u in utts)]
-    gl = GriffinLim(features)
-    result = {"n": len(pairs), "voice": f"vocoder: {vocoder.describe()}"}
-    voices = [("vocoder", vocoder), ("griffinlim", gl)]
-    if vocoder.refine:   # the generator alone too, and Griffin-Lim with the same mel-consistency iterations
-        voices.insert(1, ("vocoder_raw", load_vocoder(args.ckpt, device=device, refine=0)))
-        voices.append(("griffinlim_refined", RefinedGriffinLim(features, vocoder.refine)))
     perceptual = available()
     if not perceptual:
         print("no PESQ / STOI: pip install -r requirements-eval.txt", file=sys.stderr)
-    voiced = {name: {} for name, _ in voices}   # the audio each voice made, scored again by the ASR below
-    for name, voice in voices:
-        result[name] = voice_metrics(voice, pairs, features, codec.model if codec else None, perceptual,
-                                     keep=voiced[name])
+    describe, metrics, voiced = compare_voices_split(args.ckpt, codec_path, [u.wav for u in utts], device,
+                                                     perceptual, workers=min(2, os.cpu_count() or 1))
+    result = {"n": len(utts), "voice": f"vocoder: {describe}", **metrics}
+    codec = load_artifact(Path(codec_path) / "rvq_codec.pt" if Path(codec_path).is_dir() else codec_path,
+                          "rvq_codec") if codec_path else None
     asr_path = args.asr_ckpt
     if not asr_path and codec is not None:
         talker_cfg = Path(codec.path).parent / "talker.pt"
@@ -243,7 +230,7 @@ def eval_vocoder(args) -> dict:
         a = load_artifact(asr_path, "audio_enc", device)
         asr = (a.model, a.vocab, LogMel(a.features))
         texts = [u.text for u in utts]
-        for name, _ in voices:
+        for name in metrics:
             for prefix, audio in voiced[name].items():
                 m, _ = evaluate_utterances(*asr, audio, texts, args.batch_size, device)
                 result[name][f"{prefix}wer"], result[name][f"{prefix}cer"] = m["wer"], m["cer"]

@@ -127,6 +127,63 @@ class RefinedGriffinLim:
         return peak_limit(mel_refine(self.gl(logmel), logmel, self.features, self.refine))
 
 
+def compare_voices(ckpt, codec_path: str, wavs: list[str], device="cpu", perceptual: bool = False,
+                   threads: int = 0) -> tuple[str, dict, dict]:
+    """The vocoder of `ckpt` beside Griffin-Lim (32 iterations) on the utterances `wavs`, and when it refines its
+    output, the generator alone and Griffin-Lim followed by the same rounds: → (the vocoder described,
+    {voice: voice_metrics}, {voice: its voiced audio, as voice_metrics keeps it}). `codec_path`: the mels also
+    go through this codec's round trip (codec_* figures). `threads`: torch threads for this process (0: as is)."""
+    if threads:
+        torch.set_num_threads(threads)
+    vocoder = load_vocoder(ckpt, device=device)
+    codec = load_artifact(Path(codec_path) / "rvq_codec.pt" if Path(codec_path).is_dir() else codec_path,
+                          "rvq_codec") if codec_path else None
+    if codec is not None:
+        vocoder.check_features(codec.features)
+    features, mel = vocoder.features, LogMel(vocoder.features)
+    pairs = [(w, mel(w)) for w in (load_audio(path, features.sample_rate) for path in wavs)]
+    voices = [("vocoder", vocoder), ("griffinlim", GriffinLim(features))]
+    if vocoder.refine:
+        voices.insert(1, ("vocoder_raw", load_vocoder(ckpt, device=device, refine=0)))
+        voices.append(("griffinlim_refined", RefinedGriffinLim(features, vocoder.refine)))
+    voiced = {name: {} for name, _ in voices}
+    metrics = {name: voice_metrics(voice, pairs, features, codec.model if codec else None, perceptual,
+                                   keep=voiced[name]) for name, voice in voices}
+    return vocoder.describe(), metrics, voiced
+
+
+def _compare_part(job: tuple) -> tuple[str, dict, dict]:
+    describe, metrics, voiced = compare_voices(*job)   # audio as arrays: no tensor sharing between processes
+    return describe, metrics, {name: {k: [y.numpy() for y in v] for k, v in d.items()} for name, d in voiced.items()}
+
+
+def compare_voices_split(ckpt, codec_path: str, wavs: list[str], device="cpu", perceptual: bool = False,
+                         workers: int = 1) -> tuple[str, dict, dict]:
+    """compare_voices over `workers` processes of one torch thread each, each voicing a contiguous part of
+    `wavs` (on the CPU, Griffin-Lim and the perceptual measures gain little from a second thread; processes
+    gain nearly twice). The figures are those of one process: means over utterances, real-time factors over
+    the voiced seconds, the voiced audio in the order of `wavs`."""
+    workers = min(workers, len(wavs) // 4)
+    if workers <= 1 or torch.device(device).type != "cpu":
+        return compare_voices(ckpt, codec_path, wavs, device, perceptual)
+    import multiprocessing
+    bounds = [len(wavs) * i // workers for i in range(workers + 1)]
+    jobs = [(ckpt, codec_path, wavs[a:b], device, perceptual, 1) for a, b in zip(bounds, bounds[1:])]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        parts = pool.map(_compare_part, jobs)
+    describe, metrics, voiced = parts[0][0], {}, {}
+    for name in parts[0][1]:
+        voiced[name] = {prefix: [torch.from_numpy(y) for _, _, v in parts for y in v[name][prefix]]
+                        for prefix in parts[0][2][name]}
+        metrics[name] = {}
+        for key in parts[0][1][name]:
+            prefix = "codec_" if key.startswith("codec_") else ""
+            weights = [sum(y.size for y in v[name][prefix]) if key.endswith("rtf") else len(job[2])
+                       for (_, _, v), job in zip(parts, jobs)]
+            metrics[name][key] = sum(w * m[name][key] for w, (_, m, _) in zip(weights, parts)) / sum(weights)
+    return describe, metrics, voiced
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Copy synthesis: audio → the shared log-mel → a vocoder → audio.")
     p.add_argument("--ckpt", help="hifigan.pt (or its folder)")
