@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from omni.artifacts import load_artifact
-from omni.config import TrainConfig, to_dict
+from omni.config import ConfigError, TrainConfig, to_dict
 from omni.data.base import held_out
 from omni.data.images import AugmentConfig, CaptionedImages, ImageSource, read_manifest
 from omni.infer.evaluate import clip_metrics
@@ -54,6 +54,7 @@ class VisionConfig(TrainConfig):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     hard_negatives: bool = True               # train rows' "negatives" captions as extra wrong texts (NegCLIP)
     caption_weight: float = 1.0               # the caption decoder's loss beside the contrastive one (if any)
+    caption_share: float = 1.0                # the share of each batch's images (rows are shuffled) it captions
     probe_scenes: int = 600                   # world training scenes the validation probes fit on (0: none)
     probe_tokens: int = 9                     # pooled patch tokens (+ CLS) they read, as Stage E does
     model: ClipConfig = field(default_factory=ClipConfig)
@@ -90,6 +91,8 @@ class VisionStage(Stage):
 
     def prepare(self):
         cfg = self.cfg
+        if not 0 < cfg.caption_share <= 1:
+            raise ConfigError(f"caption_share must be in (0, 1], got {cfg.caption_share}")
         self.thinker = None
         if cfg.use_thinker_for_text:
             if not Path(cfg.thinker_ckpt).exists():
@@ -238,7 +241,8 @@ class VisionStage(Stage):
         parallel = torch.rand(B) < p if p > 0 else None   # the global RNG: checkpointed, so resume is exact
         out = model(batch["images"], batch["ids"], batch["mask"], batch.get("features"), batch.get("neg_ids"),
                     batch.get("neg_mask"), batch.get("neg_features"),
-                    parallel.to(batch["ids"].device) if parallel is not None else None)
+                    parallel.to(batch["ids"].device) if parallel is not None else None,
+                    caption_rows=max(1, round(self.cfg.caption_share * B)))
         if "caption_loss" not in out:
             return out["loss"], {"logit_scale": out["scale"]}, B
         loss = out["loss"] + self.cfg.caption_weight * out["caption_loss"]

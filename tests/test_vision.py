@@ -20,7 +20,8 @@ from omni.config import to_dict
 from omni.data.images import AugmentConfig, augment, decode_image, read_manifest
 from omni.metrics import retrieval_metrics
 from omni.models.thinker import Thinker, ThinkerConfig
-from omni.models.vision import ClipConfig, ClipModel, TextSideConfig, ViTConfig, VisionEncoder, clip_loss
+from omni.models.vision import (CaptionDecoderConfig, ClipConfig, ClipModel, TextSideConfig, ViTConfig, VisionEncoder,
+                                clip_loss)
 from omni.tokenizer import EOS, Tokenizer
 from omni.train.engine import run
 from train_vision import VisionStage
@@ -127,6 +128,23 @@ def test_vit_shapes_and_unit_embeddings():
         model.logit_scale.fill_(10.0)
     assert abs(float(model.scale().detach()) - 100.0) < 1e-3  # clamped
 
+
+def test_the_caption_decoder_can_write_a_share_of_the_batch():
+    """caption_rows=k: the caption loss is that of the first k rows alone (their own padding, not the batch's);
+    the contrastive loss still sees every row."""
+    torch.manual_seed(0)
+    cfg = ClipConfig(vision=ViTConfig(32, 8, 48, 2, 2, 96), text=TextSideConfig(32, 1, 2, 64, 12, vocab_size=50),
+                     caption=CaptionDecoderConfig(n_layers=1, d_model=16, n_heads=2, d_ff=32, vocab_size=50),
+                     embed_dim=24)
+    model = ClipModel(cfg).eval()
+    images, ids = torch.rand(4, 3, 32, 32), torch.randint(4, 50, (4, 9))
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[0, 5:] = mask[1, 6:] = False        # the first two captions are short: the rest of the batch pads them
+    full, half = model(images, ids, mask), model(images, ids, mask, caption_rows=2)
+    alone = model(images[:2], ids[:2, :6], mask[:2, :6])
+    assert half["caption_loss"].item() == pytest.approx(alone["caption_loss"].item(), abs=1e-5)
+    assert half["caption_loss"].item() != pytest.approx(full["caption_loss"].item(), abs=1e-3)
+    assert half["loss"].item() == pytest.approx(full["loss"].item(), abs=1e-6)
 
 def test_conv_stem_keeps_the_token_grid_and_sees_a_shift_of_a_few_pixels():
     torch.manual_seed(0)

@@ -323,10 +323,11 @@ class ClipModel(nn.Module):
         return self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()[0]
 
     def forward(self, images, ids, mask, features=None, neg_ids=None, neg_mask=None, neg_features=None,
-                parallel=None) -> dict:
+                parallel=None, caption_rows: int = 0) -> dict:
         """→ {"loss": symmetric InfoNCE of the batch, "image", "text": Tensor[B x E], "scale": 0-d, and with a
         caption decoder "caption_loss"}. neg_*: hard negative captions (N of them), extra wrong answers for
-        every image (clip_loss). parallel: Bool[B], the caption decoder's parallel-prediction rows."""
+        every image (clip_loss). parallel: Bool[B], the caption decoder's parallel-prediction rows.
+        caption_rows: the decoder writes the captions of the first this many rows only (0: all)."""
         cls, patches = self.vision(images)
         img = F.normalize(self.image_proj(cls), dim=-1)
         txt = self.encode_text(ids, mask, features)
@@ -334,8 +335,11 @@ class ClipModel(nn.Module):
         scale = self.scale()
         out = {"loss": clip_loss(img, txt, scale, neg), "image": img, "text": txt, "scale": scale.detach()}
         if self.captioner is not None:
-            tokens = torch.cat([cls[:, None], patches], dim=1)
-            out["caption_loss"] = self.captioner.loss(tokens, ids, mask, parallel)
+            k = caption_rows or len(ids)
+            T = int(mask[:k].sum(1).max())   # the longest of these captions: no padding beyond it
+            tokens = torch.cat([cls[:k, None], patches[:k]], dim=1)
+            out["caption_loss"] = self.captioner.loss(tokens, ids[:k, :T], mask[:k, :T],
+                                                      parallel[:k] if parallel is not None else None)
         return out
 
     @torch.no_grad()
