@@ -39,14 +39,12 @@ for split in test_world test_english; do  # each stage's own final validation (t
 done
 
 stage vision train_vision.py configs/demo/vision.json runs/demo/vision/vision.pt  # needs Stage A's thinker.pt
-for split in test_world; do  # configs are chosen on val_* (the stage's validation); the targets are on test_world
-  evaluate "vision_$split" vision runs/demo/vision/vision.pt "data/demo/images/$split.jsonl"
-done
+# configs are chosen on val_* (the stage's validation); the targets are on test_world
+evaluate vision_test_world vision runs/demo/vision/vision.pt data/demo/images/test_world.jsonl
 
 stage omni_sft sft_omni.py configs/demo/omni_sft.json runs/demo/omni_sft/omni_final.pt  # needs A, B and C
-for split in test; do  # chosen on val (val_voices); the targets are on test (test voices, unseen scenes)
-  evaluate "sft_$split" sft runs/demo/omni_sft "data/demo/sft/$split.jsonl"
-done
+# chosen on val (val_voices); the targets are on test (test voices, unseen scenes)
+evaluate sft_test sft runs/demo/omni_sft data/demo/sft/test.jsonl
 
 stage talker train_talker.py configs/demo/talker.json runs/demo/talker/talker.pt  # codec, then Talker reading E's Thinker; round trip through B
 for split in test_world test_english; do

@@ -220,8 +220,7 @@ def eval_vocoder(args) -> dict:
     describe, metrics, voiced = compare_voices_split(args.ckpt, codec_path, [u.wav for u in utts], device,
                                                      perceptual, workers=min(2, os.cpu_count() or 1))
     result = {"n": len(utts), "voice": f"vocoder: {describe}", **metrics}
-    codec = load_artifact(Path(codec_path) / "rvq_codec.pt" if Path(codec_path).is_dir() else codec_path,
-                          "rvq_codec") if codec_path else None
+    codec = load_artifact(codec_path, "rvq_codec") if codec_path else None
     asr_path = args.asr_ckpt
     if not asr_path and codec is not None:
         talker_cfg = Path(codec.path).parent / "talker.pt"

@@ -136,8 +136,7 @@ def compare_voices(ckpt, codec_path: str, wavs: list[str], device="cpu", percept
     if threads:
         torch.set_num_threads(threads)
     vocoder = load_vocoder(ckpt, device=device)
-    codec = load_artifact(Path(codec_path) / "rvq_codec.pt" if Path(codec_path).is_dir() else codec_path,
-                          "rvq_codec") if codec_path else None
+    codec = load_artifact(codec_path, "rvq_codec") if codec_path else None   # the file, or a folder holding it
     if codec is not None:
         vocoder.check_features(codec.features)
     features, mel = vocoder.features, LogMel(vocoder.features)
