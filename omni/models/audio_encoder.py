@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omni.models.layers import EncoderBlock, RMSNorm, SeqConv1d, SeqConv2d
+from omni.models.layers import Dropout, EncoderBlock, RMSNorm, SeqConv1d, SeqConv2d
 
 
 @dataclass
@@ -112,7 +112,7 @@ class ConvModule(nn.Module):
         self.inp = nn.Linear(d_model, 2 * d_model)
         self.depthwise = SeqConv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = F.glu(self.inp(self.norm(x)), dim=-1) * mask[..., None]
@@ -134,7 +134,7 @@ class AudioEncoder(nn.Module):
             self.subsample = Conv2dDownsample(cfg.n_mels, cfg.d_model, cfg.downsample, cfg.conv_channels)
         else:
             raise ValueError(f"AudioEncoderConfig.frontend must be 'conv1d' or 'conv2d', got {cfg.frontend!r}")
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout)
                                     for _ in range(cfg.n_layers))
         self.convs = nn.ModuleList(ConvModule(cfg.d_model, cfg.conv_kernel, cfg.dropout)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from omni.models.layers import MoE, Attention, KVCache, RMSNorm, StaticKVCache, SwiGLU, rope_tables
+from omni.models.layers import Attention, Dropout, KVCache, MoE, RMSNorm, StaticKVCache, SwiGLU, rope_tables
 
 
 class Block(nn.Module):
@@ -19,7 +19,7 @@ class Block(nn.Module):
         self.attn = Attention(d_model, n_heads, n_kv_heads, dropout)
         self.mlp_norm = RMSNorm(d_model)
         self.mlp = MoE(d_model, d_ff, n_experts, moe_top_k) if n_experts > 1 else SwiGLU(d_model, d_ff)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x, cos, sin, cache=None, layer=0):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))

@@ -30,6 +30,24 @@ class SeqConv2d(_OutOfGraph, nn.Conv2d):
     """nn.Conv2d over (time, frequency), outside torch.compile's graphs for the reason SeqConv1d gives."""
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask on the CPU: one 64-bit random draw gives the keep/drop bytes of 8 elements
+    (a byte kept when >= round(256 p)), so p is rounded to 1/256 and the kept values scaled by the kept share.
+    torch's CPU dropout draws one Bernoulli per element: 4x slower here, up to a tenth of a Talker step.
+    Elsewhere (CUDA, or inside torch.compile's graphs) it is nn.Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or torch.compiler.is_compiling():
+            return super().forward(x)
+        drop = round(self.p * 256)
+        if drop >= 256:
+            return x * 0
+        n = x.numel()
+        words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64)
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= drop
+        return x * keep.to(x.dtype) * (256 / (256 - drop))
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -225,7 +243,7 @@ class EncoderBlock(nn.Module):
         self.attn = Attention(d_model, n_heads, dropout=attn_dropout, causal=False)
         self.mlp_norm = RMSNorm(d_model)
         self.mlp = SwiGLU(d_model, d_ff)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x, key_padding_mask=None):
         """x: Tensor[B x T x d]; key_padding_mask: Bool[B x T], True where a position is real."""
@@ -267,7 +285,7 @@ class CrossDecoderBlock(nn.Module):
         self.self_norm, self.self_attn = RMSNorm(d_model), Attention(d_model, n_heads, dropout=0.0)
         self.cross_norm, self.cross_attn = RMSNorm(d_model), CrossAttention(d_model, n_heads)
         self.mlp_norm, self.mlp = RMSNorm(d_model), SwiGLU(d_model, d_ff)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x, cos, sin, kv, memory_mask=None, cache=None, layer=0):
         x = x + self.drop(self.self_attn(self.self_norm(x), cos, sin, cache, layer))
