@@ -30,22 +30,27 @@ class SeqConv2d(_OutOfGraph, nn.Conv2d):
     """nn.Conv2d over (time, frequency), outside torch.compile's graphs for the reason SeqConv1d gives."""
 
 
-class Dropout(nn.Dropout):
-    """nn.Dropout with a cheaper mask on the CPU: one 64-bit random draw gives the keep/drop bytes of 8 elements
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """F.dropout with a cheaper mask on the CPU: one 64-bit random draw gives the keep/drop bytes of 8 elements
     (a byte kept when >= round(256 p)), so p is rounded to 1/256 and the kept values scaled by the kept share.
     torch's CPU dropout draws one Bernoulli per element: 4x slower here, up to a tenth of a Talker step.
-    Elsewhere (CUDA, or inside torch.compile's graphs) it is nn.Dropout."""
+    Elsewhere (CUDA, or inside torch.compile's graphs) it is F.dropout."""
+    if not training or p == 0 or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.dropout(x, p, training)
+    drop = round(p * 256)
+    if drop >= 256:
+        return x * 0
+    n = x.numel()
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64)
+    keep = words.view(torch.uint8)[:n].view(x.shape) >= drop
+    return x * keep.to(x.dtype) * (256 / (256 - drop))
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through `dropout` (the cheaper CPU mask)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu" or torch.compiler.is_compiling():
-            return super().forward(x)
-        drop = round(self.p * 256)
-        if drop >= 256:
-            return x * 0
-        n = x.numel()
-        words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64)
-        keep = words.view(torch.uint8)[:n].view(x.shape) >= drop
-        return x * keep.to(x.dtype) * (256 / (256 - drop))
+        return dropout(x, self.p, self.training)
 
 
 class RMSNorm(nn.Module):
@@ -180,7 +185,7 @@ class Attention(nn.Module):
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))
-            y = F.dropout(att.softmax(-1), p) @ v
+            y = dropout(att.softmax(-1), p) @ v
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
