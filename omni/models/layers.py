@@ -18,7 +18,23 @@ class _OutOfGraph:
         return super().forward(x)
 
 
-class SeqConv1d(_OutOfGraph, nn.Conv1d):
+class Conv1d(nn.Conv1d):
+    """nn.Conv1d that on the CPU runs as a 2-D convolution over a channels-last Tensor[B x C x 1 x T] view:
+    oneDNN's fast layout there, and free for inputs stored time-major ([B x T x C] transposed, as the models
+    hold them). Forward and backward 1.1-2x faster for dense kernels, ~8x for depthwise ones in bf16 (Zen 4);
+    the output is channels-last too (a [B x T x C] tensor seen as [B x C x T]). Same parameters and
+    state-dict keys as nn.Conv1d; elsewhere (CUDA, inside torch.compile's graphs) it is nn.Conv1d."""
+
+    def _conv_forward(self, x, weight, bias):
+        if x.device.type != "cpu" or self.padding_mode != "zeros" or torch.compiler.is_compiling():
+            return super()._conv_forward(x, weight, bias)
+        pad = self.padding if isinstance(self.padding, str) else (0, self.padding[0])
+        x2 = x.unsqueeze(-2).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x2, weight.unsqueeze(-2), bias, (1, self.stride[0]), pad, (1, self.dilation[0]), self.groups)
+        return y.squeeze(-2)
+
+
+class SeqConv1d(_OutOfGraph, Conv1d):
     """nn.Conv1d over a variable-length time axis, run outside torch.compile's graphs. Inductor specialises a
     convolution's backward on the input length, so a compiled model fed a new length per batch recompiled at
     each (~10 s apiece; 3 minutes before Stage B's first 50 steps on an H100, then the recompile limit turned
