@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from omni.models.layers import Conv1d, Dropout
+from omni.models.layers import Conv1d, Dropout, attend
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
@@ -40,3 +40,19 @@ def test_cpu_conv1d_equals_nn_conv1d_forward_and_backward(kw):
     (y_ref * y_ref.detach()).sum().backward()
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-4)
     assert torch.allclose(ours.weight.grad, ref.weight.grad, atol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["none", "causal", "key_mask"])
+def test_explicit_attention_equals_sdpa_with_gradients(how):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, requires_grad=True) for _ in range(3))
+    mask = torch.rand(2, 1, 1, 7) > 0.3 if how == "key_mask" else None
+    if mask is not None:
+        mask[..., 0] = True                                           # every query sees a key
+    outs, grads = [], []
+    for fused in (True, False):
+        y = attend(q, k, v, mask, causal=how == "causal", fused=fused)
+        outs.append(y)
+        grads.append(torch.autograd.grad((y * y.detach()).sum(), (q, k, v)))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))

@@ -140,6 +140,21 @@ def _slow_cpu_backward(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
 
+def attend(q, k, v, mask: torch.Tensor | None = None, causal: bool = False, p: float = 0.0,
+           fused: bool = True) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v for q Tensor[B x H x T x D], k and v Tensor[B x H x S x D]; mask: Bool, broadcast to
+    [B x H x T x S], True where a query sees a key; causal: query i sees keys 0..i (T = S); p: dropout on the
+    weights. Through SDPA, or the explicit math path when `fused` is False or under CPU autocast training."""
+    if fused and not _slow_cpu_backward(q):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf"))
+    return dropout(att.softmax(-1), p) @ v
+
+
 class Attention(nn.Module):
     """Self-attention with grouped-query heads (n_kv_heads divides n_heads).
 
@@ -193,15 +208,7 @@ class Attention(nn.Module):
         elif key_padding_mask is not None:
             mask = key_padding_mask[:, None, None, :S].to(torch.bool)      # [B x 1 x 1 x S], broadcast over queries
         p = self.dropout if self.training else 0.0
-        if self.use_flash and not _slow_cpu_backward(x):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        else:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            if causal:
-                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
-            if mask is not None:
-                att = att.masked_fill(~mask, float("-inf"))
-            y = dropout(att.softmax(-1), p) @ v
+        y = attend(q, k, v, mask, causal, p, fused=self.use_flash)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -293,7 +300,7 @@ class CrossAttention(nn.Module):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         mask = memory_mask[:, None, None, :] if memory_mask is not None else None
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+        y = attend(q, kv[0], kv[1], mask)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
