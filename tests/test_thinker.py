@@ -176,4 +176,3 @@ def test_moe_balancing_loss_is_part_of_the_loss():
     assert torch.allclose(out["loss"], out["ce"] + 0.01 * out["aux_loss"])
     out["loss"].backward()
     assert m.decoder.blocks[0].mlp.router.weight.grad is not None
-

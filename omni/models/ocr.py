@@ -91,7 +91,7 @@ class LineCNN(nn.Module):
         return widths
 
     def forward(self, x: torch.Tensor, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # channels-last: the convolutions' preferred layout on CPU and GPU, and ChannelNorm's permute is a view
+        # channels-last: oneDNN's faster layout for these convolutions on the CPU, and ChannelNorm's permute a view
         x = (x * padding_mask(widths, x.shape[-1])[:, None, None, :]).contiguous(memory_format=torch.channels_last)
         for conv, norm, s in zip(self.convs, self.norms, self.STRIDES):
             widths = conv_width(widths, 3, s[1], 1)
