@@ -8,26 +8,36 @@ export PYTHONUNBUFFERED=1
 EVAL=runs/demo/eval
 mkdir -p "$EVAL"
 
+t0=$SECONDS
 $PY scripts/make_demo_data.py --out data/demo
+data_seconds=$((SECONDS - t0))
 
-stage() {  # stage KEY SCRIPT CONFIG ARTIFACT: train, and record the seconds it took in eval/times.json
-  local key=$1 t0=$SECONDS trained=1
-  [ -e "$4" ] && trained=0  # finished before: the script only confirms it, and the measured time stays
-  echo "=== $key: $PY $2 --config $3"
-  $PY "$2" --config "$3"
-  $PY - "$EVAL/times.json" "$key" "$((SECONDS - t0))" "$trained" <<'PY'
+record() {  # record KEY SECONDS [keep]: the seconds a part took, into eval/times.json ("keep": only if absent)
+  $PY - "$EVAL/times.json" "$@" <<'PY'
 import json, sys, pathlib
-p, key, sec, trained = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+p, key, sec = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 t = json.loads(p.read_text()) if p.exists() else {}
-if trained or key not in t:
+if sys.argv[4:] != ["keep"] or key not in t:
     t[key] = sec
 p.write_text(json.dumps(t, indent=1))
 PY
 }
 
-evaluate() {  # evaluate NAME STAGE CKPT DATA: one JSON object into eval/NAME.json
-  $PY scripts/evaluate.py "$2" --ckpt "$3" --data "$4" | tee "$EVAL/$1.json"
+stage() {  # stage KEY SCRIPT CONFIG ARTIFACT: train, and record the seconds it took
+  local key=$1 t0=$SECONDS keep=
+  [ -e "$4" ] && keep=keep  # finished before: the script only confirms it, and the measured time stays
+  echo "=== $key: $PY $2 --config $3"
+  $PY "$2" --config "$3"
+  record "$key" "$((SECONDS - t0))" $keep
 }
+
+evaluate() {  # evaluate NAME STAGE CKPT DATA: one JSON object into eval/NAME.json, its seconds as eval/NAME
+  local t0=$SECONDS
+  $PY scripts/evaluate.py "$2" --ckpt "$3" --data "$4" | tee "$EVAL/$1.json"
+  record "eval/$1" "$((SECONDS - t0))"
+}
+
+record data "$data_seconds"
 
 stage thinker train_text.py configs/demo/thinker.json runs/demo/thinker/thinker.pt
 evaluate text_val text runs/demo/thinker/thinker.pt data/demo/text/val.txt
@@ -51,8 +61,11 @@ evaluate tts_test_world tts runs/demo/talker data/demo/tts/test_world.csv   # th
 
 stage vocoder train_vocoder.py configs/demo/vocoder.json runs/demo/vocoder/hifigan.pt  # needs D's codec
 evaluate vocoder_test_world vocoder runs/demo/vocoder/hifigan.pt data/demo/tts/test_world.csv
+t0=$SECONDS
 $PY scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv \
   --vocoder runs/demo/vocoder/hifigan.pt | tee "$EVAL/tts_test_world_vocoder.json"   # the Talker through it
+record eval/tts_test_world_vocoder "$((SECONDS - t0))"
+t0=$SECONDS
 # a few held-out sentences voiced each way (the report links them), from true mels and from codec mels
 samples=$(sed -n 2,4p data/demo/tts/test_world.csv | cut -d, -f1 | sed 's|^|data/demo/tts/|')
 for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "generator_alone --ckpt runs/demo/vocoder/hifigan.pt --refine 0" \
@@ -61,6 +74,7 @@ for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "generator_alone --ckpt
   $PY -m omni.vocode "${@:2}" --out_dir "runs/demo/vocoder/samples/$1" $samples
   $PY -m omni.vocode "${@:2}" --codec runs/demo/talker --out_dir "runs/demo/vocoder/samples/$1_codec" $samples
 done
+record eval/vocoder_samples "$((SECONDS - t0))"
 
 stage ocr train_ocr.py configs/demo/ocr.json runs/demo/ocr/ocr.pt
 for split in test_{clean,degraded,long,font}; do  # chosen on val_* (the stage's validation); reported on test_*
@@ -68,10 +82,12 @@ for split in test_{clean,degraded,long,font}; do  # chosen on val_* (the stage's
 done
 
 # μOmni answers: export the demo model, then ask a copy of the export in every mode (runs/demo/chat/)
+t0=$SECONDS
 $PY export.py --omni_ckpt runs/demo/omni_sft --talker_ckpt runs/demo/talker --vocoder_ckpt runs/demo/vocoder \
   --ocr_ckpt runs/demo/ocr --output_dir runs/demo/export
 $PY scripts/demo_chat.py --export runs/demo/export --sft data/demo/sft/test.jsonl \
   --ocr data/demo/ocr/test_clean.csv --out runs/demo/chat || echo "the chat demo failed (above); the report follows"
+record eval/export_and_chat "$((SECONDS - t0))"
 
 $PY scripts/report.py --runs runs/demo
 
