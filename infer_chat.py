@@ -5,6 +5,7 @@
     python infer_chat.py --ckpt_dir merged_model --image scene.png --audio_in question.wav   # spoken question
     python infer_chat.py --ckpt_dir merged_model --audio_in speech.wav                      # transcription
     python infer_chat.py --ckpt_dir merged_model "hello" --audio_out reply.wav              # spoken reply
+    python infer_chat.py --ckpt_dir merged_model --list_voices       # then --voice NAME with --audio_out
     python infer_chat.py --ckpt_dir merged_model --ocr --image line.png ["question about it"]
     python infer_chat.py --ckpt_dir runs/demo                                                # interactive
 
@@ -31,7 +32,7 @@ import torch
 from omni.chat import Turn
 from omni.errors import UserError, exit_on_user_error, one_line
 from omni.infer.chat import (Chat, ChatError, check_inputs, forget_oldest, load_chat, speak as speak_text,
-                             user_turn)
+                             user_turn, voices)
 from omni.infer.omni import ContextFull
 from omni.text_norm import unsayable
 
@@ -76,13 +77,14 @@ def speak(chat: Chat, text: str, path: str, args) -> dict:
     if missing:
         print(f"note: no reading for {missing!r}; left out of the speech", file=sys.stderr)
     t0 = time.perf_counter()
-    wav = speak_text(chat, text, args.temperature, args.top_k or 20, args.seed)
+    wav = speak_text(chat, text, args.temperature, args.top_k or 20, args.seed, args.voice)
     took = time.perf_counter() - t0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, wav.numpy(), sp.sample_rate)
     seconds = wav.numel() / sp.sample_rate
     return {"audio_out": path, "audio_s": round(seconds, 3), "speech_s": round(took, 4),
-            "speech_rtf": round(took / seconds, 4) if seconds else None, "voice": sp.voice}
+            "speech_rtf": round(took / seconds, 4) if seconds else None, "voice": args.voice or sp.voices[0],
+            "vocoder": sp.rendered_by}
 
 
 def repl(chat: Chat, args) -> int:
@@ -150,6 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--talker_ckpt", help="Stage D's folder (talker.pt + rvq_codec.pt), if not in --ckpt_dir")
     p.add_argument("--vocoder_ckpt", help="hifigan.pt to voice with (default: the one found, else Griffin-Lim)")
     p.add_argument("--griffin_lim", action="store_true", help="voice with Griffin-Lim even if a vocoder is found")
+    p.add_argument("--voice", help="the voice of --audio_out (default: the Talker's first; see --list_voices)")
+    p.add_argument("--list_voices", action="store_true", help="print the Talker's voices, the default first, and exit")
     p.add_argument("--ocr_ckpt", help="ocr.pt, if not in --ckpt_dir")
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -171,8 +175,15 @@ def main(argv=None) -> int:
             check_inputs(*media)
         chat = load_chat(args.ckpt_dir, args.device, args.talker_ckpt, args.vocoder_ckpt, args.ocr_ckpt,
                          args.griffin_lim)
+        if args.list_voices or args.voice:
+            names = voices(chat) or chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt")
+            if args.voice and args.voice not in names:
+                raise UserError(f"--voice: unknown voice {args.voice!r}; the voices are {', '.join(names)}")
+            if args.list_voices:
+                print("\n".join(names))
+                return 0
         if chat.speaker is not None and args.audio_out:
-            print(chat.speaker.voice, file=sys.stderr)
+            print(chat.speaker.rendered_by, file=sys.stderr)
         if not one_shot:
             if args.image:
                 p.error("--image needs a prompt (or --audio_in); in a conversation use /image PATH")

@@ -9,6 +9,9 @@ Two runs of the shared engine, one after the other, in one save_dir:
 2. the Talker (`talker_step_N.pt`, then `talker.pt`): characters -> codes, on the codes of the finished codec;
    with `thinker_ckpt` (Stage A's thinker.pt or Stage E's omni_final.pt) each character also carries what the
    frozen Thinker makes of its token (Thinker-conditioned, as Qwen2.5-Omni's Talker reads the Thinker).
+   The training manifest's `speaker` column names its voices (in order of first appearance, the first the
+   default; one speaker or none: one voice, "default"); with more than one the Talker learns a voice embedding,
+   and talker.pt keeps the names (`voices`).
 Rerunning resumes whichever is unfinished. Validation: the codec's reconstruction MSE / L1 and per-codebook
 usage; the Talker's teacher-forced code perplexity, held-out sentences spoken into save_dir/samples/, and, with
 `audio_enc_ckpt` set, their round-trip WER through Stage B's recogniser.
@@ -34,7 +37,7 @@ from omni.infer.asr import evaluate_utterances
 from omni.infer.evaluate import code_cross_entropy
 from omni.infer.tts import Speaker
 from omni.models.codec import CodecConfig, MelCodec, TalkerFeatures, usage_perplexity
-from omni.models.talker import Talker, TalkerConfig
+from omni.models.talker import DEFAULT_VOICE, Talker, TalkerConfig
 from omni.text_norm import spoken_form
 from omni.train.engine import Stage, run
 from omni.vocab import TextVocab
@@ -91,7 +94,7 @@ class SpeechSet:
     def __init__(self, csv: str, mel: LogMel, log=None):
         self.csv = csv
         utts = read_manifest(csv)
-        self.texts, self.mels, self.wavs, self.bad = [], [], [], 0
+        self.texts, self.mels, self.wavs, self.speakers, self.bad = [], [], [], [], 0
         for u in utts:
             try:
                 self.mels.append(mel(load_audio(u.wav, mel.cfg.sample_rate)).half())
@@ -102,6 +105,7 @@ class SpeechSet:
                 continue
             self.texts.append(u.text)
             self.wavs.append(u.wav)
+            self.speakers.append(u.speaker or DEFAULT_VOICE)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -119,7 +123,7 @@ def read_sets(cfg: TalkerTrainConfig, log) -> tuple[SpeechSet, dict[str, SpeechS
         return train, {}
     val = SpeechSet.__new__(SpeechSet)
     val.csv, val.bad = f"{cfg.train_csv} (val_split {cfg.val_split:g})", 0
-    for key in ("texts", "mels", "wavs"):
+    for key in ("texts", "mels", "wavs", "speakers"):
         items = getattr(train, key)
         setattr(val, key, [x for x, h in zip(items, held) if h])
         setattr(train, key, [x for x, h in zip(items, held) if not h])
@@ -270,17 +274,33 @@ class TalkerStage(SpeechOutStage):
         elif cfg.model.thinker_dim:
             raise ConfigError("model.thinker_dim is set but thinker_ckpt is not: the width comes from the Thinker")
         thinker_dim = 2 * self.thinker.cfg.d_model if self.thinker is not None else 0
-        self.model_cfg = replace(cfg.model, vocab_size=len(self.vocab), thinker_dim=thinker_dim)
+        self.voices = list(dict.fromkeys(train.speakers))   # the training speakers, the first one the default
+        if len(self.voices) == 1:   # nothing to choose: the one voice is "default", as in Talkers before voices
+            train.speakers = [DEFAULT_VOICE] * len(train)
+            for v in self.val_sets.values():
+                v.speakers = [DEFAULT_VOICE] * len(v)
+            self.voices = [DEFAULT_VOICE]
+        if cfg.model.n_voices not in (0, len(self.voices)):
+            raise ConfigError(f"model.n_voices is {cfg.model.n_voices} but {cfg.train_csv} has {len(self.voices)} "
+                              f"speakers; set 0 to derive it")
+        self.model_cfg = replace(cfg.model, vocab_size=len(self.vocab), thinker_dim=thinker_dim,
+                                 n_voices=len(self.voices))
         self.samples, long, short = [], 0, 0
-        for text, mel in zip(train.texts, train.mels):
-            s = self._sample(text, mel)
+        for text, mel, speaker in zip(train.texts, train.mels, train.speakers):
+            s = self._sample(text, mel, speaker)
             if s is None:
                 short += 1
             elif len(s["codes"]) > cfg.max_mel_length:
                 long += 1
             else:
                 self.samples.append(s)
-        self.val_samples = {k: [self._sample(t, m) for t, m in zip(v.texts, v.mels)] for k, v in self.val_sets.items()}
+        for k, v in self.val_sets.items():
+            unknown = sorted(set(v.speakers) - set(self.voices))
+            if unknown:
+                raise UserError(f"validation file {v.csv}: speakers {unknown} are not among the training speakers "
+                                f"{self.voices}")
+        self.val_samples = {k: [self._sample(*x) for x in zip(v.texts, v.mels, v.speakers)]
+                            for k, v in self.val_sets.items()}
         for k, v in self.val_samples.items():
             if any(s is None for s in v):
                 raise UserError(f"validation file {k} holds sentences longer (in characters) than their audio "
@@ -290,13 +310,14 @@ class TalkerStage(SpeechOutStage):
                       f"{cfg.train_csv}; skipped {long} over max_mel_length {cfg.max_mel_length} code frames, "
                       f"{short} with more characters than 10 ms frames, {train.bad} unreadable")
         self.log.info(f"vocabulary: {len(self.vocab.chars)} characters {self.vocab.chars!r} + pad + silence")
+        self.log.info(f"voices: {', '.join(self.voices)} (the default first)")
         self.asr = None
         if cfg.audio_enc_ckpt:
             self.asr = load_artifact(cfg.audio_enc_ckpt, "audio_enc")
             self.log.info(f"round-trip intelligibility through {cfg.audio_enc_ckpt}")
 
-    def _sample(self, text, mel):
-        return make_sample(self.codec, self.vocab, text, mel, self.tokenizer)
+    def _sample(self, text, mel, speaker):
+        return make_sample(self.codec, self.vocab, text, mel, self.tokenizer, self.voices.index(speaker))
 
     def build_model(self):
         return Talker(self.model_cfg, self.codec.cfg, self.thinker)
@@ -311,7 +332,7 @@ class TalkerStage(SpeechOutStage):
 
     def loss(self, model, batch):
         out = model(batch["text"], batch["text_lens"], batch["mel"], batch["mel_lens"], batch["codes"],
-                    batch["code_lens"], tokens=batch.get("tokens"), owner=batch.get("owner"))
+                    batch["code_lens"], tokens=batch.get("tokens"), owner=batch.get("owner"), voice=batch["voice"])
         extra = {"ce": out["ce"], "align": out["align"], "dur": out["dur"], "end": out["end"]}
         return out["loss"], extra, batch["audio_s"]
 
@@ -335,8 +356,9 @@ class TalkerStage(SpeechOutStage):
         if n == 0:
             return {}
         speaker = Speaker(model, self.codec.to(next(model.parameters()).device), self.vocab, cfg.features,
-                          next(model.parameters()).device, tokenizer=self.tokenizer)
-        wavs = speaker.speak(vs.texts[:n], temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
+                          next(model.parameters()).device, tokenizer=self.tokenizer, voices=self.voices)
+        wavs = speaker.speak(vs.texts[:n], temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed,
+                             voice=vs.speakers[:n])   # each sentence in the voice that recorded it
         out = Path(cfg.save_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
         for i, (w, t) in enumerate(list(zip(wavs, vs.texts))[:cfg.val_samples]):
@@ -351,7 +373,7 @@ class TalkerStage(SpeechOutStage):
 
     def artifact(self, model):
         art = {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
-               "codec_config": to_dict(self.codec.cfg), "features": to_dict(self.cfg.features),
+               "voices": self.voices, "codec_config": to_dict(self.codec.cfg), "features": to_dict(self.cfg.features),
                "config": to_dict(self.cfg)}
         if self.thinker is not None:   # its weights are in "model"; what rebuilds it and reads with it here
             art.update(thinker_config=to_dict(self.thinker.cfg), thinker_source=self.thinker_source,

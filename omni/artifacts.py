@@ -76,6 +76,7 @@ class Artifact:
     decoder: object = None             # audio_enc: its CTC decoding (omni.ctc.Decoder)
     features: object = None            # audio_enc, rvq_codec, talker, omni, vocoder: the MelConfig of their audio
     synthesis: dict = None             # vocoder: how it voices unless told otherwise ({"refine": N})
+    voices: list = None                # talker: the voices it speaks in, the default first
     system_prompt: str = None          # omni: the system turn of a conversation without one
 
 
@@ -137,16 +138,20 @@ def _codec(state, where):
 
 def _talker(state, where):
     from omni.models.codec import CodecConfig
-    from omni.models.talker import Talker, TalkerConfig
+    from omni.models.talker import DEFAULT_VOICE, Talker, TalkerConfig
     from omni.models.thinker import Thinker, ThinkerConfig
     from omni.vocab import TextVocab
     thinker, extras = None, {}
     if state.get("thinker_config") is not None:  # a Thinker-conditioned Talker: the frozen Thinker is inside
         thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=where))
         extras["tokenizer"] = _tokenizer(state)
-    model = Talker(from_dict(TalkerConfig, state["model_config"], where=where),
-                   from_dict(CodecConfig, state["codec_config"], where=where), thinker)
-    return model, {"vocab": TextVocab(state["vocab"]), "features": _mel(state, where), **extras}
+    cfg = from_dict(TalkerConfig, state["model_config"], where=where)
+    voices = state.get("voices") or [DEFAULT_VOICE]   # written before voices: its one voice
+    if len(voices) != max(1, cfg.n_voices):
+        raise ValueError(f"{len(voices)} voice names {voices} for a Talker of {max(1, cfg.n_voices)} voice(s)")
+    model = Talker(cfg, from_dict(CodecConfig, state["codec_config"], where=where), thinker)
+    return model, {"vocab": TextVocab(state["vocab"]), "features": _mel(state, where), "voices": list(voices),
+                   **extras}
 
 
 def _talker_with_codec_copies(state) -> None:

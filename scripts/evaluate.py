@@ -140,7 +140,9 @@ def eval_tts(args) -> dict:
     perplexity, and round-trip WER / CER: Stage B's recogniser transcribing the Talker's speech of each text,
     beside the same recogniser on the original recordings, on Griffin-Lim copies of their true mels and on
     Griffin-Lim copies of the codec's reconstruction of their true codes (the bounds a Talker speaking through
-    this codec and Griffin-Lim can reach). Real-time factor of speaking (generation + GL)."""
+    this codec and Griffin-Lim can reach). Real-time factor of speaking (generation + GL). The Talker speaks in
+    --voice, or in each of its voices ("voices": round trip per voice; the top-level round trip is the first
+    one's); teacher forcing uses each recording's own voice where the Talker has it, else the default."""
     import time
     from omni.audio import GriffinLim, load_audio
     from omni.data.speech import read_manifest
@@ -155,7 +157,9 @@ def eval_tts(args) -> dict:
     asr_path = args.asr_ckpt or speaker.config.get("audio_enc_ckpt", "")
     utts = read_manifest(args.data)
     mel = LogMel(speaker.features)
-    texts, mels, wavs, skipped = [], [], [], 0
+    asked = speaker.voices if args.voice is None else [args.voice]
+    speaker.voice_ids(asked, len(asked))   # an unknown --voice fails here, naming the voices
+    texts, mels, wavs, own, skipped = [], [], [], [], 0
     for u in utts:
         logmel = mel(load_audio(u.wav, speaker.sample_rate))
         if make_sample(speaker.codec, speaker.vocab, u.text, logmel) is None:
@@ -164,9 +168,11 @@ def eval_tts(args) -> dict:
         texts.append(u.text)
         mels.append(logmel)
         wavs.append(u.wav)
+        own.append(speaker.voices.index(u.speaker) if u.speaker in speaker.voices else 0)
     if not texts:
         raise UserError(f"{args.data}: no utterance the Talker can speak")
-    samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer) for t, m in zip(texts, mels)]
+    samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer, v)
+               for t, m, v in zip(texts, mels, own)]
     with torch.no_grad():
         se = n = 0.0
         for s in samples:
@@ -177,9 +183,9 @@ def eval_tts(args) -> dict:
     size = speaker.codec.cfg.codebook_size
     usage = usage_perplexity(torch.cat([s["codes"].long() for s in samples]), size)
     t0 = time.time()
-    spoken = speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=0)
+    spoken = {v: speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=0, voice=v) for v in asked}
     seconds = time.time() - t0
-    audio_s = sum(w.numel() for w in spoken) / speaker.sample_rate
+    audio_s = sum(w.numel() for ws in spoken.values() for w in ws) / speaker.sample_rate
     result = {"recon_mse": se / n, "code_perplexity": float(ce.mean().exp()),
               "code_perplexity_per_book": [round(float(c.exp()), 3) for c in ce], "n": len(texts),
               "skipped": skipped, "real_time_factor": seconds / audio_s,
@@ -190,14 +196,18 @@ def eval_tts(args) -> dict:
         gl = GriffinLim(speaker.features)
         refs = [spoken_form(t) for t in texts]   # "3 stars" is heard as "three stars"
         codec_copies = [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples]
-        for key, audio in (("roundtrip", spoken), ("original", wavs), ("griffinlim", [gl(m) for m in mels]),
-                           ("codec", codec_copies)):
+        result["voices"] = {}
+        for v, audio in spoken.items():
+            m, _ = evaluate_utterances(*asr, audio, refs, args.batch_size, device)
+            result["voices"][v] = {"roundtrip_wer": m["wer"], "roundtrip_cer": m["cer"]}
+        result["roundtrip_wer"], result["roundtrip_cer"] = result["voices"][asked[0]].values()
+        for key, audio in (("original", wavs), ("griffinlim", [gl(m) for m in mels]), ("codec", codec_copies)):
             m, _ = evaluate_utterances(*asr, audio, refs, args.batch_size, device)
             result[f"{key}_wer"], result[f"{key}_cer"] = m["wer"], m["cer"]
         result["asr_ckpt"] = str(asr_path)
     else:
         result["roundtrip_wer"] = None  # no recogniser: say so rather than guess
-    return {**result, "voice": speaker.voice, "ckpt_dir": str(args.ckpt), "data": str(args.data)}
+    return {**result, "vocoder": speaker.rendered_by, "ckpt_dir": str(args.ckpt), "data": str(args.data)}
 
 
 def eval_vocoder(args) -> dict:
@@ -219,7 +229,7 @@ def eval_vocoder(args) -> dict:
         print("no PESQ / STOI: pip install -r requirements-eval.txt", file=sys.stderr)
     describe, metrics, voiced = compare_voices_split(args.ckpt, codec_path, [u.wav for u in utts], device,
                                                      perceptual, workers=min(2, os.cpu_count() or 1))
-    result = {"n": len(utts), "voice": f"vocoder: {describe}", **metrics}
+    result = {"n": len(utts), "vocoder": describe, **metrics}
     codec = load_artifact(codec_path, "rvq_codec") if codec_path else None
     asr_path = args.asr_ckpt
     if not asr_path and codec is not None:
@@ -296,6 +306,7 @@ def main(argv=None) -> int:
     p.add_argument("--max_utterances", type=int, default=0, help="vocoder: the first N of --data (0 = all)")
     p.add_argument("--temperature", type=float, default=0.0, help="tts: sampling temperature (0 = greedy)")
     p.add_argument("--top_k", type=int, default=20, help="tts: sample among the k likeliest codes")
+    p.add_argument("--voice", default=None, help="tts: speak in this voice only (default: each of the Talker's)")
     p.add_argument("--max_new_tokens", type=int, default=48, help="sft: longest reply")
     p.add_argument("--probe_train", default="", help="vision: the manifest the probes fit on (default: the run's "
                                                      "train_file)")

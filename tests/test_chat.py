@@ -133,7 +133,13 @@ def test_a_spoken_reply_is_written_whole(exported, tmp_path):
     assert RECORD <= set(out) and out["reply"].strip() and out["audio_out"] == str(tmp_path / "r.wav")
     wav, sr = sf.read(out["audio_out"])
     assert sr == 16000 and abs(len(wav) / sr - out["audio_s"]) < 1e-3 and len(wav) > 0
-    assert "Griffin-Lim" in out["voice"]
+    assert "Griffin-Lim" in out["vocoder"] and out["voice"] == "default"
+    r = run_script(["infer_chat.py", "--ckpt_dir", str(exported), "--list_voices"])
+    assert r.returncode == 0 and r.stdout.split() == ["default"], r.stderr[-2000:]
+    r = run_script(["infer_chat.py", "--ckpt_dir", str(exported), "--text", "hello", "--voice", "nobody",
+                    "--audio_out", str(tmp_path / "x.wav")])
+    assert r.returncode == 1 and "unknown voice 'nobody'; the voices are default" in r.stderr
+    assert not (tmp_path / "x.wav").exists()
 
 
 def test_ocr_mode_replies_with_the_reading(exported, runs):

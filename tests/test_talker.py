@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from conftest import (assert_same_weights, assert_trains_on_the_gpu_path, final_weights, metrics, run_script,
-                      signal_at, write_split)
+                      signal_at, tone_speech, write_split)
 
 from omni.artifacts import atomic_save, load_artifact
 from omni.audio import LogMel, load_audio
@@ -21,7 +21,7 @@ from omni.data.speech import read_manifest
 from omni.data.tts import make_sample, pad_ids
 from omni.infer.asr import transcribe
 from omni.infer.evaluate import code_cross_entropy
-from omni.errors import ArtifactError
+from omni.errors import ArtifactError, UserError
 from omni.infer.tts import load_speaker
 from omni.metrics import cer, wer
 from omni.models.codec import CodecConfig, EMAQuantizer, MelCodec, usage_perplexity
@@ -457,3 +457,94 @@ def test_trains_on_the_gpu_path(tts_data, asr_ckpt, tmp_path):
     config = tiny_talker_config(tts_data, save, audio_enc_ckpt=str(asr_ckpt))
     assert_trains_on_the_gpu_path(["train_talker.py", "--config", str(config)], save, ("rvq_codec.pt", "talker.pt"),
                                   "codec.max_steps=2", "codec.warmup_steps=1", "codec.val_freq=2", "roundtrip=2")
+
+
+# --- voices ------------------------------------------------------------------------------------------------
+def test_the_voice_embedding_changes_what_is_spoken_and_one_voice_has_none():
+    torch.manual_seed(0)
+    model = tiny_talker(n_voices=2).eval()
+    torch.nn.init.constant_(model.end_head.bias, -20.0)
+    ids, lens = pad_ids([[1, 2, 3, 4, 1]])
+    a, b = (model.generate(ids, lens, max_frames=8, voice=torch.tensor([v]))[0] for v in (0, 1))
+    assert not torch.equal(a, b)
+    assert torch.equal(a, model.generate(ids, lens, max_frames=8)[0]), "no voice given: voice 0, the default"
+    with pytest.raises(ValueError, match="outside this Talker's 2 voice"):
+        model.generate(ids, lens, max_frames=8, voice=torch.tensor([2]))
+    assert not any(k.startswith("voice_embed") for k in tiny_talker().state_dict())
+
+
+@pytest.fixture(scope="module")
+def voices_data(tmp_path_factory):
+    """Two speakers of the tone alphabet: "tone" and "slow" (each letter held half as long again)."""
+    d = tmp_path_factory.mktemp("voices")
+    r = np.random.default_rng(2)
+    words = lambda n: " ".join("".join(r.choice(list("abcd"), r.integers(1, 4))) for _ in range(n))
+    (d / "wavs").mkdir()
+    for name, n in (("train", 24), ("val", 4)):
+        rows = ["wav,text,speaker"]
+        for i in range(n):
+            text, speaker = words(r.integers(1, 4) if name == "train" else 2), ("tone", "slow")[i % 2]
+            sf.write(d / "wavs" / f"{name}_{i}.wav", tone_speech(text, char_s=0.08 if speaker == "tone" else 0.12),
+                     16000)
+            rows.append(f"wavs/{name}_{i}.wav,{text},{speaker}")
+        (d / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def voices_run(voices_data, asr_ckpt, tmp_path_factory):
+    save = tmp_path_factory.mktemp("voices_ref") / "run"
+    r = run_script(["train_talker.py", "--config",
+                    str(tiny_talker_config(voices_data, save, audio_enc_ckpt=str(asr_ckpt)))])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return save
+
+
+def test_a_talker_of_two_speakers_speaks_in_either_voice_by_name(voices_run, voices_data, asr_ckpt, tmp_path):
+    state = torch.load(voices_run / "talker.pt", weights_only=True)
+    assert state["voices"] == ["tone", "slow"] and state["model_config"]["n_voices"] == 2
+    assert "voices: tone, slow" in (voices_run / "training.log").read_text()
+    speaker = load_speaker(voices_run)
+    assert speaker.voices == ["tone", "slow"]
+    tone, slow = (speaker.speak_codes(["abc da"], voice=v)[0] for v in ("tone", "slow"))
+    assert not torch.equal(tone, slow)
+    assert torch.equal(tone, speaker.speak_codes(["abc da"])[0]), "the default voice is the first"
+    with pytest.raises(UserError, match="unknown voice 'nobody'; this Talker speaks in tone, slow"):
+        speaker.speak(["abc"], voice="nobody")
+    r = run_script(["-m", "omni.tts", "--ckpt_dir", str(voices_run), "--list_voices"])
+    assert r.returncode == 0 and r.stdout.split() == ["tone", "slow"], r.stderr[-2000:]
+    r = run_script(["-m", "omni.tts", "--ckpt_dir", str(voices_run), "--text", "ab", "--voice", "slow", "--out",
+                    str(tmp_path / "slow.wav")])
+    assert r.returncode == 0 and sf.read(tmp_path / "slow.wav")[0].size > 0, r.stderr[-2000:]
+    r = run_script(["-m", "omni.tts", "--ckpt_dir", str(voices_run), "--text", "ab", "--voice", "nobody", "--out",
+                    str(tmp_path / "x.wav")])
+    assert r.returncode == 1 and "tone, slow" in r.stderr and not (tmp_path / "x.wav").exists()
+    r = run_script(["scripts/evaluate.py", "tts", "--ckpt_dir", str(voices_run), "--data", str(voices_data / "val.csv"),
+                    "--asr_ckpt", str(asr_ckpt)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert list(out["voices"]) == ["tone", "slow"] and out["roundtrip_wer"] == out["voices"]["tone"]["roundtrip_wer"]
+
+
+def test_a_talker_written_before_voices_loads_as_one_voice(reference, tmp_path):
+    assert load_speaker(reference).voices == ["default"]   # one speaker in its data: nothing to choose
+    old = tmp_path / "old"
+    shutil.copytree(reference, old)
+    state = torch.load(old / "talker.pt", weights_only=True)
+    del state["voices"], state["model_config"]["n_voices"]
+    atomic_save(state, old / "talker.pt")
+    speaker = load_speaker(old)
+    assert speaker.voices == ["default"] and speaker.speak(["ab"], voice="default")[0].numel() > 0
+    state["voices"] = ["a", "b"]
+    atomic_save(state, old / "talker.pt")
+    with pytest.raises(ArtifactError, match=r"talker.pt: .*2 voice names \['a', 'b'\] for a Talker of 1 voice"):
+        load_speaker(old)
+
+
+def test_sigkill_then_rerun_of_a_two_voice_talker_is_bitwise_identical(voices_data, asr_ckpt, voices_run, tmp_path):
+    save = tmp_path / "run"
+    cmd = ["train_talker.py", "--config", str(tiny_talker_config(voices_data, save, audio_enc_ckpt=str(asr_ckpt)))]
+    signal_at(cmd, save, 7, stage="talker")
+    assert not (save / "talker.pt").exists(), "the run finished before the kill"
+    assert run_script(cmd).returncode == 0
+    assert_same_run(voices_run, save)

@@ -204,13 +204,13 @@ def test_a_mismatched_vocoder_is_an_error_naming_the_file(vocoder_run, tmp_path)
 def test_the_talker_says_which_vocoder_speaks(reference, tts_data, tmp_path):  # noqa: F811
     """Griffin-Lim when no vocoder is given or found (one line says so), the vocoder beside the Talker when
     there is one, and a vocoder trained on the codec's mels through every entry point."""
-    assert load_speaker(reference).voice.startswith("vocoder: Griffin-Lim (no hifigan.pt in")
+    assert load_speaker(reference).rendered_by.startswith("vocoder: Griffin-Lim (no hifigan.pt in")
     save = tmp_path / "voc"
     r = run_script(["train_vocoder.py", "--config", vocoder_config(
         tts_data, save, codec_ckpt=str(reference / "rvq_codec.pt"), train_on="mix", max_steps=4, val_freq=4)])
     assert r.returncode == 0, r.stderr[-3000:]
     speaker = load_speaker(reference, vocoder=str(save / "hifigan.pt"))
-    assert "istft generator" in speaker.voice and len(speaker.speak(["ab"])[0]) > 0
+    assert "istft generator" in speaker.rendered_by and len(speaker.speak(["ab"])[0]) > 0
     r = run_script(["-m", "omni.tts", "--ckpt_dir", str(reference), "--text", "ab", "--out", str(tmp_path / "a.wav"),
                     "--vocoder", str(save / "hifigan.pt")])
     assert r.returncode == 0 and "vocoder: " in r.stderr and "hifigan.pt" in r.stderr, r.stderr[-2000:]

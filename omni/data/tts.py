@@ -36,10 +36,11 @@ def thinker_tokens(tokenizer, vocab: TextVocab, text: str) -> dict:
 
 
 @torch.no_grad()
-def make_sample(codec: MelCodec, vocab: TextVocab, text: str, logmel: torch.Tensor, tokenizer=None) -> dict | None:
-    """One Talker example {"ids", "mel" (the codec's normalised log-mel, fp16), "codes" (int16)}, plus
-    thinker_tokens' "tokens" and "owner" when a Thinker tokenizer is given; None when the text has characters
-    the vocabulary lacks or more tokens than its audio has 10 ms frames."""
+def make_sample(codec: MelCodec, vocab: TextVocab, text: str, logmel: torch.Tensor, tokenizer=None,
+                voice: int = 0) -> dict | None:
+    """One Talker example {"ids", "mel" (the codec's normalised log-mel, fp16), "codes" (int16), "voice" (the
+    speaker's voice id)}, plus thinker_tokens' "tokens" and "owner" when a Thinker tokenizer is given; None when
+    the text has characters the vocabulary lacks or more tokens than its audio has 10 ms frames."""
     if vocab.unknown(text):
         return None
     ids = vocab.encode(text)
@@ -47,7 +48,7 @@ def make_sample(codec: MelCodec, vocab: TextVocab, text: str, logmel: torch.Tens
         return None
     # through fp16 first, as training holds its mels: codes are the same however the sample was made
     x = codec.normalize(logmel.half().float().to(codec.mel_mean.device))
-    sample = {"ids": ids, "mel": x.half().cpu(), "codes": codec.encode(x[None])[0].short().cpu()}
+    sample = {"ids": ids, "mel": x.half().cpu(), "codes": codec.encode(x[None])[0].short().cpu(), "voice": voice}
     return sample if tokenizer is None else {**sample, **thinker_tokens(tokenizer, vocab, text)}
 
 
@@ -63,10 +64,11 @@ def thinker_batch(samples: list[dict]) -> dict:
 
 
 def collate(samples: list[dict], hop_s: float) -> dict:
-    """Padded Talker batch: text / text_lens, mel / mel_lens, codes / code_lens, audio_s (and thinker_batch's
-    tokens / owner)."""
+    """Padded Talker batch: text / text_lens, mel / mel_lens, codes / code_lens, voice, audio_s (and
+    thinker_batch's tokens / owner)."""
     ids, text_lens = pad_ids([s["ids"] for s in samples])
     mel, mel_lens = pad_frames([s["mel"].float() for s in samples])
     codes, code_lens = pad_frames([s["codes"].long() for s in samples])
     return {"text": ids, "text_lens": text_lens, "mel": mel, "mel_lens": mel_lens, "codes": codes.long(),
-            "code_lens": code_lens, "audio_s": float(mel_lens.sum()) * hop_s, **thinker_batch(samples)}
+            "code_lens": code_lens, "voice": torch.tensor([s.get("voice", 0) for s in samples]),
+            "audio_s": float(mel_lens.sum()) * hop_s, **thinker_batch(samples)}

@@ -152,18 +152,19 @@ def forget_oldest(history: list[Turn]) -> bool:
 
 
 def voices(chat: Chat) -> list[str]:
-    """The voices a reply can be spoken in, the default first: one until the Talker has named voices; none
-    without a Talker."""
-    return ["default"] if chat.speaker is not None else []
+    """The voices a reply can be spoken in (the Talker's), the default first; none without a Talker."""
+    return list(chat.speaker.voices) if chat.speaker is not None else []
 
 
-def speak(chat: Chat, text: str, temperature: float = 0.0, top_k: int = 20, seed: int = 0) -> torch.Tensor:
-    """`text` spoken by the Talker: a waveform Tensor[T] at chat.speaker.sample_rate; a ChatError when there
-    is no Talker or nothing comes out (an empty text, a Talker or vocoder that gave no sound)."""
+def speak(chat: Chat, text: str, temperature: float = 0.0, top_k: int = 20, seed: int = 0,
+          voice: str | None = None) -> torch.Tensor:
+    """`text` spoken by the Talker in `voice` (None: its default): a waveform Tensor[T] at
+    chat.speaker.sample_rate; a ChatError when there is no Talker, the voice is not one of its voices, or
+    nothing comes out (an empty text, a Talker or vocoder that gave no sound)."""
     sp = chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt (train_talker.py's folder)")
     if not text.strip():
         raise ChatError("the reply is empty: nothing to speak")
     try:
-        return sp.speak([text], temperature=temperature, top_k=top_k, seed=seed)[0]
+        return sp.speak([text], temperature=temperature, top_k=top_k, seed=seed, voice=voice)[0]
     except UserError as e:   # a letter the Talker never saw, a Talker or vocoder that gave no sound
         raise ChatError(f"cannot speak the reply: {e}") from None

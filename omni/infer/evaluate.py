@@ -68,7 +68,7 @@ def code_cross_entropy(talker, samples: list[dict], batch_size: int = 32) -> tor
     for s in range(0, len(samples), batch_size):
         b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(samples[s:s + batch_size], 0.01).items()}
         out = talker(b["text"], b["text_lens"], b["mel"], b["mel_lens"], b["codes"], b["code_lens"],
-                     tokens=b.get("tokens"), owner=b.get("owner"))
+                     tokens=b.get("tokens"), owner=b.get("owner"), voice=b["voice"])
         n = int(b["code_lens"].sum())
         total += out["ce_per_book"].float().cpu() * n
         frames += n

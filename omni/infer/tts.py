@@ -2,11 +2,14 @@
 
     python -m omni.tts --ckpt_dir runs/demo/talker --text "the red circle is on the left" --out x.wav
     python -m omni.tts --ckpt_dir runs/demo/talker --texts lines.txt --out_dir wavs/ [--vocoder hifigan.pt]
+    python -m omni.tts --ckpt_dir runs/demo/talker --list_voices        # then --voice NAME (default: the first)
 
 `load_speaker(dir)` reads `talker.pt` and `rvq_codec.pt` from one folder (what train_talker.py writes) and
 returns a `Speaker`; infer_chat and the evaluation use the same object. The waveform comes from the vocoder
-given (`vocoder=`), or a hifigan.pt found beside the Talker, else Griffin-Lim; `Speaker.voice` says which. A
-missing or mismatched file is an error naming it; a failure never produces placeholder audio.
+given (`vocoder=`), or a hifigan.pt found beside the Talker, else Griffin-Lim; `Speaker.rendered_by` says which.
+A Talker speaks in the voices it was trained on (`Speaker.voices`, the default first); an unknown voice is an
+error that lists them. A missing or mismatched file is an error naming it; a failure never produces
+placeholder audio.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from omni.data.tts import pad_ids, thinker_batch, thinker_tokens
 from omni.errors import UserError, exit_on_user_error
 from omni.infer.vocoder import VOCODER_FILE, load_vocoder
 from omni.models.codec import MelCodec
-from omni.models.talker import Talker
+from omni.models.talker import DEFAULT_VOICE, Talker
 from omni.text_norm import unsayable
 from omni.vocab import TextVocab
 
@@ -39,17 +42,30 @@ class Speaker:
     device: torch.device
     config: dict = field(default_factory=dict)  # the Talker's training config (its audio_enc_ckpt, ...)
     vocoder: object = None                      # omni.infer.vocoder.Vocoder, or None: Griffin-Lim
-    voice: str = "vocoder: Griffin-Lim"         # which one speaks, in one line
+    rendered_by: str = "vocoder: Griffin-Lim"   # what makes the waveform, in one line
     tokenizer: object = None                    # a Thinker-conditioned Talker's: the Thinker's tokenizer
+    voices: list = field(default_factory=lambda: [DEFAULT_VOICE])   # the voices it speaks in, the default first
 
     @property
     def sample_rate(self) -> int:
         return self.features.sample_rate
 
+    def voice_ids(self, voice, n: int) -> list[int]:
+        """Voice ids of n texts from `voice`: None (the default), a name, or a name per text; an unknown name
+        is a UserError that lists the voices."""
+        names = [voice or self.voices[0]] * n if voice is None or isinstance(voice, str) else list(voice)
+        if len(names) != n:
+            raise ValueError(f"{len(names)} voices for {n} texts")
+        for name in set(names) - set(self.voices):
+            raise UserError(f"unknown voice {name!r}; this Talker speaks in {', '.join(self.voices)}")
+        return [self.voices.index(name) for name in names]
+
     @torch.no_grad()
     def speak_codes(self, texts: list[str], temperature: float = 0.0, top_k: int = 20, batch_size: int = 16,
-                    seed: int = 0) -> list[torch.Tensor]:
-        """Code frames Long[N_i x K] for each text (generated in batches of similar length)."""
+                    seed: int = 0, voice=None) -> list[torch.Tensor]:
+        """Code frames Long[N_i x K] for each text (generated in batches of similar length), in `voice` (a
+        name, a name per text, or None: the default)."""
+        voices = torch.tensor(self.voice_ids(voice, len(texts)))
         ids = [self.vocab.encode(t) for t in texts]
         read = [thinker_tokens(self.tokenizer, self.vocab, t) for t in texts] if self.talker.thinker is not None else None
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
@@ -60,7 +76,8 @@ class Speaker:
             x, lens = pad_ids([ids[i] for i in part])
             tb = {k: v.to(self.device) for k, v in thinker_batch([read[i] for i in part]).items()} if read else {}
             codes, lengths = self.talker.generate(x.to(self.device), lens.to(self.device), temperature=temperature,
-                                                  top_k=top_k, generator=gen, **tb)
+                                                  top_k=top_k, generator=gen, voice=voices[part].to(self.device),
+                                                  **tb)
             for j, i in enumerate(part):
                 out[i] = codes[j, :int(lengths[j])].cpu()
         return out
@@ -73,9 +90,9 @@ class Speaker:
         return self.codec.denormalize(self.codec.decode(codes[None].to(self.device)))[0].cpu()
 
     def speak(self, texts: list[str], **kw) -> list[torch.Tensor]:
-        """Waveforms Tensor[T] at self.sample_rate, one per text."""
-        voice = self.vocoder or GriffinLim(self.features)
-        return [voice(self.codes_to_logmel(c)) for c in self.speak_codes(texts, **kw)]
+        """Waveforms Tensor[T] at self.sample_rate, one per text (speak_codes' arguments: voice=NAME, ...)."""
+        render = self.vocoder or GriffinLim(self.features)
+        return [render(self.codes_to_logmel(c)) for c in self.speak_codes(texts, **kw)]
 
 
 def load_speaker(ckpt_dir, device="cpu", vocoder: str | None = None) -> Speaker:
@@ -87,16 +104,16 @@ def load_speaker(ckpt_dir, device="cpu", vocoder: str | None = None) -> Speaker:
     talker = load_artifact(d, "talker", device)   # talker.pt, or an export's talker/ component
     codec = load_artifact(d, "rvq_codec", device)
     check_talker_codec(to_dict(talker.model.codec_cfg), to_dict(codec.model.cfg), talker.path, codec.path)
-    voc, voice = None, f"vocoder: Griffin-Lim (no {VOCODER_FILE} in {d})"
+    voc, rendered_by = None, f"vocoder: Griffin-Lim (no {VOCODER_FILE} in {d})"
     if vocoder is None and ((d / VOCODER_FILE).exists() or is_component(d / "vocoder")):
         vocoder = str(d)
     if vocoder:
         voc = load_vocoder(vocoder, codec.features, device)
-        voice = f"vocoder: {voc.describe()}"
+        rendered_by = f"vocoder: {voc.describe()}"
     elif vocoder == "":
-        voice = "vocoder: Griffin-Lim (asked for)"
+        rendered_by = "vocoder: Griffin-Lim (asked for)"
     return Speaker(talker.model, codec.model, talker.vocab, codec.features, torch.device(device), talker.config,
-                   voc, voice, talker.tokenizer)
+                   voc, rendered_by, talker.tokenizer, talker.voices)
 
 
 def main(argv=None) -> int:
@@ -110,10 +127,16 @@ def main(argv=None) -> int:
                    help="0 = greedy, the most intelligible; higher samples more varied speech")
     p.add_argument("--top_k", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voice", help="the voice to speak in (default: the Talker's first; see --list_voices)")
+    p.add_argument("--list_voices", action="store_true", help="print the Talker's voices, the default first, and exit")
     p.add_argument("--vocoder", help="hifigan.pt to voice with (default: the one beside the Talker, if any)")
     p.add_argument("--griffin_lim", action="store_true", help="voice with Griffin-Lim even if a vocoder is found")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.list_voices:
+        with exit_on_user_error():
+            print("\n".join(load_artifact(args.ckpt_dir, "talker", args.device).voices))
+        return 0
     if bool(args.text) == bool(args.texts):
         p.error("give --text (with --out) or --texts (with --out_dir)")
     if args.text and not args.out:
@@ -127,12 +150,12 @@ def main(argv=None) -> int:
             texts = [line.strip() for line in Path(args.texts).read_text(encoding="utf-8").splitlines() if line.strip()]
             outs = [Path(args.out_dir) / f"{i:04d}.wav" for i in range(len(texts))]
         speaker = load_speaker(args.ckpt_dir, args.device, "" if args.griffin_lim else args.vocoder)
-        print(speaker.voice, file=sys.stderr)
+        print(speaker.rendered_by, file=sys.stderr)
         for i, text in enumerate(texts):   # numbers and symbols are read out; what has no reading is reported
             if unsayable(text):
                 print(f"note: {'--text' if args.text else f'{args.texts} text {i + 1}'}: no reading for "
                       f"{unsayable(text)!r}; left out", file=sys.stderr)
-        wavs = speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+        wavs = speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=args.seed, voice=args.voice)
     for text, out, wav in zip(texts, outs, wavs):
         out.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(out), wav.numpy(), speaker.sample_rate)

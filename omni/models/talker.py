@@ -3,6 +3,7 @@
     talker = Talker(TalkerConfig(vocab_size=40), codec.cfg)        # codec: the MelCodec whose codes it speaks
     out = talker(text_ids, text_lens, mel, mel_lens, codes, code_lens)   # training losses
     codes, lengths = talker.generate(text_ids, text_lens, temperature=0.7, top_k=20)
+    codes, lengths = talker.generate(text_ids, text_lens, voice=torch.tensor([2]))   # a Talker of several voices
 
 How it learns to speak in minutes:
 - A text encoder (transformer over characters; with a Thinker, each character's embedding plus a projection
@@ -17,6 +18,10 @@ How it learns to speak in minutes:
   end head learns to say stop; generation stops there by itself.
 - Each frame's codebooks are predicted in order by small heads: codebook j sees the decoder state plus the
   codes 0..j-1 of the same frame, as residual codebooks depend on each other.
+- Voices: trained on the recordings of several speakers (`n_voices` > 1), a learned embedding of the voice is
+  added to every character's input, so the durations, the aligner's mel means and the decoder's conditions
+  all depend on it (a speaker id, as Qwen-Omni's Talkers and Piper's multi-speaker voices take). A Talker of
+  one voice has no such embedding.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class TalkerConfig:
     text_layers: int = 3          # text encoder
     max_frames: int = 2048        # code frames the decoder's positions cover (164 s at 12.5 fps)
     thinker_dim: int = 0          # > 0: `text_embeds` of this width (the Thinker's view, per character) added
+    n_voices: int = 0             # > 1: a learned voice embedding, chosen by id; 0 = from the training speakers
     dropout: float = 0.1
     # training only: the codes of the previous frame are hidden from the decoder at this fraction of frames
     # (Tacotron's pre-net dropout), so it must speak from the text condition, not continue memorised speech
@@ -52,6 +58,7 @@ class TalkerConfig:
 
 
 PAD, SIL = 0, 1  # text ids: padding, and the silence token that starts and ends every utterance
+DEFAULT_VOICE = "default"   # the name of the one voice of a Talker trained without speaker names
 
 
 @torch.no_grad()
@@ -112,6 +119,7 @@ class Talker(nn.Module):
         # text encoder, aligner and duration predictor
         self.text_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
         self.thinker_proj = nn.Linear(cfg.thinker_dim, d) if cfg.thinker_dim > 0 else None
+        self.voice_embed = nn.Embedding(cfg.n_voices, d) if cfg.n_voices > 1 else None
         self.text_blocks = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout)
                                          for _ in range(cfg.text_layers))
         self.text_norm = RMSNorm(d)
@@ -159,9 +167,10 @@ class Talker(nn.Module):
 
     def encode_text(self, text_ids: torch.Tensor | None, text_lens: torch.Tensor,
                     text_embeds: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
-                    owner: torch.Tensor | None = None) -> torch.Tensor:
+                    owner: torch.Tensor | None = None, voice: torch.Tensor | None = None) -> torch.Tensor:
         """Long[B x L] character ids and/or Tensor[B x L x thinker_dim] (given, or thinker_view of the Thinker's
-        tokens and owner, omni.data.tts.thinker_tokens) -> Tensor[B x L x d]."""
+        tokens and owner, omni.data.tts.thinker_tokens), in voice Long[B] (None: voice 0, the default)
+        -> Tensor[B x L x d]."""
         if tokens is not None:
             if self.thinker is None:
                 raise ValueError("this Talker was trained without a Thinker: it takes text_ids only")
@@ -176,6 +185,10 @@ class Talker(nn.Module):
         x = self.text_embed(text_ids) if text_ids is not None else 0
         if text_embeds is not None:
             x = x + self.thinker_proj(text_embeds)
+        if self.voice_embed is not None:
+            if voice is None:
+                voice = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            x = x + self.voice_embed(voice)[:, None]
         L = x.shape[1]
         x = x + sinusoids(L, self.cfg.d_model).to(x.device, x.dtype)
         mask = padding_mask(text_lens, L)
@@ -243,12 +256,12 @@ class Talker(nn.Module):
 
     # ---- training ---------------------------------------------------------------------------------
     def forward(self, text_ids, text_lens, mel, mel_lens, codes, code_lens, text_embeds=None, tokens=None,
-                owner=None) -> dict:
+                owner=None, voice=None) -> dict:
         """text_ids Long[B x L]; mel: the codec's normalised log-mel Tensor[B x T x n_mels] with lengths
         mel_lens; codes Long[B x N x K] with lengths code_lens (= ceil(mel_lens / block)); tokens / owner: the
-        Thinker's reading (encode_text). Returns {"loss", "ce" (mean over codebooks), "ce_per_book", "align",
-        "dur", "end"}."""
-        h = self.encode_text(text_ids, text_lens, text_embeds, tokens, owner)
+        Thinker's reading, voice: each row's voice id (encode_text). Returns {"loss", "ce" (mean over
+        codebooks), "ce_per_book", "align", "dur", "end"}."""
+        h = self.encode_text(text_ids, text_lens, text_embeds, tokens, owner, voice)
         mu = self.to_mel(h)                                                  # [B x L x F]
         with torch.no_grad():  # log N(x_t; mu_i, I) up to a constant
             logp = -0.5 * ((mu.float() ** 2).sum(-1)[..., None] - 2 * mu.float() @ mel.float().transpose(1, 2)
@@ -287,11 +300,13 @@ class Talker(nn.Module):
     def generate(self, text_ids: torch.Tensor | None, text_lens: torch.Tensor, text_embeds=None,
                  temperature: float = 0.0, top_k: int = 20, max_frames: int | None = None, pace: float = 1.0,
                  use_cache: bool = True, generator: torch.Generator | None = None,
-                 durations: torch.Tensor | None = None, tokens=None, owner=None):
-        """Speak the texts: (codes Long[B x N x K], lengths Long[B]). Each row stops at its end-of-speech
-        decision; as a guard, at most a quarter (and 8 frames) past its predicted length, or at max_frames.
-        Frames past a row's end are padding."""
-        h = self.encode_text(text_ids, text_lens, text_embeds, tokens, owner)
+                 durations: torch.Tensor | None = None, tokens=None, owner=None, voice=None):
+        """Speak the texts, in voice Long[B] (None: voice 0, the default): (codes Long[B x N x K], lengths
+        Long[B]). Each row stops at its end-of-speech decision; as a guard, at most a quarter (and 8 frames) past
+        its predicted length, or at max_frames. Frames past a row's end are padding."""
+        if voice is not None and not bool(((voice >= 0) & (voice < max(1, self.cfg.n_voices))).all()):
+            raise ValueError(f"voice ids {voice.tolist()} outside this Talker's {max(1, self.cfg.n_voices)} voice(s)")
+        h = self.encode_text(text_ids, text_lens, text_embeds, tokens, owner, voice)
         if durations is None:  # else given: Long[B x L] fine frames per token (e.g. from an alignment)
             durations = self.predict_durations(h, text_lens, pace)
         cond = self.block_condition(h, durations_to_path(durations))

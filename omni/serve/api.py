@@ -294,7 +294,7 @@ def _generate(chat: Chat, turns: list[Turn], req: ChatRequest, stats: dict) -> t
 
 def _spoken(chat: Chat, sentence: str, req: ChatRequest) -> Iterator[tuple]:
     if re.search(r"\w", sentence):   # punctuation or symbols alone have nothing to say
-        yield "audio", speak(chat, sentence.strip(), req.temperature, req.top_k or 20, req.seed), sentence
+        yield "audio", speak(chat, sentence.strip(), req.temperature, req.top_k or 20, req.seed, req.voice), sentence
 
 
 # --- writing the reply ----------------------------------------------------------------------------------------
