@@ -83,7 +83,7 @@ def speak(chat: Chat, text: str, path: str, args) -> dict:
     sf.write(path, wav.numpy(), sp.sample_rate)
     seconds = wav.numel() / sp.sample_rate
     return {"audio_out": path, "audio_s": round(seconds, 3), "speech_s": round(took, 4),
-            "speech_rtf": round(took / seconds, 4) if seconds else None, "voice": args.voice or sp.voices[0],
+            "speech_rtf": round(took / seconds, 4) if seconds else None, "voice": sp.voice_name(args.voice),
             "vocoder": sp.rendered_by}
 
 
@@ -176,11 +176,10 @@ def main(argv=None) -> int:
         chat = load_chat(args.ckpt_dir, args.device, args.talker_ckpt, args.vocoder_ckpt, args.ocr_ckpt,
                          args.griffin_lim)
         if args.list_voices or args.voice:
-            names = voices(chat) or chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt")
-            if args.voice and args.voice not in names:
-                raise UserError(f"--voice: unknown voice {args.voice!r}; the voices are {', '.join(names)}")
+            sp = chat.need("speaker", "export with --talker_ckpt, or give --talker_ckpt (train_talker.py's folder)")
+            args.voice = sp.voice_name(args.voice)   # an unknown voice fails here, listing the voices
             if args.list_voices:
-                print("\n".join(names))
+                print("\n".join(voices(chat)))
                 return 0
         if chat.speaker is not None and args.audio_out:
             print(chat.speaker.rendered_by, file=sys.stderr)

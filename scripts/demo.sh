@@ -31,9 +31,9 @@ stage() {  # stage KEY SCRIPT CONFIG ARTIFACT: train, and record the seconds it 
   record "$key" "$((SECONDS - t0))" $keep
 }
 
-evaluate() {  # evaluate NAME STAGE CKPT DATA: one JSON object into eval/NAME.json, its seconds as eval/NAME
+evaluate() {  # evaluate NAME STAGE CKPT DATA [FLAGS]: one JSON object into eval/NAME.json, its seconds as eval/NAME
   local t0=$SECONDS
-  $PY scripts/evaluate.py "$2" --ckpt "$3" --data "$4" | tee "$EVAL/$1.json"
+  $PY scripts/evaluate.py "$2" --ckpt "$3" --data "$4" "${@:5}" | tee "$EVAL/$1.json"
   record "eval/$1" "$((SECONDS - t0))"
 }
 
@@ -60,7 +60,8 @@ stage talker train_talker.py configs/demo/talker.json runs/demo/talker/talker.pt
 evaluate tts_test_world tts runs/demo/talker data/demo/tts/test_world.csv   # through Griffin-Lim: no vocoder yet
 
 stage vocoder train_vocoder.py configs/demo/vocoder.json runs/demo/vocoder/hifigan.pt  # needs D's codec
-evaluate vocoder_test_world vocoder runs/demo/vocoder/hifigan.pt data/demo/tts/test_world.csv
+# the first 100 rows: 25 held-out sentences in each of the four voices
+evaluate vocoder_test_world vocoder runs/demo/vocoder/hifigan.pt data/demo/tts/test_world.csv --max_utterances 100
 t0=$SECONDS
 $PY scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv \
   --vocoder runs/demo/vocoder/hifigan.pt | tee "$EVAL/tts_test_world_vocoder.json"   # the Talker through it
@@ -73,6 +74,10 @@ for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "generator_alone --ckpt
   set -- $how
   $PY -m omni.vocode "${@:2}" --out_dir "runs/demo/vocoder/samples/$1" $samples
   $PY -m omni.vocode "${@:2}" --codec runs/demo/talker --out_dir "runs/demo/vocoder/samples/$1_codec" $samples
+done
+for voice in $($PY -m omni.tts --ckpt_dir runs/demo/talker --list_voices); do   # one sentence in each voice
+  $PY -m omni.tts --ckpt_dir runs/demo/talker --vocoder runs/demo/vocoder/hifigan.pt --voice "$voice" \
+    --text "a small red star on the left and a large blue circle in the centre" --out "runs/demo/voices/${voice//:/_}.wav"
 done
 record eval/vocoder_samples "$((SECONDS - t0))"
 

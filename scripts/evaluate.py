@@ -140,9 +140,11 @@ def eval_tts(args) -> dict:
     perplexity, and round-trip WER / CER: Stage B's recogniser transcribing the Talker's speech of each text,
     beside the same recogniser on the original recordings, on Griffin-Lim copies of their true mels and on
     Griffin-Lim copies of the codec's reconstruction of their true codes (the bounds a Talker speaking through
-    this codec and Griffin-Lim can reach). Real-time factor of speaking (generation + GL). The Talker speaks in
-    --voice, or in each of its voices ("voices": round trip per voice; the top-level round trip is the first
-    one's); teacher forcing uses each recording's own voice where the Talker has it, else the default."""
+    this codec and Griffin-Lim can reach). Real-time factor of speaking (generation + GL). Voices: a manifest
+    whose speakers are the Talker's voices has each row spoken in its own speaker's voice (teacher forcing too);
+    otherwise every text is spoken in each voice (the default's for teacher forcing). --voice keeps one voice.
+    "voices" holds the round trip per voice beside the original recordings' (the same rows); the top-level
+    figures pool the voices."""
     import time
     from omni.audio import GriffinLim, load_audio
     from omni.data.speech import read_manifest
@@ -150,6 +152,7 @@ def eval_tts(args) -> dict:
     from omni.infer.asr import evaluate_utterances
     from omni.infer.evaluate import code_cross_entropy
     from omni.infer.tts import load_speaker
+    from omni.metrics import cer, wer
     from omni.models.codec import usage_perplexity
 
     device = resolve_device(args.device)
@@ -168,10 +171,12 @@ def eval_tts(args) -> dict:
         texts.append(u.text)
         mels.append(logmel)
         wavs.append(u.wav)
-        own.append(speaker.voices.index(u.speaker) if u.speaker in speaker.voices else 0)
+        own.append(u.speaker if u.speaker in speaker.voices else speaker.voices[0])
     if not texts:
         raise UserError(f"{args.data}: no utterance the Talker can speak")
-    samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer, v)
+    matched = len(speaker.voices) > 1 and all(u.speaker in speaker.voices for u in utts)
+    rows = {v: [i for i in range(len(texts)) if not matched or own[i] == v] for v in asked}   # voice -> rows it speaks
+    samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer, speaker.voices.index(v))
                for t, m, v in zip(texts, mels, own)]
     with torch.no_grad():
         se = n = 0.0
@@ -183,9 +188,11 @@ def eval_tts(args) -> dict:
     size = speaker.codec.cfg.codebook_size
     usage = usage_perplexity(torch.cat([s["codes"].long() for s in samples]), size)
     t0 = time.time()
-    spoken = {v: speaker.speak(texts, temperature=args.temperature, top_k=args.top_k, seed=0, voice=v) for v in asked}
+    said = [(v, i) for v, idx in rows.items() for i in idx]
+    spoken = [w for v, idx in rows.items() for w in speaker.speak([texts[i] for i in idx], temperature=args.temperature,
+                                                                  top_k=args.top_k, seed=0, voice=v)]
     seconds = time.time() - t0
-    audio_s = sum(w.numel() for ws in spoken.values() for w in ws) / speaker.sample_rate
+    audio_s = sum(w.numel() for w in spoken) / speaker.sample_rate
     result = {"recon_mse": se / n, "code_perplexity": float(ce.mean().exp()),
               "code_perplexity_per_book": [round(float(c.exp()), 3) for c in ce], "n": len(texts),
               "skipped": skipped, "real_time_factor": seconds / audio_s,
@@ -196,14 +203,18 @@ def eval_tts(args) -> dict:
         gl = GriffinLim(speaker.features)
         refs = [spoken_form(t) for t in texts]   # "3 stars" is heard as "three stars"
         codec_copies = [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples]
-        result["voices"] = {}
-        for v, audio in spoken.items():
-            m, _ = evaluate_utterances(*asr, audio, refs, args.batch_size, device)
-            result["voices"][v] = {"roundtrip_wer": m["wer"], "roundtrip_cer": m["cer"]}
-        result["roundtrip_wer"], result["roundtrip_cer"] = result["voices"][asked[0]].values()
-        for key, audio in (("original", wavs), ("griffinlim", [gl(m) for m in mels]), ("codec", codec_copies)):
-            m, _ = evaluate_utterances(*asr, audio, refs, args.batch_size, device)
+        heard = {}
+        for key, audio, ref in (("roundtrip", spoken, [refs[i] for _, i in said]), ("original", wavs, refs),
+                                ("griffinlim", [gl(m) for m in mels], refs), ("codec", codec_copies, refs)):
+            m, heard[key] = evaluate_utterances(*asr, audio, ref, args.batch_size, device)
             result[f"{key}_wer"], result[f"{key}_cer"] = m["wer"], m["cer"]
+        result["voices"] = {}
+        for v, idx in rows.items():
+            mine = [k for k, (w, _) in enumerate(said) if w == v]
+            ref, orig = [refs[i] for i in idx], [heard["original"][i] for i in idx]
+            rt = [heard["roundtrip"][k] for k in mine]
+            result["voices"][v] = {"n": len(idx), "roundtrip_wer": wer(ref, rt), "roundtrip_cer": cer(ref, rt),
+                                   "original_wer": wer(ref, orig), "original_cer": cer(ref, orig)}
         result["asr_ckpt"] = str(asr_path)
     else:
         result["roundtrip_wer"] = None  # no recogniser: say so rather than guess
@@ -229,7 +240,7 @@ def eval_vocoder(args) -> dict:
         print("no PESQ / STOI: pip install -r requirements-eval.txt", file=sys.stderr)
     describe, metrics, voiced = compare_voices_split(args.ckpt, codec_path, [u.wav for u in utts], device,
                                                      perceptual, workers=min(2, os.cpu_count() or 1))
-    result = {"n": len(utts), "vocoder": describe, **metrics}
+    result = {"n": len(utts), "vocoder_setup": describe, **metrics}
     codec = load_artifact(codec_path, "rvq_codec") if codec_path else None
     asr_path = args.asr_ckpt
     if not asr_path and codec is not None:

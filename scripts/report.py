@@ -76,6 +76,17 @@ def meets(value: float, op: str, target: float) -> bool:
     return {"<": value < target, ">": value > target, ">=": value >= target, "<=": value <= target}[op]
 
 
+def voice_rows(evals: Path) -> list[str]:
+    """The Talker's round trip per voice (a Talker of several voices), beside its original recordings'."""
+    f = evals / "tts_test_world.json"
+    voices = json.loads(f.read_text()).get("voices", {}) if f.exists() else {}
+    if len(voices) < 2:
+        return []
+    return [f"| D | round-trip WER, voice {name} (its original recordings) | {v['roundtrip_wer']:.4g} "
+            f"({v['original_wer']:.4g}) | < 0.3 | {'yes' if v['roundtrip_wer'] < 0.3 else 'NO'} |"
+            for name, v in voices.items()]
+
+
 def vocoder_rows(evals: Path) -> list[str]:
     """The vocoder's figures beside Griffin-Lim's on the same held-out mels, and the Talker through each."""
     f = evals / "vocoder_test_world.json"
@@ -203,6 +214,7 @@ def main(argv=None) -> int:
             continue
         met = "" if target is None else ("yes" if meets(value, op, target) else "NO")
         lines.append(f"| {stage} | {what} | {value:.4g} | {bar} | {met} |")
+    lines += voice_rows(evals)
     lines += vocoder_rows(evals)
     for stage, (key, budget) in MINUTES.items():
         if key in times:
@@ -213,6 +225,10 @@ def main(argv=None) -> int:
     if samples:
         lines += ["", "## Held-out sentences voiced by the vocoder and by Griffin-Lim (from true and codec mels)", ""]
         lines += [f"- [{p.parent.name}/{p.name}]({p.relative_to(runs)})" for p in samples]
+    voiced = sorted((runs / "voices").glob("*.wav"))
+    if voiced:
+        lines += ["", "## One sentence in each of the Talker's voices (through the vocoder)", ""]
+        lines += [f"- [{p.stem}]({p.relative_to(runs)})" for p in voiced]
     lines += sft_details(evals / "sft_test.json")
     lines += chat_rows(runs / "chat" / "chat.json", runs)
     lines += ["", "## Loss curves", ""]

@@ -122,7 +122,12 @@ def test_layout_and_summary(demo):
         lo = 40 if split.endswith("_long") else 1
         assert all(lo <= len(r["text"]) <= 64 and r["text"] == r["text"].strip() for r in rows), split
     assert "| train |" in (demo / "summary.md").read_text()
-    assert {r["speaker"] for r in read_csv(demo / "tts" / "train.csv")} == {"flite:slt"}
+    voices = ["flite:slt", "flite:awb", "flite:kal16", "flite:rms"]   # the Talker's, the default first
+    assert [r["speaker"] for r in read_csv(demo / "tts" / "train.csv")][:4] == voices
+    for split in ["val_world", "val_english", "test_world", "test_english"]:   # each sentence in every voice
+        rows = read_csv(demo / "tts" / f"{split}.csv")
+        assert [r["speaker"] for r in rows] == voices * (len(rows) // 4)
+        assert all(len({r["text"] for r in rows[i:i + 4]}) == 1 for i in range(0, len(rows), 4)), split
 
 
 @needs_packages

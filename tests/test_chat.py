@@ -138,7 +138,7 @@ def test_a_spoken_reply_is_written_whole(exported, tmp_path):
     assert r.returncode == 0 and r.stdout.split() == ["default"], r.stderr[-2000:]
     r = run_script(["infer_chat.py", "--ckpt_dir", str(exported), "--text", "hello", "--voice", "nobody",
                     "--audio_out", str(tmp_path / "x.wav")])
-    assert r.returncode == 1 and "unknown voice 'nobody'; the voices are default" in r.stderr
+    assert r.returncode == 1 and "unknown voice 'nobody'; this Talker speaks in default" in r.stderr
     assert not (tmp_path / "x.wav").exists()
 
 

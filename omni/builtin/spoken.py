@@ -6,7 +6,8 @@ accent never heard in training nor in the test splits (a whole espeak accent wit
 choosing configs on; `test_<layer>` = other held-out sentences by voices never heard in training (another
 whole espeak accent with all its variants, and one flite voice), only reported. Validation is built as the
 test is, so that what generalises to the one accent is chosen for the other.
-TTS (data/demo/tts): one clean voice (flite slt); `train` is mostly world sentences; held-out splits per layer.
+TTS (data/demo/tts): four clean voices (flite's slt, awb, kal16, rms; the first the Talker's default), a quarter
+of `train` each (mostly world sentences); every held-out sentence of each layer spoken by all four.
 Manifests: CSV `wav,text,speaker`, wav paths relative to the manifest's folder.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ HELD_OUT_FLITE = ("rms",)
 # val_voices has no flite voice: flite has four 16 kHz voices, three train and `rms` tests; taking another
 # from training would leave it two.
 VAL_ACCENTS = ("en-gb-scotland",)
-TTS_VOICE = Voice("flite", "slt")
+TTS_VOICES = tuple(Voice("flite", v) for v in ("slt", "awb", "kal16", "rms"))   # the Talker's voices
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,11 @@ def build_tts(out_dir: Path, size: str, rng: np.random.Generator, workers: int =
     held_eng = sentences.sample_english(eng, sz.val + sz.test, "held", rng)
     train = sentences.sample_world(sz.train_world, False, rng) + sentences.sample_english(eng, sz.train_english,
                                                                                           "train", rng)
-    texts = {"train": [train[i] for i in rng.permutation(len(train))],
-             "val_world": held_world[:sz.val], "val_english": held_eng[:sz.val],
-             "test_world": held_world[sz.val:], "test_english": held_eng[sz.val:]}
-    splits = {name: [Utterance(t, TTS_VOICE, str(out_dir / "wavs" / f"{name}_{i:05d}.wav")) for i, t in enumerate(ts)]
+    n = len(TTS_VOICES)
+    texts = {"train": [(t, TTS_VOICES[i % n]) for i, t in enumerate(train[j] for j in rng.permutation(len(train)))]}
+    for name, ts in (("val_world", held_world[:sz.val]), ("val_english", held_eng[:sz.val]),
+                     ("test_world", held_world[sz.val:]), ("test_english", held_eng[sz.val:])):
+        texts[name] = [(t, v) for t in ts for v in TTS_VOICES]   # each sentence in every voice, one after another
+    splits = {name: [Utterance(t, v, str(out_dir / "wavs" / f"{name}_{i:05d}.wav")) for i, (t, v) in enumerate(ts)]
               for name, ts in texts.items()}
     return _render_splits(out_dir, splits, workers)

@@ -7,8 +7,8 @@
 `load_speaker(dir)` reads `talker.pt` and `rvq_codec.pt` from one folder (what train_talker.py writes) and
 returns a `Speaker`; infer_chat and the evaluation use the same object. The waveform comes from the vocoder
 given (`vocoder=`), or a hifigan.pt found beside the Talker, else Griffin-Lim; `Speaker.rendered_by` says which.
-A Talker speaks in the voices it was trained on (`Speaker.voices`, the default first); an unknown voice is an
-error that lists them. A missing or mismatched file is an error naming it; a failure never produces
+A Talker speaks in the voices it was trained on (`Speaker.voices`, the default first, also called "default");
+an unknown voice is an error that lists them. A missing or mismatched file is an error naming it; a failure never produces
 placeholder audio.
 """
 from __future__ import annotations
@@ -50,15 +50,21 @@ class Speaker:
     def sample_rate(self) -> int:
         return self.features.sample_rate
 
+    def voice_name(self, name: str | None) -> str:
+        """The voice `name` asks for: None, "" and "default" are the first; an unknown name is a UserError that
+        lists the voices."""
+        if not name or name == DEFAULT_VOICE:
+            return self.voices[0]
+        if name not in self.voices:
+            raise UserError(f"unknown voice {name!r}; this Talker speaks in {', '.join(self.voices)}")
+        return name
+
     def voice_ids(self, voice, n: int) -> list[int]:
-        """Voice ids of n texts from `voice`: None (the default), a name, or a name per text; an unknown name
-        is a UserError that lists the voices."""
-        names = [voice or self.voices[0]] * n if voice is None or isinstance(voice, str) else list(voice)
+        """Voice ids of n texts from `voice`: None (the default), a name, or a name per text (voice_name)."""
+        names = [voice] * n if voice is None or isinstance(voice, str) else list(voice)
         if len(names) != n:
             raise ValueError(f"{len(names)} voices for {n} texts")
-        for name in set(names) - set(self.voices):
-            raise UserError(f"unknown voice {name!r}; this Talker speaks in {', '.join(self.voices)}")
-        return [self.voices.index(name) for name in names]
+        return [self.voices.index(self.voice_name(name)) for name in names]
 
     @torch.no_grad()
     def speak_codes(self, texts: list[str], temperature: float = 0.0, top_k: int = 20, batch_size: int = 16,

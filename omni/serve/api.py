@@ -29,6 +29,7 @@ import torch
 
 from omni.audio import to_mono_resampled
 from omni.chat import Turn
+from omni.errors import UserError
 from omni.infer.chat import Chat, forget_oldest, speak, user_turn, voices
 from omni.infer.omni import ContextFull
 
@@ -233,10 +234,10 @@ def read_chat_request(body, chat: Chat, transcripts: Transcripts) -> ChatRequest
             raise APIError(400, "modalities: this model has no Talker, so it cannot speak (export with "
                                 "--talker_ckpt)", "modalities")
         a = body.get("audio") or {}
-        req.voice = a.get("voice") or names[0]
-        if req.voice not in names:
-            raise APIError(400, f"audio.voice: unknown voice {req.voice!r}; the voices are {', '.join(names)}",
-                           "audio.voice")
+        try:
+            req.voice = chat.speaker.voice_name(a.get("voice"))   # none or "default": the first
+        except UserError as e:
+            raise APIError(400, f"audio.voice: {e}", "audio.voice") from None
         req.audio_format = a.get("format") or "wav"
         if req.audio_format not in AUDIO_FORMATS:
             raise APIError(400, f"audio.format must be one of {', '.join(AUDIO_FORMATS)}, got "
