@@ -77,7 +77,8 @@ for how in "vocoder --ckpt runs/demo/vocoder/hifigan.pt" "generator_alone --ckpt
 done
 for voice in $($PY -m omni.tts --ckpt_dir runs/demo/talker --list_voices); do   # one sentence in each voice
   $PY -m omni.tts --ckpt_dir runs/demo/talker --vocoder runs/demo/vocoder/hifigan.pt --voice "$voice" \
-    --text "a small red star on the left and a large blue circle in the centre" --out "runs/demo/voices/${voice//:/_}.wav"
+    --text "a small red star on the left and a large blue circle in the centre" \
+    --out "runs/demo/voices/${voice//:/_}.wav"
 done
 record eval/vocoder_samples "$((SECONDS - t0))"
 

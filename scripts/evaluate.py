@@ -175,7 +175,7 @@ def eval_tts(args) -> dict:
     if not texts:
         raise UserError(f"{args.data}: no utterance the Talker can speak")
     matched = len(speaker.voices) > 1 and all(u.speaker in speaker.voices for u in utts)
-    rows = {v: [i for i in range(len(texts)) if not matched or own[i] == v] for v in asked}   # voice -> rows it speaks
+    rows = {v: [i for i in range(len(texts)) if not matched or own[i] == v] for v in asked}   # voice -> its rows
     samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer, speaker.voices.index(v))
                for t, m, v in zip(texts, mels, own)]
     with torch.no_grad():
@@ -189,8 +189,9 @@ def eval_tts(args) -> dict:
     usage = usage_perplexity(torch.cat([s["codes"].long() for s in samples]), size)
     t0 = time.time()
     said = [(v, i) for v, idx in rows.items() for i in idx]
-    spoken = [w for v, idx in rows.items() for w in speaker.speak([texts[i] for i in idx], temperature=args.temperature,
-                                                                  top_k=args.top_k, seed=0, voice=v)]
+    spoken = [w for v, idx in rows.items()
+              for w in speaker.speak([texts[i] for i in idx], temperature=args.temperature, top_k=args.top_k, seed=0,
+                                     voice=v)]
     seconds = time.time() - t0
     audio_s = sum(w.numel() for w in spoken) / speaker.sample_rate
     result = {"recon_mse": se / n, "code_perplexity": float(ce.mean().exp()),

@@ -8,8 +8,8 @@
 returns a `Speaker`; infer_chat and the evaluation use the same object. The waveform comes from the vocoder
 given (`vocoder=`), or a hifigan.pt found beside the Talker, else Griffin-Lim; `Speaker.rendered_by` says which.
 A Talker speaks in the voices it was trained on (`Speaker.voices`, the default first, also called "default");
-an unknown voice is an error that lists them. A missing or mismatched file is an error naming it; a failure never produces
-placeholder audio.
+an unknown voice is an error that lists them. A missing or mismatched file is an error naming it; a failure
+never produces placeholder audio.
 """
 from __future__ import annotations
 
