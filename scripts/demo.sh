@@ -60,7 +60,7 @@ stage talker train_talker.py configs/demo/talker.json runs/demo/talker/talker.pt
 evaluate tts_test_world tts runs/demo/talker data/demo/tts/test_world.csv   # through Griffin-Lim: no vocoder yet
 
 stage vocoder train_vocoder.py configs/demo/vocoder.json runs/demo/vocoder/hifigan.pt  # needs D's codec
-# the first 100 rows: 25 held-out sentences in each of the four voices
+# the first 100 rows (each held-out sentence comes in each of the Talker's voices in turn)
 evaluate vocoder_test_world vocoder runs/demo/vocoder/hifigan.pt data/demo/tts/test_world.csv --max_utterances 100
 t0=$SECONDS
 $PY scripts/evaluate.py tts --ckpt_dir runs/demo/talker --data data/demo/tts/test_world.csv \

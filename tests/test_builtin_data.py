@@ -18,7 +18,7 @@ import soundfile as sf
 from PIL import Image
 
 from omni.builtin import speech, world
-from omni.builtin.spoken import HELD_OUT_ACCENTS, HELD_OUT_FLITE, VAL_ACCENTS
+from omni.builtin.spoken import HELD_OUT_ACCENTS, HELD_OUT_FLITE, TTS_VOICES, VAL_ACCENTS
 from omni.builtin.text import MissingSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,12 +122,14 @@ def test_layout_and_summary(demo):
         lo = 40 if split.endswith("_long") else 1
         assert all(lo <= len(r["text"]) <= 64 and r["text"] == r["text"].strip() for r in rows), split
     assert "| train |" in (demo / "summary.md").read_text()
-    voices = ["flite:slt", "flite:awb", "flite:kal16", "flite:rms"]   # the Talker's, the default first
-    assert [r["speaker"] for r in read_csv(demo / "tts" / "train.csv")][:4] == voices
+    voices = [v.speaker for v in TTS_VOICES]   # the Talker's, the default first, in turn
+    n = len(voices)
+    train = [r["speaker"] for r in read_csv(demo / "tts" / "train.csv")]
+    assert train == (voices * len(train))[:len(train)]
     for split in ["val_world", "val_english", "test_world", "test_english"]:   # each sentence in every voice
         rows = read_csv(demo / "tts" / f"{split}.csv")
-        assert [r["speaker"] for r in rows] == voices * (len(rows) // 4)
-        assert all(len({r["text"] for r in rows[i:i + 4]}) == 1 for i in range(0, len(rows), 4)), split
+        assert [r["speaker"] for r in rows] == voices * (len(rows) // n)
+        assert all(len({r["text"] for r in rows[i:i + n]}) == 1 for i in range(0, len(rows), n)), split
 
 
 @needs_packages
