@@ -33,7 +33,8 @@ HELD_OUT_FLITE = ("rms",)
 VAL_ACCENTS = ("en-gb-scotland",)
 # The Talker's voices. Four (flite slt, awb, kal16, rms) were measured at the demo's codec and Talker steps: the
 # codec's test MSE rose to 0.055 (target < 0.05; one voice 0.042), every voice's round trip stayed < 0.30
-# (docs/results.md); one voice until the codec fits four in Stage D's minutes.
+# (docs/results.md); one voice until the codec fits four in Stage D's minutes. Changing them changes the data:
+# bump the tts part's version in scripts/make_demo_data.py.
 TTS_VOICES = (Voice("flite", "slt"),)
 
 
