@@ -244,14 +244,18 @@ def asr_ckpt(tts_data, tmp_path_factory):
     return save / "audio_enc.pt"
 
 
-@pytest.fixture(scope="module")
-def reference(tts_data, asr_ckpt, tmp_path_factory):
-    """An uninterrupted run: 8 codec steps, then 10 Talker steps (crossing an epoch boundary in each)."""
-    save = tmp_path_factory.mktemp("talker_ref") / "run"
+def trained_run(data, asr_ckpt, save):
+    """An uninterrupted run of the tiny config on `data` into `save`: 8 codec steps, then 10 Talker steps
+    (crossing an epoch boundary in each)."""
     r = run_script(["train_talker.py", "--config",
-                    str(tiny_talker_config(tts_data, save, audio_enc_ckpt=str(asr_ckpt)))])
+                    str(tiny_talker_config(data, save, audio_enc_ckpt=str(asr_ckpt)))])
     assert r.returncode == 0, r.stderr[-3000:]
     return save
+
+
+@pytest.fixture(scope="module")
+def reference(tts_data, asr_ckpt, tmp_path_factory):
+    return trained_run(tts_data, asr_ckpt, tmp_path_factory.mktemp("talker_ref") / "run")
 
 
 def test_stage_writes_both_artifacts_samples_and_metrics(reference):
@@ -493,11 +497,7 @@ def voices_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def voices_run(voices_data, asr_ckpt, tmp_path_factory):
-    save = tmp_path_factory.mktemp("voices_ref") / "run"
-    r = run_script(["train_talker.py", "--config",
-                    str(tiny_talker_config(voices_data, save, audio_enc_ckpt=str(asr_ckpt)))])
-    assert r.returncode == 0, r.stderr[-3000:]
-    return save
+    return trained_run(voices_data, asr_ckpt, tmp_path_factory.mktemp("voices_ref") / "run")
 
 
 def test_a_talker_of_two_speakers_speaks_in_either_voice_by_name(voices_run, voices_data, asr_ckpt, tmp_path):
