@@ -58,6 +58,7 @@ evaluate sft_test sft runs/demo/omni_sft data/demo/sft/test.jsonl
 
 stage talker train_talker.py configs/demo/talker.json runs/demo/talker/talker.pt  # codec, then Talker reading E's Thinker; round trip through B
 evaluate tts_test_world tts runs/demo/talker data/demo/tts/test_world.csv   # through Griffin-Lim: no vocoder yet
+evaluate tts_test_english tts runs/demo/talker data/demo/tts/test_english.csv --voice default  # open vocabulary
 
 stage vocoder train_vocoder.py configs/demo/vocoder.json runs/demo/vocoder/hifigan.pt  # needs D's codec
 # the first 100 rows (each held-out sentence comes in each of the Talker's voices in turn)

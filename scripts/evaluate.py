@@ -160,8 +160,10 @@ def eval_tts(args) -> dict:
     asr_path = args.asr_ckpt or speaker.config.get("audio_enc_ckpt", "")
     utts = read_manifest(args.data)
     mel = LogMel(speaker.features)
-    asked = speaker.voices if args.voice is None else [args.voice]
-    speaker.voice_ids(asked, len(asked))   # an unknown --voice fails here, naming the voices
+    asked = speaker.voices if args.voice is None else [speaker.voice_name(args.voice)]   # unknown: the voices
+    matched = len(speaker.voices) > 1 and all(u.speaker in speaker.voices for u in utts)
+    if matched:   # each row in its own voice: only the asked voices' rows
+        utts = [u for u in utts if u.speaker in asked]
     texts, mels, wavs, own, skipped = [], [], [], [], 0
     for u in utts:
         logmel = mel(load_audio(u.wav, speaker.sample_rate))
@@ -174,7 +176,6 @@ def eval_tts(args) -> dict:
         own.append(u.speaker if u.speaker in speaker.voices else speaker.voices[0])
     if not texts:
         raise UserError(f"{args.data}: no utterance the Talker can speak")
-    matched = len(speaker.voices) > 1 and all(u.speaker in speaker.voices for u in utts)
     rows = {v: [i for i in range(len(texts)) if not matched or own[i] == v] for v in asked}   # voice -> its rows
     samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer, speaker.voices.index(v))
                for t, m, v in zip(texts, mels, own)]

@@ -526,7 +526,12 @@ def test_a_talker_of_two_speakers_speaks_in_either_voice_by_name(voices_run, voi
     assert list(out["voices"]) == ["tone", "slow"] and [v["n"] for v in out["voices"].values()] == [2, 2]
     r = run_script(["scripts/evaluate.py", "tts", "--ckpt_dir", str(voices_run), "--data", str(voices_data / "val.csv"),
                     "--asr_ckpt", str(asr_ckpt), "--voice", "slow"])
-    assert r.returncode == 0 and list(json.loads(r.stdout)["voices"]) == ["slow"], r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert list(out["voices"]) == ["slow"] and out["n"] == 2, "only the rows spoken by the voice asked for"
+    r = run_script(["scripts/evaluate.py", "tts", "--ckpt_dir", str(voices_run), "--data", str(voices_data / "val.csv"),
+                    "--asr_ckpt", str(asr_ckpt), "--voice", "default"])
+    assert r.returncode == 0 and list(json.loads(r.stdout)["voices"]) == ["tone"], r.stderr[-3000:]
 
 
 def test_a_talker_written_before_voices_loads_as_one_voice(reference, tmp_path):
