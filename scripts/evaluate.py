@@ -140,11 +140,15 @@ def eval_tts(args) -> dict:
     perplexity, and round-trip WER / CER: Stage B's recogniser transcribing the Talker's speech of each text,
     beside the same recogniser on the original recordings, on Griffin-Lim copies of their true mels and on
     Griffin-Lim copies of the codec's reconstruction of their true codes (the bounds a Talker speaking through
-    this codec and Griffin-Lim can reach). Real-time factor of speaking (generation + GL). Voices: a manifest
+    this codec and Griffin-Lim can reach). Speech through a vocoder is also voiced by Griffin-Lim from the same
+    codes (roundtrip_griffinlim_*). Real-time factor of speaking (generation + voicing). Voices: a manifest
     whose speakers are the Talker's voices has each row spoken in its own speaker's voice (teacher forcing too);
-    otherwise every text is spoken in each voice (the default's for teacher forcing). --voice keeps one voice.
-    "voices" holds the round trip per voice beside the original recordings' (the same rows); the top-level
-    figures pool the voices."""
+    otherwise every text is spoken in each voice (the default's for teacher forcing). --voice keeps one voice
+    (and, in the first case, its rows). "voices" holds the round trip per voice beside the original recordings'
+    (the same rows), the code perplexity in each voice (the first case) and, for a Talker of several voices,
+    the voice identity: the share of its utterances that
+    a classifier fitted on the voices' recordings (omni.infer.voice_id) names as the voice asked for, beside
+    the same on the original recordings (the ceiling). The top-level figures pool the voices."""
     import time
     from omni.audio import GriffinLim, load_audio
     from omni.data.speech import read_manifest
@@ -152,6 +156,7 @@ def eval_tts(args) -> dict:
     from omni.infer.asr import evaluate_utterances
     from omni.infer.evaluate import code_cross_entropy
     from omni.infer.tts import load_speaker
+    from omni.infer.voice_id import fit_on_manifest
     from omni.metrics import cer, wer
     from omni.models.codec import usage_perplexity
 
@@ -175,8 +180,9 @@ def eval_tts(args) -> dict:
         wavs.append(u.wav)
         own.append(u.speaker if u.speaker in speaker.voices else speaker.voices[0])
     if not texts:
-        raise UserError(f"{args.data}: no utterance the Talker can speak")
+        raise UserError(f"{args.data}: no utterance the Talker can speak" + (f" in voice {asked[0]}" if matched else ""))
     rows = {v: [i for i in range(len(texts)) if not matched or own[i] == v] for v in asked}   # voice -> its rows
+    rows = {v: idx for v, idx in rows.items() if idx}   # a voice the manifest does not speak in is left out
     samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer, speaker.voices.index(v))
                for t, m, v in zip(texts, mels, own)]
     with torch.no_grad():
@@ -185,20 +191,28 @@ def eval_tts(args) -> dict:
             x = s["mel"].float()[None].to(device)
             y = speaker.codec.decode(s["codes"].long()[None].to(device))[:, :x.shape[1]]
             se, n = se + float((y - x).pow(2).sum()), n + x.numel()
-        ce = code_cross_entropy(speaker.talker, samples, args.batch_size)
+        groups = rows if matched else {None: range(len(samples))}   # teacher forcing in each row's own voice
+        ces = {v: code_cross_entropy(speaker.talker, [samples[i] for i in idx], args.batch_size)
+               for v, idx in groups.items()}
+    frames = {v: sum(samples[i]["codes"].shape[0] for i in idx) for v, idx in groups.items()}
+    ce = sum(ces[v] * frames[v] for v in groups) / sum(frames.values())
     size = speaker.codec.cfg.codebook_size
     usage = usage_perplexity(torch.cat([s["codes"].long() for s in samples]), size)
     t0 = time.time()
     said = [(v, i) for v, idx in rows.items() for i in idx]
-    spoken = [w for v, idx in rows.items()
-              for w in speaker.speak([texts[i] for i in idx], temperature=args.temperature, top_k=args.top_k, seed=0,
-                                     voice=v)]
+    codes = [c for v, idx in rows.items()
+             for c in speaker.speak_codes([texts[i] for i in idx], temperature=args.temperature, top_k=args.top_k,
+                                          seed=0, voice=v)]
+    spoken_mels = [speaker.codes_to_logmel(c) for c in codes]
+    spoken = [(speaker.vocoder or GriffinLim(speaker.features))(m) for m in spoken_mels]
     seconds = time.time() - t0
     audio_s = sum(w.numel() for w in spoken) / speaker.sample_rate
     result = {"recon_mse": se / n, "code_perplexity": float(ce.mean().exp()),
               "code_perplexity_per_book": [round(float(c.exp()), 3) for c in ce], "n": len(texts),
               "skipped": skipped, "real_time_factor": seconds / audio_s,
               "codebook_usage_ppl": [round(u, 1) for u in usage], "usage_min_fraction": min(usage) / size}
+    result["voices"] = {v: {"n": len(idx), **({"code_perplexity": float(ces[v].mean().exp())} if matched else {})}
+                        for v, idx in rows.items()}
     if asr_path:
         a = load_artifact(asr_path, "audio_enc", device)
         asr = (a.model, a.vocab, LogMel(a.features))
@@ -206,20 +220,34 @@ def eval_tts(args) -> dict:
         refs = [spoken_form(t) for t in texts]   # "3 stars" is heard as "three stars"
         codec_copies = [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples]
         heard = {}
-        for key, audio, ref in (("roundtrip", spoken, [refs[i] for _, i in said]), ("original", wavs, refs),
-                                ("griffinlim", [gl(m) for m in mels], refs), ("codec", codec_copies, refs)):
+        said_refs = [refs[i] for _, i in said]
+        also = [("roundtrip_griffinlim", [gl(m) for m in spoken_mels], said_refs)] if speaker.vocoder else []
+        for key, audio, ref in (("roundtrip", spoken, said_refs), ("original", wavs, refs),
+                                ("griffinlim", [gl(m) for m in mels], refs), ("codec", codec_copies, refs), *also):
             m, heard[key] = evaluate_utterances(*asr, audio, ref, args.batch_size, device)
             result[f"{key}_wer"], result[f"{key}_cer"] = m["wer"], m["cer"]
-        result["voices"] = {}
         for v, idx in rows.items():
             mine = [k for k, (w, _) in enumerate(said) if w == v]
             ref, orig = [refs[i] for i in idx], [heard["original"][i] for i in idx]
             rt = [heard["roundtrip"][k] for k in mine]
-            result["voices"][v] = {"n": len(idx), "roundtrip_wer": wer(ref, rt), "roundtrip_cer": cer(ref, rt),
-                                   "original_wer": wer(ref, orig), "original_cer": cer(ref, orig)}
+            result["voices"][v].update(roundtrip_wer=wer(ref, rt), roundtrip_cer=cer(ref, rt),
+                                       original_wer=wer(ref, orig), original_cer=cer(ref, orig))
         result["asr_ckpt"] = str(asr_path)
     else:
         result["roundtrip_wer"] = None  # no recogniser: say so rather than guess
+    voice_id_data = args.voice_id_data or speaker.config.get("train_csv", "")
+    if len(speaker.voices) > 1 and voice_id_data and (args.voice_id_data or Path(voice_id_data).exists()):
+        ident = fit_on_manifest(voice_id_data, speaker.voices, speaker.features)
+        named, original = ident.name(spoken), ident.name(wavs) if matched else None
+        for v, idx in rows.items():
+            mine = [k for k, (w, _) in enumerate(said) if w == v]
+            result["voices"][v]["identity"] = sum(named[k] == v for k in mine) / len(mine)
+            if original:   # the classifier on the voice's own recordings of these sentences: the ceiling
+                result["voices"][v]["original_identity"] = sum(original[i] == v for i in idx) / len(idx)
+        result["voice_id_data"] = str(voice_id_data)
+    elif len(speaker.voices) > 1:
+        print(f"no voice identity: the voices' recordings ({voice_id_data or 'train_csv'}) are not here; "
+              "give --voice_id_data", file=sys.stderr)
     return {**result, "vocoder": speaker.rendered_by, "ckpt_dir": str(args.ckpt), "data": str(args.data)}
 
 
@@ -320,6 +348,9 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="tts: sampling temperature (0 = greedy)")
     p.add_argument("--top_k", type=int, default=20, help="tts: sample among the k likeliest codes")
     p.add_argument("--voice", default=None, help="tts: speak in this voice only (default: each of the Talker's)")
+    p.add_argument("--voice_id_data", default="",
+                   help="tts: recordings of the voices (a manifest with speakers) to fit the voice classifier on "
+                        "(default: the Talker's train_csv)")
     p.add_argument("--max_new_tokens", type=int, default=48, help="sft: longest reply")
     p.add_argument("--probe_train", default="", help="vision: the manifest the probes fit on (default: the run's "
                                                      "train_file)")

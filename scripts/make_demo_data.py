@@ -51,7 +51,7 @@ WORKERS = 2  # speech synthesis processes: both cores of the demo machine
 # asr/sft 7: val_voices are a whole accent (Scottish) held out of training and test, as the test accent is.
 # ocr 2: lines of 1-64 characters (was 28) in 16 families with their styles; val_long / test_long (40-64),
 #   val_font (Roboto Slab) and test_font (Charis SIL), neither a near twin of a training family (Lato now trains).
-PART_VERSIONS = {"text": 3, "asr": 7, "tts": 4, "images": 7, "sft": 10, "ocr": 2}
+PART_VERSIONS = {"text": 3, "asr": 7, "tts": 5, "images": 7, "sft": 10, "ocr": 2}
 
 
 def part_rng(seed: int, part: str) -> np.random.Generator:

@@ -52,7 +52,7 @@ TARGETS = [
       for split in ("test_clean", "test_degraded", "test_long", "test_font")],
 ]
 # The vocoder against Griffin-Lim on the same held-out mels (vocoder_test_world.json): (what, key, op), the
-# vocoder's figure must be `op` Griffin-Lim's; and the Talker's speech through each (tts_test_world*.json).
+# vocoder's figure must be `op` Griffin-Lim's; and the Talker's speech through each (tts_test_world.json).
 VOCODER_VS_GL = [(f"{what} from {src} mels", f"{prefix}{key}", op)
                  for prefix, src in (("", "true"), ("codec_", "codec"))
                  for what, key, op in (("log-mel L1", "mel_l1", "<"), ("multi-resolution STFT distance", "mr_stft", "<"),
@@ -77,14 +77,26 @@ def meets(value: float, op: str, target: float) -> bool:
 
 
 def voice_rows(evals: Path) -> list[str]:
-    """The Talker's round trip per voice (a Talker of several voices), beside its original recordings'."""
+    """The Talker per voice (a Talker of several voices): its round trip and voice identity beside its original
+    recordings'; and its open-vocabulary English in the default voice beside the original recordings'."""
     f = evals / "tts_test_world.json"
     voices = json.loads(f.read_text()).get("voices", {}) if f.exists() else {}
-    if len(voices) < 2:
-        return []
-    return [f"| D | round-trip WER, voice {name} (its original recordings) | {v['roundtrip_wer']:.4g} "
-            f"({v['original_wer']:.4g}) | < 0.3 | {'yes' if v['roundtrip_wer'] < 0.3 else 'NO'} |"
-            for name, v in voices.items()]
+    rows = []
+    for name, v in voices.items() if len(voices) > 1 else ():
+        if "roundtrip_wer" in v:
+            rows.append(f"| D | round-trip WER, voice {name} (its original recordings) | {v['roundtrip_wer']:.4g} "
+                        f"({v['original_wer']:.4g}) | < 0.3 | {'yes' if v['roundtrip_wer'] < 0.3 else 'NO'} |")
+        if "identity" in v:
+            rows.append(f"| D | voice identity: share of the Talker's utterances in voice {name} named as it (its "
+                        f"original recordings) | {v['identity']:.4g} ({v.get('original_identity', float('nan')):.4g})"
+                        f" | >= 0.9 | {'yes' if v['identity'] >= 0.9 else 'NO'} |")
+    f = evals / "tts_test_english.json"
+    english = json.loads(f.read_text()) if f.exists() else {}
+    if english.get("roundtrip_cer") is not None:
+        rt, orig = english["roundtrip_cer"], english["original_cer"]
+        rows.append(f"| D | round-trip CER, held-out general English, the default voice (its original recordings) | "
+                    f"{rt:.4g} ({orig:.4g}) | <= original + 0.08 | {'yes' if rt <= orig + 0.08 else 'NO'} |")
+    return rows
 
 
 def vocoder_rows(evals: Path) -> list[str]:
@@ -112,9 +124,10 @@ def vocoder_rows(evals: Path) -> list[str]:
                     f"(reported) | — |")
     rows.append(f"| Voc | real-time factor of synthesis on this machine (Griffin-Lim) | {voc['rtf']:.3g} ({gl['rtf']:.3g}) "
                 f"| < 1 | {'yes' if voc['rtf'] < 1 else 'NO'} |")
-    talker = [evals / "tts_test_world_vocoder.json", evals / "tts_test_world.json"]
-    if all(p.exists() for p in talker):
-        v, g = (json.loads(p.read_text()).get("roundtrip_wer") for p in talker)
+    talker = evals / "tts_test_world.json"   # the Talker's speech through the vocoder, and the same codes through GL
+    if talker.exists():
+        t = json.loads(talker.read_text())
+        v, g = t.get("roundtrip_wer"), t.get("roundtrip_griffinlim_wer")
         if v is not None and g is not None:
             rows.append(f"| Voc | round-trip WER of the Talker's speech through the vocoder (Griffin-Lim) | {v:.4g} "
                         f"({g:.4g}) | <= Griffin-Lim | {'yes' if v <= g else 'NO'} |")

@@ -524,6 +524,8 @@ def test_a_talker_of_two_speakers_speaks_in_either_voice_by_name(voices_run, voi
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert list(out["voices"]) == ["tone", "slow"] and [v["n"] for v in out["voices"].values()] == [2, 2]
+    assert all(0 <= v["identity"] <= 1 and 0 <= v["original_identity"] <= 1 and v["code_perplexity"] > 1
+               for v in out["voices"].values())
     r = run_script(["scripts/evaluate.py", "tts", "--ckpt_dir", str(voices_run), "--data", str(voices_data / "val.csv"),
                     "--asr_ckpt", str(asr_ckpt), "--voice", "slow"])
     assert r.returncode == 0, r.stderr[-3000:]
