@@ -180,7 +180,8 @@ def eval_tts(args) -> dict:
         wavs.append(u.wav)
         own.append(u.speaker if u.speaker in speaker.voices else speaker.voices[0])
     if not texts:
-        raise UserError(f"{args.data}: no utterance the Talker can speak" + (f" in voice {asked[0]}" if matched else ""))
+        voice = f" in voice {asked[0]}" if matched and args.voice is not None else ""
+        raise UserError(f"{args.data}: no utterance the Talker can speak{voice}")
     rows = {v: [i for i in range(len(texts)) if not matched or own[i] == v] for v in asked}   # voice -> its rows
     rows = {v: idx for v, idx in rows.items() if idx}   # a voice the manifest does not speak in is left out
     samples = [make_sample(speaker.codec, speaker.vocab, t, m, speaker.tokenizer, speaker.voices.index(v))
