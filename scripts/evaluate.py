@@ -146,9 +146,9 @@ def eval_tts(args) -> dict:
     otherwise every text is spoken in each voice (the default's for teacher forcing). --voice keeps one voice
     (and, in the first case, its rows). "voices" holds the round trip per voice beside the original recordings'
     (the same rows), the code perplexity in each voice (the first case) and, for a Talker of several voices,
-    the voice identity: the share of its utterances that
-    a classifier fitted on the voices' recordings (omni.infer.voice_id) names as the voice asked for, beside
-    the same on the original recordings (the ceiling). The top-level figures pool the voices."""
+    the voice identity: the share of its utterances that a classifier fitted on the voices' recordings
+    (omni.infer.voice_id) names as the voice asked for, beside the same on the original recordings (the
+    ceiling). The top-level figures pool the voices."""
     import time
     from omni.audio import GriffinLim, load_audio
     from omni.data.speech import read_manifest
@@ -201,11 +201,13 @@ def eval_tts(args) -> dict:
     usage = usage_perplexity(torch.cat([s["codes"].long() for s in samples]), size)
     t0 = time.time()
     said = [(v, i) for v, idx in rows.items() for i in idx]
+    mine = {v: [k for k, (w, _) in enumerate(said) if w == v] for v in rows}   # voice -> its utterances in `said`
+    gl = GriffinLim(speaker.features)
     codes = [c for v, idx in rows.items()
              for c in speaker.speak_codes([texts[i] for i in idx], temperature=args.temperature, top_k=args.top_k,
                                           seed=0, voice=v)]
     spoken_mels = [speaker.codes_to_logmel(c) for c in codes]
-    spoken = [(speaker.vocoder or GriffinLim(speaker.features))(m) for m in spoken_mels]
+    spoken = [(speaker.vocoder or gl)(m) for m in spoken_mels]
     seconds = time.time() - t0
     audio_s = sum(w.numel() for w in spoken) / speaker.sample_rate
     result = {"recon_mse": se / n, "code_perplexity": float(ce.mean().exp()),
@@ -217,7 +219,6 @@ def eval_tts(args) -> dict:
     if asr_path:
         a = load_artifact(asr_path, "audio_enc", device)
         asr = (a.model, a.vocab, LogMel(a.features))
-        gl = GriffinLim(speaker.features)
         refs = [spoken_form(t) for t in texts]   # "3 stars" is heard as "three stars"
         codec_copies = [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples]
         heard = {}
@@ -228,9 +229,8 @@ def eval_tts(args) -> dict:
             m, heard[key] = evaluate_utterances(*asr, audio, ref, args.batch_size, device)
             result[f"{key}_wer"], result[f"{key}_cer"] = m["wer"], m["cer"]
         for v, idx in rows.items():
-            mine = [k for k, (w, _) in enumerate(said) if w == v]
             ref, orig = [refs[i] for i in idx], [heard["original"][i] for i in idx]
-            rt = [heard["roundtrip"][k] for k in mine]
+            rt = [heard["roundtrip"][k] for k in mine[v]]
             result["voices"][v].update(roundtrip_wer=wer(ref, rt), roundtrip_cer=cer(ref, rt),
                                        original_wer=wer(ref, orig), original_cer=cer(ref, orig))
         result["asr_ckpt"] = str(asr_path)
@@ -241,8 +241,7 @@ def eval_tts(args) -> dict:
         ident = fit_on_manifest(voice_id_data, speaker.voices, speaker.features)
         named, original = ident.name(spoken), ident.name(wavs) if matched else None
         for v, idx in rows.items():
-            mine = [k for k, (w, _) in enumerate(said) if w == v]
-            result["voices"][v]["identity"] = sum(named[k] == v for k in mine) / len(mine)
+            result["voices"][v]["identity"] = sum(named[k] == v for k in mine[v]) / len(mine[v])
             if original:   # the classifier on the voice's own recordings of these sentences: the ceiling
                 result["voices"][v]["original_identity"] = sum(original[i] == v for i in idx) / len(idx)
         result["voice_id_data"] = str(voice_id_data)
