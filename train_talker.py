@@ -40,7 +40,7 @@ from omni.models.codec import CodecConfig, MelCodec, TalkerFeatures, usage_perpl
 from omni.models.talker import DEFAULT_VOICE, Talker, TalkerConfig
 from omni.text_norm import spoken_form
 from omni.train.engine import Stage, run
-from omni.vocab import TextVocab
+from omni.vocab import LEXICONS, TextVocab, lexicon
 
 
 @dataclass
@@ -67,6 +67,7 @@ class TalkerTrainConfig(TrainConfig):
     roundtrip: int = 100                # held-out sentences per file spoken and transcribed (0: off)
     audio_enc_ckpt: str = ""            # Stage B's audio_enc.pt: round-trip WER / CER of the Talker's speech
     thinker_ckpt: str = ""              # thinker.pt / omni_final.pt (or its folder): condition on its reading
+    lexicon: str = ""                   # "cmudict": words the CMU dictionary knows are read as phonemes; "": letters
     temperature: float = 0.0            # when speaking held-out sentences: 0 = greedy (the most intelligible)
     top_k: int = 20
     frame_ms: int = 80
@@ -83,6 +84,8 @@ def check_config(cfg: TalkerTrainConfig) -> None:
     if cfg.features.normalize != "none":
         raise ConfigError("features.normalize must be 'none': the codec normalises per mel bin itself and "
                           "Griffin-Lim inverts raw log-mel")
+    if cfg.lexicon not in LEXICONS:
+        raise ConfigError(f"lexicon {cfg.lexicon!r}: expected one of {list(LEXICONS)}")
     c = cfg.codec.model
     if c.n_mels != cfg.features.n_mels:
         raise ConfigError(f"codec.model.n_mels {c.n_mels} != features.n_mels {cfg.features.n_mels}")
@@ -260,7 +263,7 @@ class TalkerStage(SpeechOutStage):
             raise ConfigError(f"{codec_path} was trained with other features / codec settings than this config; "
                               f"use --fresh to train both again")
         train, self.val_sets = read_sets(cfg, self.log.info)
-        self.vocab = TextVocab.from_texts(train.texts)
+        self.vocab = TextVocab.from_texts(train.texts, lexicon(cfg.lexicon))
         if cfg.model.vocab_size not in (0, len(self.vocab)):
             raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the transcripts give "
                               f"{len(self.vocab)} (characters + pad + silence); set 0 to derive it")
@@ -310,6 +313,11 @@ class TalkerStage(SpeechOutStage):
                       f"{cfg.train_csv}; skipped {long} over max_mel_length {cfg.max_mel_length} code frames, "
                       f"{short} with more characters than 10 ms frames, {train.bad} unreadable")
         self.log.info(f"vocabulary: {len(self.vocab.chars)} characters {self.vocab.chars!r} + pad + silence")
+        if cfg.lexicon:
+            words = [w for t in train.texts for w in self.vocab.spoken(t).split()]
+            known = sum(w in self.vocab.lexicon for w in words)
+            self.log.info(f"{cfg.lexicon}: {len(self.vocab.phonemes)} phonemes; {known / max(1, len(words)):.1%} of "
+                          f"the training words read as phonemes, the rest as letters")
         self.log.info(f"voices: {', '.join(self.voices)} (the default first)")
         self.asr = None
         if cfg.audio_enc_ckpt:
@@ -373,7 +381,7 @@ class TalkerStage(SpeechOutStage):
 
     def artifact(self, model):
         art = {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
-               "voices": self.voices, "codec_config": to_dict(self.codec.cfg), "features": to_dict(self.cfg.features),
+               "lexicon": self.cfg.lexicon, "phonemes": self.vocab.phonemes, "voices": self.voices, "codec_config": to_dict(self.codec.cfg), "features": to_dict(self.cfg.features),
                "config": to_dict(self.cfg)}
         if self.thinker is not None:   # its weights are in "model"; what rebuilds it and reads with it here
             art.update(thinker_config=to_dict(self.thinker.cfg), thinker_source=self.thinker_source,

@@ -140,7 +140,7 @@ def _talker(state, where):
     from omni.models.codec import CodecConfig
     from omni.models.talker import DEFAULT_VOICE, Talker, TalkerConfig
     from omni.models.thinker import Thinker, ThinkerConfig
-    from omni.vocab import TextVocab
+    from omni.vocab import TextVocab, lexicon
     thinker, extras = None, {}
     if state.get("thinker_config") is not None:  # a Thinker-conditioned Talker: the frozen Thinker is inside
         thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=where))
@@ -150,7 +150,9 @@ def _talker(state, where):
     if len(voices) != max(1, cfg.n_voices):
         raise ValueError(f"{len(voices)} voice names {voices} for a Talker of {max(1, cfg.n_voices)} voice(s)")
     model = Talker(cfg, from_dict(CodecConfig, state["codec_config"], where=where), thinker)
-    return model, {"vocab": TextVocab(state["vocab"]), "features": _mel(state, where), "voices": list(voices),
+    phonemes = state.get("phonemes") or ()   # written before the lexicon: letters only
+    vocab = TextVocab(state["vocab"], phonemes, lexicon(state.get("lexicon", "")) if phonemes else None)
+    return model, {"vocab": vocab, "features": _mel(state, where), "voices": list(voices),
                    **extras}
 
 

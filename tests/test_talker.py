@@ -173,6 +173,20 @@ def test_text_vocab_names_characters_it_cannot_speak():
         vocab.encode("a x")
 
 
+def test_text_vocab_reads_known_words_as_phonemes_and_the_rest_as_letters():
+    lexicon = {"the": ("DH", "AH0"), "cat": ("K", "AE1", "T"), "dog": ("D", "AO1", "G")}
+    vocab = TextVocab.from_texts(["The cat", "cot"], lexicon)
+    assert vocab.chars == " acehot" and vocab.phonemes == ["AE1", "AH0", "DH", "K", "T"] and len(vocab) == 14
+    # each unit keeps the character it stands for: a word's phonemes spread over its letters
+    assert vocab.units("The cat, cot!") == [("DH", 0), ("AH0", 1), (" ", 3), ("K", 4), ("AE1", 5), ("T", 6),
+                                            (" ", 7), ("c", 8), ("o", 9), ("t", 10)]
+    assert vocab.encode("the cat") == [1] + [vocab.index[u] for u in ("DH", "AH0", " ", "K", "AE1", "T")] + [1]
+    # "dog" has a phoneme training never saw (AO1): it is read as letters, and two of those are unknown
+    with pytest.raises(UserError, match="'dg'"):
+        vocab.encode("the dog")
+    assert TextVocab.from_texts(["The cat"]).units("cat") == [("c", 0), ("a", 1), ("t", 2)]   # no lexicon
+
+
 # --- the stage ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tts_data(tmp_path_factory):
@@ -270,6 +284,7 @@ def test_stage_writes_both_artifacts_samples_and_metrics(reference):
     assert {"val/code_ppl", "val/code_ppl_0", "val/roundtrip_wer", "val/roundtrip_cer"} <= talker_val[-1].keys()
     state = torch.load(reference / "talker.pt", weights_only=True)
     assert state["vocab"] == " abcd" and state["model_config"]["vocab_size"] == 7 and "optimizers" not in state
+    assert state["lexicon"] == "" and state["phonemes"] == []
     wav, sr = sf.read(reference / "samples" / "val_0.wav")
     assert sr == 16000 and len(wav) > 1600 and np.abs(wav).max() > 0
 
@@ -403,6 +418,14 @@ def test_thinker_tokens_give_every_character_its_token(text_data):
             # word; a bare word mark "▁" holds none)
             chars = "".join(c for c, o in zip(spoken, inner) if o == j)
             assert chars.strip() == tok.decode([t]).strip()
+    # read as phonemes, every phoneme belongs to a token that holds letters of its word
+    vocab = TextVocab.from_texts(["the cat sat"], {"the": ("DH", "AH0"), "cat": ("K", "AE1", "T")})
+    r = thinker_tokens(tok, vocab, "the cat sat")
+    units = vocab.units("the cat sat")
+    assert len(r["owner"]) == len(vocab.encode("the cat sat")) == len(units) + 2
+    for (unit, i), owner in zip(units, r["owner"][1:-1]):
+        word = "the cat sat"[:i + 1].split(" ")[-1] + "the cat sat"[i + 1:].split(" ")[0]
+        assert unit == " " or tok.decode([r["tokens"][owner]]).strip() in word, (unit, word)
 
 
 def test_thinker_view_is_the_same_alone_and_padded_in_a_batch(text_data, tmp_path):
@@ -426,17 +449,22 @@ def test_thinker_view_is_the_same_alone_and_padded_in_a_batch(text_data, tmp_pat
 
 
 def test_thinker_conditioned_stage_trains_speaks_and_evaluates(tts_data, text_data, asr_ckpt, tmp_path):
+    """With the CMU dictionary too: the tone alphabet's words it knows ("ab", "cd", "bad") are read as phonemes."""
     thinker = tiny_thinker_artifact(text_data, tmp_path / "thinker.pt")
     save = tmp_path / "run"
-    r = run_script(["train_talker.py", "--config",
-                    str(tiny_talker_config(tts_data, save, thinker_ckpt=str(thinker), roundtrip=0))])
+    r = run_script(["train_talker.py", "--config", str(tiny_talker_config(
+        tts_data, save, thinker_ckpt=str(thinker), roundtrip=0, lexicon="cmudict"))])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Thinker-conditioned" in (save / "training.log").read_text()
+    log = (save / "training.log").read_text()
+    assert "Thinker-conditioned" in log and "of the training words read as phonemes" in log
     state = torch.load(save / "talker.pt", weights_only=True)
+    assert state["lexicon"] == "cmudict" and "AE1" in state["phonemes"]
+    assert state["model_config"]["vocab_size"] == 2 + len(state["vocab"]) + len(state["phonemes"])
     assert state["model_config"]["thinker_dim"] == 32 and state["thinker_config"]["d_model"] == 16
     assert state["thinker_source"]["kind"] == "thinker" and any(k.startswith("thinker.") for k in state["model"])
     speaker = load_speaker(save)
     assert speaker.tokenizer is not None and speaker.talker.thinker is not None
+    assert speaker.vocab.encode("ab") == [1, speaker.vocab.index["AE1"], speaker.vocab.index["B"], 1]
     a = speaker.speak_codes(["ab cd", "da"], temperature=0.8, seed=1)
     b = speaker.speak_codes(["ab cd", "da"], temperature=0.8, seed=1)
     assert all(torch.equal(x, y) and len(x) > 0 for x, y in zip(a, b))
@@ -453,6 +481,8 @@ def test_thinker_conditioned_stage_trains_speaks_and_evaluates(tts_data, text_da
     bad = tiny_talker_config(tts_data, tmp_path / "bad", thinker_ckpt=str(tts_data / "train.csv"))
     r = run_script(["train_talker.py", "--config", str(bad)])
     assert r.returncode != 0 and "train.csv" in r.stderr and "Traceback" not in r.stderr[-300:]
+    r = run_script(["train_talker.py", "--config", str(tiny_talker_config(tts_data, tmp_path / "bad", lexicon="cmu"))])
+    assert r.returncode != 0 and "lexicon 'cmu'" in r.stderr and "Traceback" not in r.stderr[-300:]
 
 
 def test_trains_on_the_gpu_path(tts_data, asr_ckpt, tmp_path):
@@ -541,10 +571,11 @@ def test_a_talker_written_before_voices_loads_as_one_voice(reference, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(reference, old)
     state = torch.load(old / "talker.pt", weights_only=True)
-    del state["voices"], state["model_config"]["n_voices"]
+    del state["voices"], state["model_config"]["n_voices"], state["lexicon"], state["phonemes"]
     atomic_save(state, old / "talker.pt")
     speaker = load_speaker(old)
     assert speaker.voices == ["default"] and speaker.speak(["ab"], voice="default")[0].numel() > 0
+    assert speaker.vocab.phonemes == [] and speaker.vocab.lexicon is None   # and letters only, as before lexicons
     state["voices"] = ["a", "b"]
     atomic_save(state, old / "talker.pt")
     with pytest.raises(ArtifactError, match=r"talker.pt: .*2 voice names \['a', 'b'\] for a Talker of 1 voice"):

@@ -20,19 +20,19 @@ def pad_ids(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def thinker_tokens(tokenizer, vocab: TextVocab, text: str) -> dict:
     """The Thinker's reading of what the Talker says: {"tokens": its token ids of the spoken text (the
-    characters the Talker reads), "owner": for each Talker position ([SIL] + characters + [SIL], as
-    vocab.encode) the index of the token holding the character, -1 for the silences}. Spans come from decoding
+    characters the Talker reads), "owner": for each Talker position ([SIL] + units + [SIL], as vocab.encode)
+    the index of the token holding the unit's character, -1 for the silences}. Spans come from decoding
     growing prefixes, so SentencePiece's word marks and byte pieces need no special case; a space belongs to
     the word it starts."""
     spoken = vocab.spoken(text)
     ids = tokenizer.encode(spoken)
     ends = [len(tokenizer.decode(ids[:j + 1])) for j in range(len(ids))]
-    owner, j = [], 0
+    holder, j = [], 0
     for i in range(len(spoken)):
         while j < len(ids) - 1 and ends[j] <= i:
             j += 1
-        owner.append(j if ids else -1)
-    return {"tokens": ids, "owner": [-1] + owner + [-1]}
+        holder.append(j if ids else -1)
+    return {"tokens": ids, "owner": [-1] + [holder[i] for _, i in vocab.units(text)] + [-1]}
 
 
 @torch.no_grad()
