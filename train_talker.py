@@ -6,7 +6,8 @@
 Two runs of the shared engine, one after the other, in one save_dir:
 1. the codec (`rvq_codec_step_N.pt`, then `rvq_codec.pt`): 80 ms blocks of log-mel <-> residual VQ codes;
    its training keys are the config's `codec` section (max_steps, batch_size, lr, warmup_steps);
-2. the Talker (`talker_step_N.pt`, then `talker.pt`): characters -> codes, on the codes of the finished codec;
+2. the Talker (`talker_step_N.pt`, then `talker.pt`): characters -> codes, on the codes of the finished codec
+   (with `lexicon: "cmudict"`, words the CMU Pronouncing Dictionary knows are read as their phonemes);
    with `thinker_ckpt` (Stage A's thinker.pt or Stage E's omni_final.pt) each character also carries what the
    frozen Thinker makes of its token (Thinker-conditioned, as Qwen2.5-Omni's Talker reads the Thinker).
    The training manifest's `speaker` column names its voices (in order of first appearance, the first the
@@ -266,7 +267,7 @@ class TalkerStage(SpeechOutStage):
         self.vocab = TextVocab.from_texts(train.texts, lexicon(cfg.lexicon))
         if cfg.model.vocab_size not in (0, len(self.vocab)):
             raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the transcripts give "
-                              f"{len(self.vocab)} (characters + pad + silence); set 0 to derive it")
+                              f"{len(self.vocab)} (characters + phonemes + pad + silence); set 0 to derive it")
         self.thinker = self.tokenizer = self.thinker_source = None
         if cfg.thinker_ckpt:
             self.thinker, self.tokenizer, self.thinker_source = read_thinker(cfg.thinker_ckpt)
@@ -381,7 +382,8 @@ class TalkerStage(SpeechOutStage):
 
     def artifact(self, model):
         art = {"model": model.state_dict(), "model_config": to_dict(self.model_cfg), "vocab": self.vocab.chars,
-               "lexicon": self.cfg.lexicon, "phonemes": self.vocab.phonemes, "voices": self.voices, "codec_config": to_dict(self.codec.cfg), "features": to_dict(self.cfg.features),
+               "lexicon": self.cfg.lexicon, "phonemes": self.vocab.phonemes, "voices": self.voices,
+               "codec_config": to_dict(self.codec.cfg), "features": to_dict(self.cfg.features),
                "config": to_dict(self.cfg)}
         if self.thinker is not None:   # its weights are in "model"; what rebuilds it and reads with it here
             art.update(thinker_config=to_dict(self.thinker.cfg), thinker_source=self.thinker_source,

@@ -83,14 +83,15 @@ class TextVocab:
             at += len(word) + 1
         return out
 
-    def unknown(self, text: str) -> str:
-        return "".join(sorted({c for c, _ in self.units(text) if c not in self.index}))
+    def unknown(self, text: str, units: list | None = None) -> str:
+        """The letters of text (or of its `units`) the Talker never saw, sorted."""
+        return "".join(sorted({c for c, _ in units or self.units(text) if c not in self.index}))
 
     def encode(self, text: str) -> list[int]:
         """[SIL] + units of text + [SIL]; a letter the Talker never saw is an error naming it (characters
         without a reading, omni.text_norm.unsayable, are the caller's to report)."""
         units = self.units(text)
-        bad = "".join(sorted({c for c, _ in units if c not in self.index}))
+        bad = self.unknown(text, units)
         if bad:
             raise UserError(f"cannot speak {bad!r} in {text!r}: the Talker knows only {self.chars!r}")
         return [SIL] + [self.index[c] for c, _ in units] + [SIL]
