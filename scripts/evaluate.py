@@ -140,8 +140,8 @@ def eval_tts(args) -> dict:
     perplexity, and round-trip WER / CER: Stage B's recogniser transcribing the Talker's speech of each text,
     beside the same recogniser on the original recordings, on Griffin-Lim copies of their true mels and on
     Griffin-Lim copies of the codec's reconstruction of their true codes (the bounds a Talker speaking through
-    this codec and Griffin-Lim can reach). Speech through a vocoder is also voiced by Griffin-Lim from the same
-    codes (roundtrip_griffinlim_*). Real-time factor of speaking (generation + voicing). Voices: a manifest
+    this codec and Griffin-Lim can reach; --no_bounds leaves these two out). Speech through a vocoder is also
+    voiced by Griffin-Lim from the same codes (roundtrip_griffinlim_*). Real-time factor of speaking (generation + voicing). Voices: a manifest
     whose speakers are the Talker's voices has each row spoken in its own speaker's voice (teacher forcing too);
     otherwise every text is spoken in each voice (the default's for teacher forcing). --voice keeps one voice
     (and, in the first case, its rows). "voices" holds the round trip per voice beside the original recordings'
@@ -220,12 +220,13 @@ def eval_tts(args) -> dict:
         a = load_artifact(asr_path, "audio_enc", device)
         asr = (a.model, a.vocab, LogMel(a.features))
         refs = [spoken_form(t) for t in texts]   # "3 stars" is heard as "three stars"
-        codec_copies = [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples]
         heard = {}
         said_refs = [refs[i] for _, i in said]
+        bounds = [] if args.no_bounds else [
+            ("griffinlim", [gl(m) for m in mels], refs),
+            ("codec", [gl(speaker.codes_to_logmel(s["codes"].long())) for s in samples], refs)]
         also = [("roundtrip_griffinlim", [gl(m) for m in spoken_mels], said_refs)] if speaker.vocoder else []
-        for key, audio, ref in (("roundtrip", spoken, said_refs), ("original", wavs, refs),
-                                ("griffinlim", [gl(m) for m in mels], refs), ("codec", codec_copies, refs), *also):
+        for key, audio, ref in (("roundtrip", spoken, said_refs), ("original", wavs, refs), *bounds, *also):
             m, heard[key] = evaluate_utterances(*asr, audio, ref, args.batch_size, device)
             result[f"{key}_wer"], result[f"{key}_cer"] = m["wer"], m["cer"]
         for v, idx in rows.items():
@@ -348,6 +349,8 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="tts: sampling temperature (0 = greedy)")
     p.add_argument("--top_k", type=int, default=20, help="tts: sample among the k likeliest codes")
     p.add_argument("--voice", default=None, help="tts: speak in this voice only (default: each of the Talker's)")
+    p.add_argument("--no_bounds", action="store_true",
+                   help="tts: skip the recogniser on Griffin-Lim copies of the true and the codec's mels")
     p.add_argument("--voice_id_data", default="",
                    help="tts: recordings of the voices (a manifest with speakers) to fit the voice classifier on "
                         "(default: the Talker's train_csv)")

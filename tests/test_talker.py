@@ -199,6 +199,21 @@ def tts_data(tmp_path_factory):
     return d
 
 
+def test_codec_and_talker_of_one_run_read_each_manifest_once(tts_data, monkeypatch):
+    import train_talker
+    reads = []
+    real = train_talker.load_audio
+    monkeypatch.setattr(train_talker, "load_audio", lambda *a: reads.append(a[0]) or real(*a))
+    mel = LogMel(train_talker.TalkerFeatures(n_mels=16))
+    with train_talker.shared_reads():
+        first = train_talker.speech_set(str(tts_data / "val.csv"), mel)
+        first.texts.append("changed by a stage")   # a stage's own lists: the next reader does not see this
+        second = train_talker.speech_set(str(tts_data / "val.csv"), mel)
+    assert len(reads) == 4 and len(second) == 4 and second.mels[0] is first.mels[0]
+    train_talker.speech_set(str(tts_data / "val.csv"), mel)   # outside: read again
+    assert len(reads) == 8
+
+
 def tiny_talker_config(data, save_dir, **overrides):
     cfg = {"save_dir": str(save_dir), "train_csv": str(data / "train.csv"), "val_csvs": [str(data / "val.csv")],
            "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "max_steps": 10, "print_freq": 1, "val_freq": 5,
@@ -334,6 +349,13 @@ def test_evaluate_tts_prints_the_metrics(reference, tts_data, asr_ckpt):
     assert out["original_cer"] <= 0.2 and out["roundtrip_cer"] >= 0.6, out
     assert out["griffinlim_cer"] < out["roundtrip_cer"], out   # Griffin-Lim of the true mels stays readable
     assert np.isfinite(out["real_time_factor"]) and out["real_time_factor"] > 0
+    # without the bounds: the same round trip and originals, no Griffin-Lim copies transcribed
+    r = run_script(["scripts/evaluate.py", "tts", "--ckpt_dir", str(reference), "--data",
+                    str(tts_data / "val.csv"), "--asr_ckpt", str(asr_ckpt), "--no_bounds"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    lean = json.loads(r.stdout)
+    assert not {"griffinlim_cer", "codec_cer"} & set(lean), lean
+    assert (lean["roundtrip_cer"], lean["original_cer"]) == (out["roundtrip_cer"], out["original_cer"])
 
 
 def edited_copy(reference, folder, name, key, value):
