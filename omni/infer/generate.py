@@ -13,6 +13,7 @@ for a model, batch size and dtype and reused after (see scripts/benchmark.py --o
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import torch
@@ -35,7 +36,7 @@ def generate_stream(model: Thinker, inputs_embeds: torch.Tensor, max_new_tokens:
     limit = min(max_new_tokens, model.cfg.ctx_len - T)
     compile = compile and use_cache
     cache = model.new_cache(B, model.cfg.ctx_len if compile else T + limit) if use_cache else None
-    step = (_compiled_step_cpu if x.device.type == "cpu" else _compiled_step) if compile else _step
+    step = _compiled_step(x.device.type) if compile else _step
     stops, done, last = set(stop_ids), [False] * B, [0] * B
     step_input = x
     with torch.no_grad():
@@ -67,11 +68,14 @@ def _step(model: Thinker, x: torch.Tensor, cache) -> torch.Tensor:
     return model(inputs_embeds=x, cache=cache)["logits"][:, -1]
 
 
-# one graph per model, batch size and dtype; a new prompt length needs none (the cache spans the context).
-# On the CPU the graph's wrapper is C++ (cpp_wrapper): no Python between its ~40 kernels (with the token-id
-# loop, demo Thinker on 2 Zen 4 cores: 2,700-3,000 -> 2,900-3,700 tokens/s; scripts/benchmark.py --only generate)
-_compiled_step = torch.compile(_step, fullgraph=True, dynamic=False)
-_compiled_step_cpu = torch.compile(_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+@functools.cache
+def _compiled_step(device_type: str):
+    """_step as one graph per model, batch size and dtype; a new prompt length needs none (the cache spans the
+    context). On the CPU the graph's wrapper is C++ (cpp_wrapper): no Python between its ~40 kernels (with the
+    token-id loop, demo Thinker on 2 Zen 4 cores: 2,700-3,000 -> 2,900-3,700 tokens/s; scripts/benchmark.py
+    --only generate). Made on first use: torch.compile imports torch._dynamo (~1 s)."""
+    options = {"cpp_wrapper": True} if device_type == "cpu" else None
+    return torch.compile(_step, fullgraph=True, dynamic=False, options=options)
 
 
 @torch.no_grad()

@@ -11,11 +11,18 @@ import torch.nn.functional as F
 
 
 class _OutOfGraph:
-    """Mixin: the module's forward runs outside torch.compile's graphs (the layers around it stay compiled)."""
+    """Mixin: the module's forward runs outside torch.compile's graphs (the layers around it stay compiled)
+    once keep_out_of_graph() has run, which whatever compiles a model calls first."""
 
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)
+
+
+def keep_out_of_graph() -> None:
+    """Mark SeqConv1d / SeqConv2d's forward with torch.compiler.disable. Called before torch.compile, not at
+    import: the decorator imports torch._dynamo (~1 s), which a process that never compiles need not pay."""
+    if not getattr(_OutOfGraph.forward, "_torchdynamo_disable", False):
+        _OutOfGraph.forward = torch.compiler.disable(_OutOfGraph.forward)
 
 
 class Conv1d(nn.Conv1d):

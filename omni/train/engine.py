@@ -38,7 +38,7 @@ from omni.artifacts import FORMAT, KINDS, check_entries
 from omni.config import ConfigError, TrainConfig, load_config, to_dict
 from omni.data.base import BatchStream, to_device
 from omni.errors import UserError, exit_on_user_error
-from omni.models.layers import use_sdpa
+from omni.models.layers import keep_out_of_graph, use_sdpa
 from omni.train import checkpoint as ckpt
 from omni.train import dist
 from omni.train.log import RunLogger, format_metrics
@@ -348,6 +348,7 @@ class Trainer:
             if cfg.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
                 raise ConfigError(f"compile_backend {cfg.compile_backend!r} is not a torch.compile backend; "
                                   f"use inductor or aot_eager")
+            keep_out_of_graph()
             self.fwd_model = torch.compile(self.fwd_model, dynamic=True if self.stage.dynamic_shapes else None,
                                            backend=cfg.compile_backend)
             self.log.info("torch.compile on" + ("" if cfg.compile_backend == "inductor" else
