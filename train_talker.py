@@ -19,6 +19,8 @@ usage; the Talker's teacher-forced code perplexity, held-out sentences spoken in
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -92,6 +94,21 @@ def check_config(cfg: TalkerTrainConfig) -> None:
         raise ConfigError(f"codec.model.n_mels {c.n_mels} != features.n_mels {cfg.features.n_mels}")
 
 
+_shared: dict | None = None   # inside shared_reads(): (manifest, mel settings) -> the SpeechSet read from it
+
+
+@contextlib.contextmanager
+def shared_reads():
+    """Within it speech_set reads each manifest (and computes its mels) once: the codec and the Talker of one
+    run share the reading."""
+    global _shared
+    _shared = {}
+    try:
+        yield
+    finally:
+        _shared = None
+
+
 class SpeechSet:
     """A manifest's utterances with their raw log-mel frames (float16, in memory: 2.4 h of speech is ~140 MB)."""
 
@@ -115,13 +132,27 @@ class SpeechSet:
         return len(self.texts)
 
 
+def speech_set(csv: str, mel: LogMel, log=None) -> SpeechSet:
+    """SpeechSet(csv, mel, log); within shared_reads() a copy of the one read before (its lists copied, so a
+    stage may reassign or filter them; the mels are shared and never changed)."""
+    if _shared is None:
+        return SpeechSet(csv, mel, log)
+    key = (str(csv), repr(mel.cfg))
+    if key not in _shared:
+        _shared[key] = SpeechSet(csv, mel, log)
+    read = copy.copy(_shared[key])
+    for k in ("texts", "mels", "wavs", "speakers"):
+        setattr(read, k, list(getattr(read, k)))
+    return read
+
+
 def read_sets(cfg: TalkerTrainConfig, log) -> tuple[SpeechSet, dict[str, SpeechSet]]:
     mel = LogMel(cfg.features)
-    train = SpeechSet(cfg.train_csv, mel, log)
+    train = speech_set(cfg.train_csv, mel, log)
     if train.bad > cfg.max_bad_fraction * (len(train) + train.bad):
         raise UserError(f"{train.bad} unreadable files in {cfg.train_csv}, over max_bad_fraction")
     if cfg.val_csvs:
-        return train, {Path(p).stem: SpeechSet(p, mel, log) for p in cfg.val_csvs}
+        return train, {Path(p).stem: speech_set(p, mel, log) for p in cfg.val_csvs}
     held = held_out(len(train), cfg.val_split)
     if not held.any():
         return train, {}
@@ -392,8 +423,9 @@ class TalkerStage(SpeechOutStage):
 
 
 def main(argv=None) -> None:
-    run(CodecStage, argv)
-    run(TalkerStage, argv)
+    with shared_reads():
+        run(CodecStage, argv)
+        run(TalkerStage, argv)
 
 
 if __name__ == "__main__":
