@@ -141,14 +141,14 @@ def eval_tts(args) -> dict:
     beside the same recogniser on the original recordings, on Griffin-Lim copies of their true mels and on
     Griffin-Lim copies of the codec's reconstruction of their true codes (the bounds a Talker speaking through
     this codec and Griffin-Lim can reach; --no_bounds leaves these two out). Speech through a vocoder is also
-    voiced by Griffin-Lim from the same codes (roundtrip_griffinlim_*). Real-time factor of speaking (generation + voicing). Voices: a manifest
-    whose speakers are the Talker's voices has each row spoken in its own speaker's voice (teacher forcing too);
-    otherwise every text is spoken in each voice (the default's for teacher forcing). --voice keeps one voice
-    (and, in the first case, its rows). "voices" holds the round trip per voice beside the original recordings'
-    (the same rows), the code perplexity in each voice (the first case) and, for a Talker of several voices,
-    the voice identity: the share of its utterances that a classifier fitted on the voices' recordings
-    (omni.infer.voice_id) names as the voice asked for, beside the same on the original recordings (the
-    ceiling). The top-level figures pool the voices."""
+    voiced by Griffin-Lim from the same codes (roundtrip_griffinlim_*). Real-time factor of speaking (generation
+    + voicing). Voices: a manifest whose speakers are the Talker's voices has each row spoken in its own
+    speaker's voice (teacher forcing too); otherwise every text is spoken in each voice (the default's for
+    teacher forcing). --voice keeps one voice (and, in the first case, its rows). "voices" holds the round trip
+    per voice beside the original recordings' (the same rows), the code perplexity in each voice (the first
+    case) and, for a Talker of several voices, the voice identity: the share of its utterances that a
+    classifier fitted on the voices' recordings (omni.infer.voice_id) names as the voice asked for, beside the
+    same on the original recordings (the ceiling). The top-level figures pool the voices."""
     import time
     from omni.audio import GriffinLim, load_audio
     from omni.data.speech import read_manifest
