@@ -196,7 +196,8 @@ def peak_limit(wav: torch.Tensor, peak: float = 0.95) -> torch.Tensor:
 
 class GriffinLim(torch.nn.Module):
     """Natural-log mel power frames (LogMel with normalize "none") -> waveform: the mel filterbank inverted by
-    least squares (torchaudio InverseMelScale), then Griffin-Lim phase recovery (torchaudio). The default
+    least squares (torchaudio InverseMelScale), then Griffin-Lim phase recovery (torchaudio) from random phases
+    drawn with a fixed seed (the global RNG left as it was), so a figure through it repeats exactly. The default
     waveform path of the Talker; a trained vocoder replaces it when one exists."""
 
     def __init__(self, cfg: MelConfig, n_iter: int = 32):
@@ -214,7 +215,9 @@ class GriffinLim(torch.nn.Module):
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         """Tensor[frames x n_mels] -> Tensor[(frames - 1) * hop] in [-1, 1]."""
         power = self.inv_mel(logmel.float().exp().transpose(0, 1)).clamp_min(0)   # [freq x frames]
-        wav = self.gl(power)
+        with torch.random.fork_rng():   # the random start phases from a fixed seed: the same mels, the same wave
+            torch.manual_seed(0)
+            wav = self.gl(power)
         peak = wav.abs().max()
         if not torch.isfinite(peak) or peak == 0:
             raise UserError(f"Griffin-Lim produced no signal from {tuple(logmel.shape)} mel frames")

@@ -12,7 +12,7 @@ import torch
 from conftest import assert_same_weights, assert_trains_on_the_gpu_path, final_weights, kill_at, metrics, run_script, tone_speech
 from omni.artifacts import load_artifact
 from omni.config import to_dict
-from omni.audio import LogMel, mel_refine
+from omni.audio import GriffinLim, LogMel, mel_refine
 from omni.infer.tts import load_speaker
 from omni.infer.vocoder import compare_voices_split, load_vocoder
 from omni.models.codec import TalkerFeatures
@@ -161,6 +161,17 @@ def test_perceptual_scores_rank_clean_above_noisy_and_resample():
     assert noisy["pesq_wb"] < clean["pesq_wb"] - 2 and noisy["stoi"] < clean["stoi"] - 0.03
     assert perceptual_scores(x, torch.roll(x, 400), 16000)["stoi"] < 0.5
     assert perceptual_scores(x, x, 22050)["pesq_wb"] > 4.5
+
+
+def test_griffin_lim_repeats_exactly_and_leaves_the_global_rng_alone():
+    gl = GriffinLim(TalkerFeatures(n_mels=16), n_iter=4)
+    mel = torch.randn(40, 16) - 4
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first = gl(mel)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(3)   # whatever was drawn between two calls
+    assert torch.equal(gl(mel), first)
 
 
 def test_trains_both_sides_validates_against_griffin_lim(vocoder_run):
