@@ -145,7 +145,8 @@ def _talker(state, where):
     if state.get("thinker_config") is not None:  # a Thinker-conditioned Talker: the frozen Thinker is inside
         thinker = Thinker(from_dict(ThinkerConfig, state["thinker_config"], where=where))
         extras["tokenizer"] = _tokenizer(state)
-    cfg = from_dict(TalkerConfig, state["model_config"], where=where)
+    # written before duration_spread: a point estimate of each token's log-duration
+    cfg = from_dict(TalkerConfig, {"duration_spread": False, **state["model_config"]}, where=where)
     voices = state.get("voices") or [DEFAULT_VOICE]   # written before voices: its one voice
     if len(voices) != max(1, cfg.n_voices):
         raise ValueError(f"{len(voices)} voice names {voices} for a Talker of {max(1, cfg.n_voices)} voice(s)")

@@ -128,7 +128,7 @@ def test_cached_generation_equals_uncached():
     torch.manual_seed(0)
     model = tiny_talker().eval()
     torch.nn.init.constant_(model.end_head.bias, -20.0)         # never stop: compare a full max_frames run
-    torch.nn.init.constant_(model.dur_out.bias, 3.0)            # ~19 frames per character: no length guard
+    torch.nn.init.constant_(model.dur_out.bias, 3.0)            # 20 frames or more per character: no length guard
     ids, lens = pad_ids([[1, 2, 3, 4, 1], [1, 5, 1]])
     for temperature in (0.0, 1.0):
         a = model.generate(ids, lens, temperature=temperature, max_frames=12,
@@ -136,6 +136,30 @@ def test_cached_generation_equals_uncached():
         b = model.generate(ids, lens, temperature=temperature, max_frames=12, use_cache=False,
                            generator=torch.Generator().manual_seed(3))
         assert a[0].shape == (2, 12, 2) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_duration_spread_speaks_the_mean_duration_where_a_point_estimate_speaks_short(spread):
+    """Token durations drawn from a log-normal (log(1 + frames) ~ N(log 10, 0.5^2): median 9 frames, mean 10.3):
+    a predictor of the log-duration alone learns its median and speaks every token short; with the spread it
+    learns the variance too and speaks the mean, so an utterance takes as long as its recordings do."""
+    torch.manual_seed(0)
+    model = tiny_talker(duration_spread=spread)
+    lens = torch.full((8,), 16)
+    params = [p for n, p in model.named_parameters() if n.startswith("dur_")]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(300):
+        frames = torch.expm1(np.log(10) + 0.5 * torch.randn(8, 16))
+        loss = model.duration_loss(torch.randn(8, 16, 32), lens, frames)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    spoken = model.predict_durations(torch.randn(8, 16, 32), lens).float().mean()
+    mean = np.exp(np.log(10) + 0.5 ** 2 / 2) - 1
+    if spread:
+        assert abs(spoken / mean - 1) < 0.07, (float(spoken), mean)
+    else:
+        assert spoken / mean < 0.92, (float(spoken), mean)
 
 
 def test_talker_memorises_a_text_to_codes_pair_and_stops_by_itself():
@@ -594,9 +618,11 @@ def test_a_talker_written_before_voices_loads_as_one_voice(reference, tmp_path):
     shutil.copytree(reference, old)
     state = torch.load(old / "talker.pt", weights_only=True)
     del state["voices"], state["model_config"]["n_voices"], state["lexicon"], state["phonemes"]
+    del state["model_config"]["duration_spread"], state["model"]["dur_spread.weight"], state["model"]["dur_spread.bias"]
     atomic_save(state, old / "talker.pt")
     speaker = load_speaker(old)
     assert speaker.voices == ["default"] and speaker.speak(["ab"], voice="default")[0].numel() > 0
+    assert speaker.talker.dur_spread is None   # and a point estimate of durations, as before the spread
     assert speaker.vocab.phonemes == [] and speaker.vocab.lexicon is None   # and letters only, as before lexicons
     state["voices"] = ["a", "b"]
     atomic_save(state, old / "talker.pt")
